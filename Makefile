@@ -1,0 +1,35 @@
+# Both entry points bootstrap .venv from the project's own files; nothing installed by hand is assumed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/imgframe demo
+
+test: $(STAMP)
+	$(BIN)/ruff check imgframe tests benchmarks
+	$(BIN)/ruff format --check imgframe tests benchmarks
+	$(BIN)/pytest imgframe tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check imgframe tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format imgframe tests benchmarks
+	$(BIN)/ruff check --fix imgframe tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_parse.py
+	$(BIN)/python benchmarks/bench_fetch.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

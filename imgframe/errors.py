@@ -1,0 +1,66 @@
+"""The exceptions and warnings imgframe raises.
+
+One root, a few precise children; each carries what a user needs to act on it
+(never a token)::
+
+    ImgframeError                      root of everything imgframe raises
+    ├── ConfigError (ValueError)        an option is wrong: endpoint, concurrency, token, ...
+    ├── InvalidInputError (ValueError) the ids argument cannot be read as image ids
+    └── FetchError                     the run as a whole could not go on
+        ├── NoV1ApiError               the cloud answered 300: Glance v1 is gone (Rocky+)
+        └── AuthError                  no usable token could be had from the token source
+
+    ImgframeParseWarning (UserWarning) header values that could not be parsed became NA
+
+A single image that fails (404, 403, a timeout after all retries, ...) is never an
+exception: it is a row with ``http_status`` and ``error`` filled. Exceptions are for
+what stops the whole run.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "FetchError",
+    "ImgframeError",
+    "ImgframeParseWarning",
+    "InvalidInputError",
+    "NoV1ApiError",
+]
+
+
+class ImgframeError(Exception):
+    """Root of every exception imgframe raises on purpose."""
+
+
+class ConfigError(ImgframeError, ValueError):
+    """An option given to imgframe is invalid (endpoint, concurrency, timeout, token...)."""
+
+
+class InvalidInputError(ImgframeError, ValueError):
+    """The image ids given cannot be used (wrong type, a non-string element...)."""
+
+
+class FetchError(ImgframeError):
+    """The fetch run as a whole could not go on.
+
+    ``url`` never contains a token: imgframe sends tokens in headers only.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class NoV1ApiError(FetchError):
+    """The cloud answered ``300 Multiple Choices``: it has no Glance v1 API any more."""
+
+
+class AuthError(FetchError):
+    """The token source could not produce a usable token."""
+
+
+class ImgframeParseWarning(UserWarning):
+    """Some header values could not be parsed; they became NA (the rows are kept)."""

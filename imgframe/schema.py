@@ -1,0 +1,196 @@
+"""The one declaration of every column imgframe produces.
+
+Each :class:`Field` names its column, the Glance v1 response header it comes from, its
+:class:`Kind` (which fixes both the pandas dtype and the parser) and a one-line meaning.
+Parsing (scalar and vectorized), dtypes, the :class:`~imgframe.ImageRecord` dataclass,
+export and the README's column table are all derived from :data:`FIELDS`; adding a
+header is a one-line change here.
+
+Examples
+--------
+>>> [f.column for f in FIELDS][:4]
+['id', 'name', 'status', 'size']
+>>> field("is_public").header
+'x-image-meta-is_public'
+>>> str(dtypes()["size"])
+'Int64'
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "FETCH_COLUMNS",
+    "FIELDS",
+    "HEADER_FIELDS",
+    "PROPERTY_PREFIX",
+    "Field",
+    "Kind",
+    "columns",
+    "dtypes",
+    "field",
+    "schema_markdown",
+]
+
+#: Lower-cased prefix of custom-property headers; the rest of the name is the property key.
+PROPERTY_PREFIX = "x-image-meta-property-"
+
+
+class Kind(enum.Enum):
+    """What a column holds; decides its dtype, its Python type and its parser."""
+
+    TEXT = "text"  # free text: pandas string dtype (pyarrow-backed)
+    CATEGORY = "category"  # low-cardinality text: pandas category
+    INT = "int"  # nullable Int64
+    BOOL = "bool"  # nullable boolean; unknown spellings become NA, never False
+    TIMESTAMP = "timestamp"  # datetime64[ns, UTC]; naive input means UTC
+    PROPERTIES = "properties"  # dict[str, str] per row
+
+    @property
+    def dtype(self) -> Any:
+        """The pandas dtype of a column of this kind."""
+        return _DTYPES[self]
+
+    @property
+    def python_type(self) -> Any:
+        """The type of this kind's value in an :class:`~imgframe.ImageRecord`."""
+        return _PY_TYPES[self]
+
+
+_DTYPES: dict[Kind, Any] = {
+    Kind.TEXT: pd.StringDtype("pyarrow"),
+    Kind.CATEGORY: "category",
+    Kind.INT: pd.Int64Dtype(),
+    Kind.BOOL: pd.BooleanDtype(),
+    Kind.TIMESTAMP: pd.DatetimeTZDtype("ns", "UTC"),
+    Kind.PROPERTIES: object,
+}
+_PY_TYPES: dict[Kind, Any] = {
+    Kind.TEXT: str | None,
+    Kind.CATEGORY: str | None,
+    Kind.INT: int | None,
+    Kind.BOOL: bool | None,
+    Kind.TIMESTAMP: datetime | None,
+    Kind.PROPERTIES: dict[str, str],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One column: where it comes from, what it holds, what it means."""
+
+    column: str
+    header: str | None  # lower-cased response header; None for columns the fetcher fills
+    kind: Kind
+    description: str
+
+    @property
+    def dtype(self) -> Any:
+        """The pandas dtype of this column."""
+        return self.kind.dtype
+
+
+def _h(name: str) -> str:
+    return f"x-image-meta-{name}"
+
+
+# Order is the contract's column order (DESIGN.md); `id` becomes the index.
+FIELDS: tuple[Field, ...] = (
+    Field("id", _h("id"), Kind.TEXT, "image UUID (the index)"),
+    Field("name", _h("name"), Kind.TEXT, "image name; NA when null; may be non-ASCII"),
+    Field("status", _h("status"), Kind.CATEGORY, "queued, saving, active, killed, deleted, ..."),
+    Field("size", _h("size"), Kind.INT, "bytes; NA until data is uploaded"),
+    Field("virtual_size", _h("virtual_size"), Kind.INT, "virtual disk size in bytes"),
+    Field("checksum", _h("checksum"), Kind.TEXT, "MD5 hex of the image data"),
+    Field("container_format", _h("container_format"), Kind.CATEGORY, "bare, ovf, ami, ..."),
+    Field("disk_format", _h("disk_format"), Kind.CATEGORY, "qcow2, raw, vhd, vmdk, iso, ..."),
+    Field("owner", _h("owner"), Kind.CATEGORY, "owning project (tenant) id"),
+    Field("is_public", _h("is_public"), Kind.BOOL, "visible to every project"),
+    Field("protected", _h("protected"), Kind.BOOL, "cannot be deleted"),
+    Field("deleted", _h("deleted"), Kind.BOOL, "soft-deleted (admins only see these)"),
+    Field("min_ram", _h("min_ram"), Kind.INT, "minimum RAM to boot, MB"),
+    Field("min_disk", _h("min_disk"), Kind.INT, "minimum disk to boot, GB"),
+    Field("created_at", _h("created_at"), Kind.TIMESTAMP, "creation time, UTC"),
+    Field("updated_at", _h("updated_at"), Kind.TIMESTAMP, "last update time, UTC"),
+    Field("deleted_at", _h("deleted_at"), Kind.TIMESTAMP, "deletion time, UTC"),
+    Field("properties", None, Kind.PROPERTIES, "custom properties, lower-cased keys"),
+    Field("http_status", None, Kind.INT, "HTTP status of the final attempt; NA if none"),
+    Field("error", None, Kind.TEXT, "why the image could not be read; NA when fine"),
+    Field("request_id", "x-openstack-request-id", Kind.TEXT, "request id for support tickets"),
+)
+
+_BY_COLUMN = {f.column: f for f in FIELDS}
+
+#: Fields read from a plain response header (everything but properties and fetch results).
+HEADER_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.header is not None)
+
+#: Columns the fetcher fills, not the headers.
+FETCH_COLUMNS: tuple[str, ...] = ("http_status", "error")
+
+
+def field(column: str) -> Field:
+    """Return the :class:`Field` of ``column``.
+
+    Examples
+    --------
+    >>> field("owner").kind
+    <Kind.CATEGORY: 'category'>
+    """
+    try:
+        return _BY_COLUMN[column]
+    except KeyError:
+        raise KeyError(f"imgframe has no column {column!r}") from None
+
+
+def columns() -> list[str]:
+    """The frame's columns in contract order (without the ``id`` index).
+
+    Examples
+    --------
+    >>> columns()[-3:]
+    ['http_status', 'error', 'request_id']
+    """
+    return [f.column for f in FIELDS if f.column != "id"]
+
+
+def dtypes() -> dict[str, Any]:
+    """Column name -> pandas dtype, in contract order (without the ``id`` index).
+
+    Examples
+    --------
+    >>> str(dtypes()["created_at"])
+    'datetime64[ns, UTC]'
+    """
+    return {f.column: f.dtype for f in FIELDS if f.column != "id"}
+
+
+def schema_markdown() -> str:
+    """The column table as Markdown (the README's table is generated from this).
+
+    Examples
+    --------
+    >>> schema_markdown().splitlines()[0]
+    '| column | header | dtype | meaning |'
+    """
+    rows = ["| column | header | dtype | meaning |", "|---|---|---|---|"]
+    for f in FIELDS:
+        if f.kind is Kind.PROPERTIES:
+            header = "`X-Image-Meta-Property-*`"
+        elif f.header is None:
+            header = "(fetcher)"
+        else:
+            header = f"`{_title(f.header)}`"
+        dtype = "dict" if f.kind is Kind.PROPERTIES else str(f.dtype)
+        rows.append(f"| `{f.column}` | {header} | {dtype} | {f.description} |")
+    return "\n".join(rows)
+
+
+def _title(header: str) -> str:
+    # Glance's own rendering: each dash-separated word capitalised, underscores kept.
+    return "-".join(part.capitalize() for part in header.split("-"))
