@@ -1,0 +1,305 @@
+"""fetch -> parse -> frame: the functions most users call.
+
+:func:`fetch_images` (blocking, notebook-safe) and :func:`fetch_images_async` return the
+contract frame of DESIGN.md: one row per distinct requested id, in input order, indexed
+by ``id``, failures included with ``http_status`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from imgframe.auth import TokenSource, token_source
+from imgframe.errors import ConfigError, InvalidInputError
+from imgframe.fetch import FetchResult, HeadFetcher, RetryPolicy, Timeout, image_id_problem
+from imgframe.parse import ParseProblems, _Columns, _gc_paused, build_frame, concat_frames
+
+__all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
+
+DEFAULT_CONCURRENCY = 32
+BATCH_SIZE = 10_000
+
+TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
+
+
+def normalize_ids(ids: Iterable[Any]) -> list[str]:
+    """Requested ids as distinct, stripped strings in first-seen order.
+
+    Accepts any iterable (list, pandas Series or Index, numpy array, generator) of
+    strings, bytes or ``uuid.UUID``. Refuses a bare string and missing values (None,
+    NaN) with a message that says where they are, rather than dropping them.
+
+    Examples
+    --------
+    >>> normalize_ids([" a ", "b", "a"])
+    ['a', 'b']
+    >>> normalize_ids("abc")
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.InvalidInputError: ids must be a collection of image ids, not one string; ...
+    """
+    if isinstance(ids, str | bytes):
+        raise InvalidInputError(
+            f"ids must be a collection of image ids, not one string; did you mean [{ids!r}]?"
+        )
+    if isinstance(ids, pd.DataFrame):
+        raise InvalidInputError(
+            "ids must be one column of ids: pass df['id'] or df.index, not a DataFrame"
+        )
+    if isinstance(ids, dict):
+        ids = ids.keys()
+    try:
+        iterator = iter(ids)
+    except TypeError:
+        raise InvalidInputError(
+            f"ids must be an iterable of image ids, not {type(ids).__name__}"
+        ) from None
+    seen: dict[str, None] = {}
+    for position, value in enumerate(iterator):
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, bytes):
+            text = value.decode("utf-8", errors="replace")
+        elif isinstance(value, uuid.UUID):
+            text = str(value)
+        elif value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            raise InvalidInputError(
+                f"ids[{position}] is missing ({value!r}); every id must be a string"
+            )
+        else:
+            raise InvalidInputError(
+                f"ids[{position}] is a {type(value).__name__} ({value!r}), not a string image id"
+            )
+        seen.setdefault(text.strip(), None)
+    return list(seen)
+
+
+class _Collector:
+    """Receives results in completion order; turns them into typed frames in batches."""
+
+    def __init__(self, total: int, progress: Any) -> None:
+        self.total = total
+        self.batch: list[FetchResult] = []
+        self.frames: list[pd.DataFrame] = []
+        self.positions: list[np.ndarray] = []
+        self.problems = ParseProblems()
+        self.counts = {"ok": 0, "not found": 0, "errors": 0}
+        self._bar = progress
+        self._pending_bar = 0
+        self._last_bar = 0.0
+
+    def add(self, result: FetchResult) -> None:
+        self.batch.append(result)
+        if result.http_status == 200:
+            self.counts["ok"] += 1
+        elif result.http_status == 404:
+            self.counts["not found"] += 1
+        else:
+            self.counts["errors"] += 1
+        if self._bar is not None:
+            self._pending_bar += 1
+            now = time.monotonic()
+            if now - self._last_bar > 0.2:  # batch bar updates: per-row refresh costs real CPU
+                self._flush_bar(now)
+        if len(self.batch) >= BATCH_SIZE:
+            self.flush()
+
+    def _flush_bar(self, now: float) -> None:
+        self._bar.update(self._pending_bar)
+        self._bar.set_postfix(self.counts, refresh=False)
+        self._pending_bar = 0
+        self._last_bar = now
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        with _gc_paused():
+            frame = build_frame(
+                _Columns([r.headers if r.headers is not None else {} for r in batch]),
+                index=[r.image_id for r in batch],
+                http_status=[r.http_status for r in batch],
+                error=[r.error for r in batch],
+                problems=self.problems,
+            )
+        self.frames.append(frame)
+        self.positions.append(
+            np.fromiter((r.position for r in batch), dtype=np.int64, count=len(batch))
+        )
+
+    def frame(self) -> pd.DataFrame:
+        self.flush()
+        if self._bar is not None:
+            self._flush_bar(time.monotonic())
+            self._bar.close()
+        frame = concat_frames(self.frames)
+        if self.positions:
+            frame = frame.iloc[np.argsort(np.concatenate(self.positions), kind="stable")]
+        return frame
+
+
+def _progress_bar(progress: bool | None, total: int) -> Any:
+    if progress is None:
+        progress = _someone_watching()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="HEAD /v1/images", dynamic_ncols=True)
+
+
+def _someone_watching() -> bool:
+    """A notebook kernel or a terminal on stderr: never CI logs or pipes."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _as_timeout(timeout: float | Timeout) -> Timeout:
+    if isinstance(timeout, Timeout):
+        return timeout
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        return Timeout(total=float(timeout), connect=min(float(timeout), 10.0))
+    raise ConfigError(f"timeout must be seconds or a Timeout, got {timeout!r}")
+
+
+def _as_retry(retries: int | RetryPolicy) -> RetryPolicy:
+    if isinstance(retries, RetryPolicy):
+        return retries
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
+        return RetryPolicy(attempts=retries + 1)
+    raise ConfigError(f"retries must be a count >= 0 or a RetryPolicy, got {retries!r}")
+
+
+async def fetch_images_async(
+    ids: Iterable[Any],
+    *,
+    endpoint: str,
+    token: TokenArg = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    progress: bool | None = None,
+    verify: bool | str = True,
+) -> pd.DataFrame:
+    """Async form of :func:`fetch_images` (same arguments, same frame).
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> fleet = make_fleet(3, seed=1)
+    >>> with GlanceEmulator(fleet) as emu:
+    ...     df = asyncio.run(fetch_images_async([i.id for i in fleet.images],
+    ...                                         endpoint=emu.url, token=ADMIN_TOKEN))
+    >>> len(df), df["http_status"].tolist() == [200, 200, 200]
+    (3, True)
+    """
+    requested = normalize_ids(ids)
+    fetcher = HeadFetcher(
+        endpoint,
+        token_source(token),
+        concurrency=concurrency,
+        timeout=_as_timeout(timeout),
+        retry=_as_retry(retries),
+        verify=verify,
+    )
+    collector = _Collector(len(requested), _progress_bar(progress, len(requested)))
+    valid: list[tuple[int, str]] = []
+    for position, image_id in enumerate(requested):
+        problem = image_id_problem(image_id)
+        if problem is None:
+            valid.append((position, image_id))
+        else:  # never sent: its row says why
+            collector.add(FetchResult(position, image_id, None, None, problem, attempts=0))
+    try:
+        await fetcher.run(valid, collector.add)
+    finally:
+        if collector._bar is not None:
+            collector._bar.close()
+    frame = collector.frame()
+    collector.problems.warn(stacklevel=2)
+    return frame
+
+
+def fetch_images(
+    ids: Iterable[Any],
+    *,
+    endpoint: str,
+    token: TokenArg = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    progress: bool | None = None,
+    verify: bool | str = True,
+) -> pd.DataFrame:
+    """HEAD every image id and return one typed row per distinct id, in input order.
+
+    ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1``. ``token``
+    is a string, a :class:`~imgframe.auth.TokenSource` or a function returning a token;
+    None reads ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
+    (raise it for high-latency clouds). ``retries`` counts retries of transient
+    failures. ``progress`` None shows a bar only in a notebook or on a terminal.
+    ``verify`` is True, False or a CA bundle path. Works inside Jupyter's running event
+    loop too (the fetch then runs on a helper thread).
+
+    Examples
+    --------
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> fleet = make_fleet(5, seed=1)
+    >>> ids = [image.id for image in fleet.images] + ["no-such-image", "../etc"]
+    >>> with GlanceEmulator(fleet) as emu:
+    ...     df = fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
+    >>> len(df), df["http_status"].tolist()[-2:], df["error"].tolist()[-2:]
+    (7, [404, <NA>], ['HTTP 404 Not Found', 'invalid image id'])
+    """
+    coroutine = fetch_images_async(
+        ids,
+        endpoint=endpoint,
+        token=token,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        verify=verify,
+    )
+    return run_sync(coroutine)
+
+
+def run_sync(coroutine: Awaitable[Any]) -> Any:
+    """Run ``coroutine`` to completion from blocking code, even inside a running loop.
+
+    In a plain script it runs on a fresh event loop (uvloop when installed). Inside a
+    running loop (a Jupyter cell) it runs on a helper thread with its own loop, because
+    a loop cannot be re-entered and nest_asyncio patches asyncio globally.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_in_new_loop(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgframe") as pool:
+        return pool.submit(_run_in_new_loop, coroutine).result()
+
+
+def _run_in_new_loop(coroutine: Awaitable[Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)  # type: ignore[arg-type]

@@ -1,0 +1,381 @@
+"""The async HEAD engine: one session, a bounded connector, a fixed pool of workers.
+
+:class:`HeadFetcher` sends ``HEAD {endpoint}/v1/images/{id}`` for every id it is given
+and hands one :class:`FetchResult` per id to a callback, whatever happened: the headers
+on a 200, otherwise the final HTTP status and an error sentence. It never decides what a
+row looks like; :mod:`imgframe.api` does.
+
+Why it is built this way (DESIGN.md): a fixed pool of workers fed from a bounded queue
+keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
+``ClientSession`` reuses keep-alive connections; retries back off exponentially with
+jitter and honour ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from imgframe.auth import TokenSource
+from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+
+__all__ = [
+    "FetchResult",
+    "HeadFetcher",
+    "RetryPolicy",
+    "Timeout",
+    "image_id_problem",
+    "normalize_endpoint",
+]
+
+USER_AGENT = "imgframe/0.1 (+aiohttp)"
+# One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2).
+_UNSAFE_ID = re.compile(r"[/\\?#\s\x00-\x1f\x7f]|\.\.")
+MAX_ID_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """Per-request time limits in seconds (``total`` covers connect + answer).
+
+    Examples
+    --------
+    >>> Timeout(total=10)
+    Timeout(total=10, connect=10.0)
+    """
+
+    total: float = 30.0
+    connect: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (self.total > 0 and self.connect > 0):
+            raise ConfigError(f"timeouts must be positive seconds, got {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient failures (429, 5xx, timeouts, dropped connections) are retried.
+
+    ``attempts`` counts the first try. The wait before try ``n+1`` is ``Retry-After``
+    when the server sent one (capped at ``max_retry_after``), else
+    ``backoff * 2**(n-1)`` capped at ``max_backoff``, times a random factor in
+    [0.5, 1] so that many workers do not retry in lock-step.
+
+    Examples
+    --------
+    >>> RetryPolicy(attempts=3).delay(1, retry_after=None) <= 0.2
+    True
+    >>> RetryPolicy().delay(2, retry_after=5.0)
+    5.0
+    """
+
+    attempts: int = 4
+    backoff: float = 0.2
+    max_backoff: float = 20.0
+    max_retry_after: float = 60.0
+    statuses: frozenset[int] = field(default=frozenset({429, 500, 502, 503, 504}))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigError(f"attempts must be an integer >= 1, got {self.attempts!r}")
+        if self.backoff < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
+            raise ConfigError("backoff times must not be negative")
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        wait = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        return wait * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What happened to one image id: headers on success, status and error otherwise."""
+
+    position: int
+    image_id: str
+    http_status: int | None
+    headers: Mapping[str, str] | None
+    error: str | None
+    attempts: int = 1
+
+
+def image_id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` must not be sent as one URL path segment, or None if it is safe.
+
+    Examples
+    --------
+    >>> image_id_problem("3c3d1d01-b48a-4639-8a88-08be3b9b5d78") is None
+    True
+    >>> image_id_problem("../admin")
+    'invalid image id'
+    """
+    if not image_id or len(image_id) > MAX_ID_LENGTH or _UNSAFE_ID.search(image_id):
+        return "invalid image id"
+    return None
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """The Glance endpoint without a trailing ``/`` or ``/v1``; checked for sanity.
+
+    Examples
+    --------
+    >>> normalize_endpoint("https://ims.example.com/v1/")
+    'https://ims.example.com'
+    """
+    if not isinstance(endpoint, str) or not endpoint.strip():
+        raise ConfigError("endpoint must be a URL such as https://glance.example.com:9292")
+    endpoint = endpoint.strip().rstrip("/")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint must be an http(s) URL with a host, got {endpoint!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"endpoint must not have a query or fragment: {endpoint!r}")
+    if parts.username or parts.password:
+        raise ConfigError("endpoint must not carry credentials; pass token=... instead")
+    if endpoint.endswith("/v1"):
+        endpoint = endpoint[: -len("/v1")]
+    return endpoint
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
+    if verify is True:
+        return True
+    if verify is False:
+        return False
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load CA bundle {verify!r}: {exc}") from None
+    raise ConfigError("verify must be True, False or a CA bundle path")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class HeadFetcher:
+    """HEADs many image ids concurrently and reports one :class:`FetchResult` each.
+
+    Examples
+    --------
+    >>> from imgframe.auth import StaticToken
+    >>> HeadFetcher("http://127.0.0.1:9292/v1", StaticToken("t"), concurrency=8)
+    HeadFetcher('http://127.0.0.1:9292', concurrency=8)
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        tokens: TokenSource,
+        *,
+        concurrency: int = 32,
+        timeout: Timeout = Timeout(),
+        retry: RetryPolicy = RetryPolicy(),
+        verify: bool | str = True,
+    ) -> None:
+        if not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
+            raise ConfigError(
+                f"concurrency must be an integer from 1 to 10000, got {concurrency!r}"
+            )
+        self.endpoint = normalize_endpoint(endpoint)
+        self._base = self.endpoint + "/v1/images/"
+        self._origin = _origin(self.endpoint)
+        self._tokens = tokens
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retry = retry
+        self._ssl = _ssl_option(verify)
+        self._token: str | None = None
+        self._token_dead = False
+        self._refresh_lock: asyncio.Lock | None = None
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"HeadFetcher({self.endpoint!r}, concurrency={self.concurrency})"
+
+    async def run(
+        self,
+        items: Iterable[tuple[int, str]],
+        on_result: Callable[[FetchResult], Any],
+    ) -> None:
+        """HEAD each ``(position, image_id)`` and call ``on_result`` once per item.
+
+        Raises :class:`~imgframe.NoV1ApiError` on a 300 answer and
+        :class:`~imgframe.AuthError` when no first token can be had.
+        """
+        self._refresh_lock = asyncio.Lock()
+        try:
+            self._token = await self._tokens.token()
+        except AuthError:
+            raise
+        except Exception as exc:  # a token source's own failure, translated once here
+            raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
+        connector = aiohttp.TCPConnector(
+            limit=self.concurrency, ssl=self._ssl, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout.total, connect=self.timeout.connect),
+            headers={"User-Agent": USER_AGENT},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
+        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+
+        async def produce() -> None:
+            for item in items:
+                await queue.put(item)
+            for _ in range(self.concurrency):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                on_result(await self._fetch_one(session, *item))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(produce())
+                for _ in range(self.concurrency):
+                    group.create_task(work())
+        except* FetchError as errors:
+            raise errors.exceptions[0] from None
+        finally:
+            await session.close()
+
+    async def _fetch_one(
+        self, session: aiohttp.ClientSession, position: int, image_id: str
+    ) -> FetchResult:
+        url = URL(self._base + quote(image_id, safe=""), encoded=True)
+        attempt = 0
+        refreshed = False
+        while True:
+            if self._token_dead:
+                return FetchResult(
+                    position,
+                    image_id,
+                    None,
+                    None,
+                    "not requested: the token was rejected (401) "
+                    "and the token source had no fresh one",
+                    attempt,
+                )
+            attempt += 1
+            token = self._token
+            assert token is not None
+            retry_after: float | None = None
+            try:
+                self.requests_sent += 1
+                async with session.head(
+                    url, headers={"X-Auth-Token": token}, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    headers = response.headers
+            except TimeoutError:
+                status, error = None, f"timed out after {self.timeout.total:g} s"
+            except aiohttp.ClientConnectionError as exc:
+                status, error = None, f"connection failed: {_describe(exc)}"
+            except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
+                return FetchResult(
+                    position, image_id, None, None, f"bad response: {_describe(exc)}", attempt
+                )
+            else:
+                if status == 200:
+                    return FetchResult(position, image_id, 200, headers, None, attempt)
+                error = f"HTTP {status} {_reason(status)}".rstrip()
+                if status == 300:
+                    raise NoV1ApiError(
+                        f"{self.endpoint} answered 300 Multiple Choices for /v1: this cloud has "
+                        "no Glance v1 API any more (Glance Rocky or later)",
+                        url=self._base,
+                        status=300,
+                    )
+                if status == 401:
+                    if not refreshed:
+                        refreshed = True
+                        if await self._refresh(token):
+                            continue
+                    self._token_dead = True
+                    return FetchResult(
+                        position,
+                        image_id,
+                        401,
+                        None,
+                        "HTTP 401 Unauthorized: the token was rejected and could not be refreshed",
+                        attempt,
+                    )
+                if 300 < status < 400:
+                    target = _origin(response.headers.get("Location", ""))
+                    where = "another origin" if target != self._origin else "same origin"
+                    return FetchResult(
+                        position,
+                        image_id,
+                        status,
+                        None,
+                        f"{error}: redirect to {where} not followed (Glance never redirects HEAD)",
+                        attempt,
+                    )
+                if status not in self.retry.statuses:
+                    return FetchResult(position, image_id, status, None, error, attempt)
+                retry_after = _retry_after(headers.get("Retry-After"))
+            if attempt >= self.retry.attempts:
+                suffix = f" (gave up after {attempt} attempts)" if attempt > 1 else ""
+                return FetchResult(position, image_id, status, None, error + suffix, attempt)
+            await asyncio.sleep(self.retry.delay(attempt, retry_after))
+
+    async def _refresh(self, rejected: str) -> bool:
+        """Get a fresh token once for all workers that saw ``rejected`` fail."""
+        assert self._refresh_lock is not None
+        async with self._refresh_lock:
+            if self._token != rejected:  # another worker already refreshed it
+                return True
+            try:
+                fresh = await self._tokens.refresh(rejected)
+            except Exception:  # a failing token source is a rejected token, not a crash
+                fresh = None
+            if not fresh or fresh == rejected:
+                return False
+            self._token = fresh
+            return True
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
