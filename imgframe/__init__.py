@@ -19,6 +19,7 @@ from imgframe.errors import (
     NoV1ApiError,
 )
 from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.io import to_csv, to_json, to_parquet
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
 from imgframe.schema import FIELDS, columns, dtypes
 
@@ -46,4 +47,7 @@ __all__ = [
     "frame_from_headers",
     "normalize_ids",
     "parse_headers",
+    "to_csv",
+    "to_json",
+    "to_parquet",
 ]

@@ -208,7 +208,10 @@ def parse_headers(headers: Mapping[str, Any]) -> Any:
         except _Bad:
             bad.append(f.column)
     if bad:
-        _warn({column: [values.get("id")] for column in bad})
+        problems = ParseProblems()
+        for column in bad:
+            problems.add(column, [values.get("id")])
+        problems.warn()
     return ImageRecord(**values)
 
 
@@ -345,21 +348,57 @@ class _Columns:
         return result
 
 
+class ParseProblems:
+    """Unparseable values seen while building frames, merged and reported as one warning."""
+
+    __slots__ = ("counts", "examples")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, list[Any]] = {}
+
+    def add(self, column: str, ids: Sequence[Any]) -> None:
+        self.counts[column] = self.counts.get(column, 0) + len(ids)
+        shown = self.examples.setdefault(column, [])
+        shown.extend(ids[: _WARN_IDS - len(shown)])
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def warn(self, stacklevel: int = 3) -> None:
+        """Emit one :class:`~imgframe.ImgframeParseWarning` naming fields and a few ids."""
+        if not self:
+            return
+        parts = []
+        for column, count in self.counts.items():
+            shown = ", ".join(repr(i) for i in self.examples[column])
+            more = ", ..." if count > len(self.examples[column]) else ""
+            parts.append(f"{column} ({count} value{'s' if count != 1 else ''}; ids {shown}{more})")
+        warnings.warn(
+            "unparseable header values became NA: " + "; ".join(parts),
+            ImgframeParseWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def build_frame(
     columns: _Columns,
     *,
     index: Sequence[Any] | None = None,
     http_status: Sequence[int | None] | None = None,
     error: Sequence[str | None] | None = None,
+    problems: ParseProblems | None = None,
 ) -> pd.DataFrame:
     """Assemble the typed frame (shared by :func:`frame_from_headers` and the fetcher).
+
+    Unparseable values are recorded in ``problems`` (the caller warns once).
 
     ``index`` overrides the ids read from the headers: the fetcher indexes by the
     *requested* id, so failed rows without headers keep theirs.
     """
     n = columns.n
     data: dict[str, Any] = {}
-    problems: dict[str, np.ndarray] = {}
+    bad_rows: dict[str, np.ndarray] = {}
     ids: Any = None
     for f in FIELDS:
         if f.kind is Kind.PROPERTIES:
@@ -379,14 +418,12 @@ def build_frame(
                 continue
             data[f.column] = converted
             if bad.any():
-                problems[f.column] = np.flatnonzero(bad)
+                bad_rows[f.column] = np.flatnonzero(bad)
     index_values = pd.array(index, dtype=Kind.TEXT.dtype) if index is not None else ids
     frame = pd.DataFrame(data, index=pd.Index(index_values, name="id"))
-    if problems:
-        _warn(
-            {c: [index_values[i] for i in rows[:_WARN_IDS]] for c, rows in problems.items()},
-            counts={c: len(rows) for c, rows in problems.items()},
-        )
+    if problems is not None:
+        for column, rows in bad_rows.items():
+            problems.add(column, [index_values[i] for i in rows])
     return frame
 
 
@@ -431,8 +468,11 @@ def frame_from_headers(headers: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     >>> str(df["size"].dtype), str(df.index.dtype)
     ('Int64', 'string')
     """
+    problems = ParseProblems()
     with _gc_paused():
-        return build_frame(_Columns(headers))
+        frame = build_frame(_Columns(headers), problems=problems)
+    problems.warn()
+    return frame
 
 
 def empty_frame() -> pd.DataFrame:
@@ -440,14 +480,25 @@ def empty_frame() -> pd.DataFrame:
     return build_frame(_Columns([]))
 
 
-def _warn(examples: Mapping[str, list[Any]], counts: Mapping[str, int] | None = None) -> None:
-    parts = []
-    for column, ids in examples.items():
-        count = counts[column] if counts else len(ids)
-        shown = ", ".join(repr(i) for i in ids) + (", ..." if count > len(ids) else "")
-        parts.append(f"{column} ({count} value{'s' if count != 1 else ''}; ids {shown})")
-    warnings.warn(
-        "unparseable header values became NA: " + "; ".join(parts),
-        ImgframeParseWarning,
-        stacklevel=3,
-    )
+def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate typed frames, keeping category columns categorical.
+
+    ``pd.concat`` turns categoricals with different categories into object columns;
+    here each category column first gets the union of all categories.
+    """
+    if not frames:
+        return empty_frame()
+    if len(frames) == 1:
+        return frames[0]
+    frames = list(frames)
+    for f in FIELDS:
+        if f.kind is not Kind.CATEGORY:
+            continue
+        union = pd.api.types.union_categoricals(
+            [frame[f.column].array for frame in frames], ignore_order=True
+        ).categories
+        frames = [
+            frame.assign(**{f.column: frame[f.column].cat.set_categories(union)})
+            for frame in frames
+        ]
+    return pd.concat(frames)

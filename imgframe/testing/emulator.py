@@ -1,0 +1,843 @@
+"""A real Glance v1 HTTP server over a synthetic fleet, for tests, demos and benchmarks.
+
+``HEAD /v1/images/{id}`` answers byte for byte like a Queens-era Glance v1 behind eventlet:
+metadata in ``X-Image-Meta-*`` headers, header names capitalised per hyphen-separated word
+(eventlet's ``capitalize_response_headers``), non-ASCII values as raw UTF-8 bytes,
+``Content-Type: text/html; charset=UTF-8`` and an explicit ``Content-Length: 0``.
+
+Request pipeline, in the order a real deployment applies it::
+
+    version negotiation (300 when Faults.no_v1)
+    -> latency -> hang / transient fault (a load balancer or rate limiter, before auth)
+    -> X-Auth-Token (401) -> visibility (404) -> 200, possibly with malformed values
+
+Also served: ``GET /v1/images`` and ``GET /v1/images/detail`` (listing), ``GET /`` (300)
+and ``GET /versions`` (200) with the versions document.
+
+Examples
+--------
+>>> import requests
+>>> from imgframe.testing import make_fleet
+>>> fleet = make_fleet(10, seed=1)
+>>> with GlanceEmulator(fleet) as emu:
+...     r = requests.head(f"{emu.url}/v1/images/{fleet.images[0].id}",
+...                       headers={"X-Auth-Token": ADMIN_TOKEN})
+>>> r.status_code, r.headers["X-Image-Meta-Id"] == fleet.images[0].id
+(200, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import ipaddress
+import json
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from imgframe.testing.fleet import Fleet, FleetImage, make_fleet
+
+__all__ = [
+    "ADMIN_TOKEN",
+    "Faults",
+    "GlanceEmulator",
+    "LoggedRequest",
+    "Token",
+    "render_headers",
+    "run_forever",
+    "serve",
+]
+
+ADMIN_TOKEN = "admin-token"
+TRANSIENT_KINDS = ("429", "503", "500", "drop")
+_HTML = "text/html; charset=UTF-8"
+_JSON = "application/json"
+_IMAGE_PREFIX = "/v1/images/"
+# Applied per id when Faults.malformed_rate picks it: values a lax parser would misread.
+_GARBAGE = (
+    ("X-Image-Meta-Size", "12x"),
+    ("X-Image-Meta-Is_public", "maybe"),
+    ("X-Image-Meta-Created_at", "yesterday"),
+    ("X-Image-Meta-Min_ram", "None"),
+    ("X-Image-Meta-Protected", "perhaps"),
+)
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def _capitalize(name: str) -> str:
+    # eventlet.wsgi's capitalize_response_headers: capitalise each hyphen-separated word,
+    # so "x-image-meta-property-os_distro" goes out as "X-Image-Meta-Property-Os_distro".
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _wire(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()  # no fraction when microsecond == 0, like Glance
+    return str(value)  # bools become True/False, ints decimal
+
+
+def _meta_headers(image: FleetImage) -> list[tuple[str, str]]:
+    """Headers of a 200 HEAD answer, without the per-request X-Openstack-Request-Id."""
+    headers = [("Content-Type", _HTML), ("Content-Length", "0")]
+    # Field order follows the vendor's sample response.
+    for field, value in (
+        ("Id", image.id),
+        ("Deleted", image.deleted),
+        ("Container_format", image.container_format),
+        ("Checksum", image.checksum),
+        ("Protected", image.protected),
+        ("Min_disk", image.min_disk),
+        ("Created_at", image.created_at),
+        ("Size", image.size),
+        ("Status", image.status),
+        ("Is_public", image.is_public),
+        ("Min_ram", image.min_ram),
+        ("Owner", image.owner),
+        ("Updated_at", image.updated_at),
+        ("Disk_format", image.disk_format),
+        ("Name", image.name),
+        ("Virtual_size", image.virtual_size),
+        ("Deleted_at", image.deleted_at),
+    ):
+        if value is not None:
+            headers.append((f"X-Image-Meta-{field}", _wire(value)))
+    for key, value in image.properties.items():
+        headers.append((_capitalize(f"x-image-meta-property-{key.lower()}"), value))
+    if image.checksum is not None:
+        headers.append(("Etag", image.checksum))
+    return headers
+
+
+def _request_id() -> str:
+    # Not secret; random.getrandbits is several times cheaper than uuid.uuid4().
+    return f"req-{uuid.UUID(int=random.getrandbits(128), version=4)}"
+
+
+def render_headers(image: FleetImage) -> list[tuple[str, str]]:
+    """Render the headers a real Glance v1 sends for ``HEAD /v1/images/{id}`` (status 200).
+
+    None fields are omitted, booleans are ``True``/``False``, timestamps are ISO 8601
+    without a zone, properties keep ``''`` values, ``Etag`` appears only with a checksum.
+
+    Examples
+    --------
+    >>> from imgframe.testing import make_fleet
+    >>> image = make_fleet(1, seed=0).images[0]
+    >>> headers = dict(render_headers(image))
+    >>> headers["Content-Length"], headers["X-Image-Meta-Id"] == image.id
+    ('0', True)
+    >>> headers["X-Openstack-Request-Id"].startswith("req-")
+    True
+    """
+    return [*_meta_headers(image), ("X-Openstack-Request-Id", _request_id())]
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Seeded fault injection; every decision is a hash of (seed, image id), never a stream.
+
+    Because nothing depends on request order, concurrent clients see the same faults as
+    sequential ones, and tests can ask which ids are affected. A hanging id is never also
+    transient. Transient faults and hangs hit the first ``transient_attempts`` HEADs of an
+    id; malformed values are sent on every answer.
+
+    Examples
+    --------
+    >>> faults = Faults(transient_rate=0.5, seed=1)
+    >>> ids = [f"id-{i}" for i in range(1000)]
+    >>> 400 < sum(faults.transient_kind(i) is not None for i in ids) < 600
+    True
+    >>> faults.transient_kind("id-1") == Faults(transient_rate=0.5, seed=1).transient_kind("id-1")
+    True
+    """
+
+    latency: float | tuple[float, float] = 0.0
+    transient_rate: float = 0.0
+    transient_attempts: int = 1
+    transient_kinds: tuple[str, ...] = TRANSIENT_KINDS
+    retry_after: float | None = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    malformed_rate: float = 0.0
+    no_v1: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("transient_rate", "hang_rate", "malformed_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {rate}")
+        if self.transient_attempts < 0:
+            raise ValueError("transient_attempts must be >= 0")
+        unknown = set(self.transient_kinds) - set(TRANSIENT_KINDS)
+        if unknown or not self.transient_kinds:
+            raise ValueError(f"transient_kinds must be a non-empty subset of {TRANSIENT_KINDS}")
+        low, high = self.latency if isinstance(self.latency, tuple) else (self.latency,) * 2
+        if not 0 <= low <= high:
+            raise ValueError(f"latency must be >= 0 (and low <= high), got {self.latency}")
+
+    @property
+    def active(self) -> bool:
+        """True when any per-image fault is configured (the server skips work otherwise)."""
+        return bool(self.transient_rate or self.hang_rate or self.malformed_rate)
+
+    def _draw(self, purpose: str, image_id: str) -> int:
+        digest = hashlib.blake2b(
+            f"{self.seed}\x00{purpose}\x00{image_id}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big")
+
+    def _hit(self, purpose: str, image_id: str, rate: float) -> bool:
+        return rate > 0 and self._draw(purpose, image_id) < rate * 2**64
+
+    def is_hanging(self, image_id: str) -> bool:
+        """Whether the first ``transient_attempts`` HEADs of this id sleep ``hang_seconds``."""
+        return self._hit("hang", image_id, self.hang_rate)
+
+    def transient_kind(self, image_id: str) -> str | None:
+        """``"429"``, ``"503"``, ``"500"`` or ``"drop"`` for a transiently failing id, else None."""
+        if not self._hit("transient", image_id, self.transient_rate) or self.is_hanging(image_id):
+            return None
+        kinds = self.transient_kinds
+        return kinds[self._draw("kind", image_id) % len(kinds)]
+
+    def is_malformed(self, image_id: str) -> bool:
+        """Whether answers for this id always carry garbage in some typed headers."""
+        return self._hit("malformed", image_id, self.malformed_rate)
+
+    def malformed_headers(self, image_id: str) -> dict[str, str]:
+        """The garbage header values sent for this id (empty when it is not malformed).
+
+        Examples
+        --------
+        >>> faults = Faults(malformed_rate=1.0)
+        >>> garbage = faults.malformed_headers("x")
+        >>> 1 <= len(garbage) <= 5 and faults.malformed_headers("x") == garbage
+        True
+        """
+        if not self.is_malformed(image_id):
+            return {}
+        bits = self._draw("garbage", image_id) % (2 ** len(_GARBAGE) - 1) + 1  # never empty
+        return {name: value for i, (name, value) in enumerate(_GARBAGE) if bits >> i & 1}
+
+    def delay(self, image_id: str, attempt: int) -> float:
+        """Seconds to wait before answering this attempt (fixed or uniform in a range)."""
+        if not isinstance(self.latency, tuple):
+            return self.latency
+        low, high = self.latency
+        return low + (high - low) * self._draw(f"latency{attempt}", image_id) / 2**64
+
+
+@dataclass
+class Token:
+    """What the emulator knows about a token: its project, role and lifetime.
+
+    ``ttl_requests`` counts authenticated requests (the next one gets 401);
+    ``ttl_seconds`` counts from when the emulator learned the token. Expiry is permanent.
+
+    Examples
+    --------
+    >>> Token(project_id="p1", ttl_requests=3)
+    Token(project_id='p1', admin=False, ttl_requests=3, ttl_seconds=None)
+    """
+
+    project_id: str
+    admin: bool = False
+    ttl_requests: int | None = None
+    ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """One request as the emulator saw it; ``status`` 0 means no response was sent.
+
+    Examples
+    --------
+    >>> LoggedRequest(0.0, "HEAD", "/v1/images/x", "x", 200, ADMIN_TOKEN).status
+    200
+    """
+
+    t: float
+    method: str
+    path: str
+    image_id: str | None
+    status: int
+    token: str | None
+
+
+class _TokenState:
+    __slots__ = ("expired", "issued_at", "token", "uses")
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+        self.uses = 0
+        self.issued_at = time.monotonic()
+        self.expired = False
+
+
+class _Dropped(Exception):
+    """Raised inside the handler to close the connection without any response."""
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the emulator only listens on loopback addresses, not {host!r}")
+
+
+def _versions_document(base_url: str, *, v1: bool) -> bytes:
+    if v1:  # Queens: the last release that still served v1
+        ids = [("v2.6", "CURRENT")] + [(f"v2.{i}", "SUPPORTED") for i in range(5, -1, -1)]
+        ids += [("v1.1", "DEPRECATED"), ("v1.0", "DEPRECATED")]
+    else:  # Rocky and later
+        ids = [("v2.7", "CURRENT")] + [(f"v2.{i}", "SUPPORTED") for i in range(6, -1, -1)]
+    versions = [
+        {
+            "id": version,
+            "status": status,
+            "links": [{"rel": "self", "href": f"{base_url}/{version[:2]}/"}],
+        }
+        for version, status in ids
+    ]
+    return json.dumps({"versions": versions}).encode()
+
+
+def _detail(image: FleetImage) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "status": image.status,
+        "name": image.name,
+        "deleted": image.deleted,
+        "container_format": image.container_format,
+        "created_at": iso(image.created_at),
+        "disk_format": image.disk_format,
+        "updated_at": iso(image.updated_at),
+        "id": image.id,
+        "owner": image.owner,
+        "min_disk": image.min_disk,
+        "protected": image.protected,
+        "min_ram": image.min_ram,
+        "checksum": image.checksum,
+        "is_public": image.is_public,
+        "deleted_at": iso(image.deleted_at),
+        "properties": dict(image.properties),
+        "size": image.size,
+        "virtual_size": image.virtual_size,
+    }
+
+
+def _summary(image: FleetImage) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "name": image.name,
+        "size": image.size,
+        "checksum": image.checksum,
+        "container_format": image.container_format,
+        "disk_format": image.disk_format,
+    }
+
+
+def _empty(status: int, extra: list[tuple[str, str]] | None = None) -> web.Response:
+    # Content-Length must be explicit: aiohttp.web omits it on HEAD otherwise, and
+    # aiohttp's client then closes the connection (aiohttp issue #1769).
+    headers = [
+        ("Content-Type", _HTML),
+        ("Content-Length", "0"),
+        ("X-Openstack-Request-Id", _request_id()),
+    ]
+    return web.Response(status=status, headers=headers + (extra or []))
+
+
+def _body(status: int, body: bytes, content_type: str) -> web.Response:
+    # Pass the body for HEAD too: aiohttp then sends the GET's Content-Length (keeping the
+    # connection reusable) and never writes a body for HEAD.
+    headers = {"Content-Type": content_type, "X-Openstack-Request-Id": _request_id()}
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def _error(status: int, message: str, is_head: bool) -> web.Response:
+    if is_head:
+        return _empty(status)
+    reason = web.Response(status=status).reason
+    text = f"{status} {reason}\n\n{message}\n\n   "
+    return _body(status, text.encode(), _HTML)
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+class GlanceEmulator:
+    """A Glance v1 server on 127.0.0.1, run in a background thread or in the foreground.
+
+    Visibility: an admin token sees every image, deleted ones included; any other token
+    sees its project's images and public ones. Everything else is 404, exactly as an
+    unknown id. ``GET /v1/images[/detail]`` lists, newest first (``created_at`` then
+    ``id`` descending, Glance's default), ``limit`` (default 25, clamped to
+    ``api_limit_max``) and ``marker`` (the last id of the previous page; unknown or
+    invisible -> 400). Like real v1 the body is only ``{"images": [...]}`` with no
+    ``next`` link: a client asks for the next page with the last id as marker until it
+    gets an empty page. Deleted images are listed only for admins passing
+    ``deleted=true``. Faults apply to ``HEAD /v1/images/{id}``; ``latency`` also to lists.
+
+    Examples
+    --------
+    >>> from imgframe.testing import make_fleet
+    >>> with GlanceEmulator(make_fleet(3)) as emu:
+    ...     emu.url.startswith("http://127.0.0.1:")
+    True
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        faults: Faults = Faults(),
+        tokens: Mapping[str, Token] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_limit_max: int = 1000,
+    ) -> None:
+        _check_loopback(host)
+        if api_limit_max < 1:
+            raise ValueError("api_limit_max must be >= 1")
+        self.fleet = fleet
+        self.faults = faults
+        self.host = host
+        self.api_limit_max = api_limit_max
+        self._port = port
+        self._bound_port: int | None = None
+        self._images = fleet.by_id()
+        self._lock = threading.Lock()
+        self._tokens: dict[str, _TokenState] = {}
+        for value, token in (
+            tokens or {ADMIN_TOKEN: Token(project_id="admin", admin=True)}
+        ).items():
+            self._tokens[value] = _TokenState(token)
+        self._issued = 0
+        self._log: list[tuple[float, str, str, str | None, int, str | None]] = []
+        self._attempts: dict[str, int] = {}
+        # Rendered lazily: a million-image fleet starts instantly and pays per image once.
+        self._rendered: dict[str, list[tuple[str, str]]] = {}
+        self._listing: list[FleetImage] | None = None
+        self._listing_pos: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    # -- public API --
+
+    @property
+    def url(self) -> str:
+        """Base URL without ``/v1``, e.g. ``http://127.0.0.1:54321``; needs a started server."""
+        if self._bound_port is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._bound_port}"
+
+    def start(self) -> GlanceEmulator:
+        """Serve from a daemon thread; returns once the socket is bound."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                self.run_forever(on_ready=ready.set_result)
+            except BaseException as exc:  # surface bind errors in the caller's thread
+                if not ready.done():
+                    ready.set_exception(exc)
+                else:
+                    raise
+
+        self._thread = threading.Thread(target=run, name="glance-emulator", daemon=True)
+        self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Close the server and its connections and wait for the thread to finish."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stop.set)
+        thread.join()
+        self._thread = None
+
+    def __enter__(self) -> GlanceEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def run_forever(
+        self,
+        on_ready: Callable[[str], object] | None = None,
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        """Serve in this thread until :meth:`stop`, SIGTERM or Ctrl-C; prints nothing.
+
+        ``on_ready(url)`` is called once the socket is bound.
+        """
+        # Runner cancels leftover tasks and closes the loop; Ctrl-C is a normal way out.
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as r:
+            r.run(self.serve(on_ready=on_ready))
+
+    async def serve(self, on_ready: Callable[[str], object] | None = None) -> None:
+        """Serve on the running loop until :meth:`stop` is called or the task is cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # A short shutdown timeout: hanging handlers are cancelled, not waited for.
+        runner = web.ServerRunner(server, shutdown_timeout=0.2)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self._port)
+            await site.start()
+            self._bound_port = runner.addresses[0][1]
+            if on_ready is not None:
+                on_ready(self.url)
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            self._bound_port = None
+            self._loop = None
+
+    def issue_token(
+        self,
+        project_id: str,
+        *,
+        admin: bool = False,
+        ttl_requests: int | None = None,
+        ttl_seconds: float | None = None,
+    ) -> str:
+        """Register a new token and return it (derived from seed and a counter; not secret).
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> emu = GlanceEmulator(make_fleet(1))
+        >>> emu.issue_token("p1") != emu.issue_token("p1")
+        True
+        """
+        with self._lock:
+            self._issued += 1
+            raw = f"{self.fleet.seed}:{self._issued}".encode()
+            value = "gAAAAA" + hashlib.blake2b(raw, digest_size=24).hexdigest()
+            self._tokens[value] = _TokenState(
+                Token(project_id, admin=admin, ttl_requests=ttl_requests, ttl_seconds=ttl_seconds)
+            )
+        return value
+
+    @property
+    def request_log(self) -> list[LoggedRequest]:
+        """A snapshot of every request seen since start or :meth:`reset_log`, in order."""
+        with self._lock:
+            rows = list(self._log)
+        return [LoggedRequest(*row) for row in rows]
+
+    def attempts(self, image_id: str) -> int:
+        """How many HEAD requests this image id has received."""
+        with self._lock:
+            return self._attempts.get(image_id, 0)
+
+    def reset_log(self, *, attempts: bool = False) -> None:
+        """Forget logged requests (and, with ``attempts=True``, the per-id attempt counts,
+        which re-arms transient faults)."""
+        with self._lock:
+            self._log.clear()
+            if attempts:
+                self._attempts.clear()
+
+    # -- request handling --
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        arrived = time.monotonic()
+        path = request.path
+        token = request.headers.get("X-Auth-Token")
+        image_id = path[len(_IMAGE_PREFIX) :] if path.startswith(_IMAGE_PREFIX) else None
+        if image_id is not None and ("/" in image_id or image_id in ("", "detail")):
+            image_id = None
+        status = 0
+        try:
+            if image_id is not None:
+                response = await self._image(request, image_id, token)
+            else:
+                response = await self._other(request, path, token)
+            status = response.status
+            return response
+        except _Dropped:
+            # abort() rather than close(): no FIN-after-flush, the client just loses the
+            # socket. aiohttp then fails to write the placeholder and treats it as a
+            # client disconnect, quietly.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        finally:
+            with self._lock:
+                self._log.append((arrived, request.method, path, image_id, status, token))
+
+    async def _image(
+        self, request: web.BaseRequest, image_id: str, token: str | None
+    ) -> web.Response:
+        method = request.method
+        faults = self.faults
+        if faults.no_v1:
+            return _body(300, _versions_document(_base(request), v1=False), _JSON)
+        with self._lock:
+            attempt = self._attempts.get(image_id, 0) + 1
+            self._attempts[image_id] = attempt
+        if faults.latency:
+            await asyncio.sleep(faults.delay(image_id, attempt))
+        if method != "HEAD":
+            # Image data is not emulated; only metadata (HEAD) is.
+            return web.Response(status=405, headers={"Allow": "HEAD"})
+        if faults.active and attempt <= faults.transient_attempts:
+            if faults.is_hanging(image_id):
+                await asyncio.sleep(faults.hang_seconds)
+            else:
+                kind = faults.transient_kind(image_id)
+                if kind == "drop":
+                    raise _Dropped
+                if kind is not None:
+                    extra = []
+                    if kind != "500" and faults.retry_after is not None:
+                        extra.append(("Retry-After", format(faults.retry_after, "g")))
+                    return _empty(int(kind), extra)
+        who = self._authenticate(token)
+        if who is None:
+            return _empty(401)
+        image = self._images.get(image_id)
+        if image is None or not _visible(image, who):
+            return _empty(404)
+        headers = self._rendered.get(image_id)
+        if headers is None:
+            headers = self._render(image)
+        return web.Response(headers=[*headers, ("X-Openstack-Request-Id", _request_id())])
+
+    def _render(self, image: FleetImage) -> list[tuple[str, str]]:
+        headers = _meta_headers(image)
+        garbage = self.faults.malformed_headers(image.id)
+        if garbage:
+            headers = [(k, v) for k, v in headers if k not in garbage]
+            headers[2:2] = garbage.items()  # right after Content-Type / Content-Length
+        self._rendered[image.id] = headers
+        return headers
+
+    async def _other(self, request: web.BaseRequest, path: str, token: str | None) -> web.Response:
+        is_head = request.method == "HEAD"
+        if path in ("", "/", "/versions"):
+            # Glance answers "/" with 300 Multiple Choices and "/versions" with 200.
+            status = 200 if path == "/versions" else 300
+            body = _versions_document(_base(request), v1=not self.faults.no_v1)
+            return _body(status, body, _JSON)
+        if not path.startswith("/v1/"):
+            return _error(404, "The resource could not be found.", is_head)
+        if self.faults.no_v1:
+            return _body(300, _versions_document(_base(request), v1=False), _JSON)
+        if path.rstrip("/") not in ("/v1/images", "/v1/images/detail"):
+            return _error(404, "The resource could not be found.", is_head)
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.delay(path, 0))
+        who = self._authenticate(token)
+        if who is None:
+            return _error(401, "This server could not verify that you are authorized.", is_head)
+        return self._list(request, who, detail=path.rstrip("/").endswith("/detail"))
+
+    def _list(self, request: web.BaseRequest, who: Token, *, detail: bool) -> web.Response:
+        is_head = request.method == "HEAD"
+        query = request.query
+        try:
+            limit = int(query.get("limit", "25"))
+        except ValueError:
+            return _error(400, "limit param must be an integer", is_head)
+        if limit < 0:
+            return _error(400, "limit param must be positive", is_head)
+        limit = min(limit, self.api_limit_max)
+        show_deleted = who.admin and query.get("deleted", "").lower() == "true"
+
+        ordered, position = self._ordered()
+        start = 0
+        marker = query.get("marker")
+        if marker is not None:
+            index = position.get(marker)
+            if index is None or not _listable(ordered[index], who, show_deleted):
+                return _error(400, "marker not found", is_head)
+            start = index + 1
+        page: list[dict[str, Any]] = []
+        render = _detail if detail else _summary
+        for image in ordered[start:] if limit else ():
+            if _listable(image, who, show_deleted):
+                page.append(render(image))
+                if len(page) >= limit:
+                    break
+        return _body(200, json.dumps({"images": page}).encode(), _JSON)
+
+    def _ordered(self) -> tuple[list[FleetImage], dict[str, int]]:
+        if self._listing is None:
+            self._listing = sorted(
+                self.fleet.images, key=lambda image: (image.created_at, image.id), reverse=True
+            )
+            self._listing_pos = {image.id: i for i, image in enumerate(self._listing)}
+        return self._listing, self._listing_pos
+
+    def _authenticate(self, token: str | None) -> Token | None:
+        if token is None:
+            return None
+        with self._lock:
+            state = self._tokens.get(token)
+            if state is None or state.expired:
+                return None
+            state.uses += 1
+            ttl_requests, ttl_seconds = state.token.ttl_requests, state.token.ttl_seconds
+            if (ttl_requests is not None and state.uses > ttl_requests) or (
+                ttl_seconds is not None and time.monotonic() - state.issued_at > ttl_seconds
+            ):
+                state.expired = True
+                return None
+            return state.token
+
+
+def _base(request: web.BaseRequest) -> str:
+    return f"http://{request.host}"
+
+
+def _visible(image: FleetImage, who: Token) -> bool:
+    if who.admin:
+        return True
+    return not image.deleted and (image.is_public or image.owner == who.project_id)
+
+
+def _listable(image: FleetImage, who: Token, show_deleted: bool) -> bool:
+    if image.deleted:
+        return show_deleted
+    return who.admin or image.is_public or image.owner == who.project_id
+
+
+# --- foreground helpers (CLI, benchmarks) -----------------------------------------------
+
+
+async def serve(
+    fleet: Fleet,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: Faults = Faults(),
+    tokens: Mapping[str, Token] | None = None,
+    api_limit_max: int = 1000,
+    on_ready: Callable[[str], object] | None = None,
+) -> None:
+    """Serve ``fleet`` on the running event loop until the task is cancelled."""
+    emulator = GlanceEmulator(
+        fleet, faults=faults, tokens=tokens, host=host, port=port, api_limit_max=api_limit_max
+    )
+    await emulator.serve(on_ready=on_ready)
+
+
+def run_forever(
+    fleet: Fleet,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: Faults = Faults(),
+    tokens: Mapping[str, Token] | None = None,
+    api_limit_max: int = 1000,
+    on_ready: Callable[[str], object] | None = None,
+    use_uvloop: bool = False,
+) -> None:
+    """Serve ``fleet`` in this thread until Ctrl-C or SIGTERM, then return; prints nothing.
+
+    ``on_ready(url)`` is called once the socket is bound, e.g. to print the URL.
+    """
+    emulator = GlanceEmulator(
+        fleet, faults=faults, tokens=tokens, host=host, port=port, api_limit_max=api_limit_max
+    )
+
+    def ready(url: str) -> None:
+        # SIGTERM (benchmarks, process managers) stops as gently as Ctrl-C does.
+        loop, stop = emulator._loop, emulator._stop
+        if (
+            loop is not None
+            and stop is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if on_ready is not None:
+            on_ready(url)
+
+    loop_factory = None
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    emulator.run_forever(on_ready=ready, loop_factory=loop_factory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m imgframe.testing.emulator``: print the URL on one line, then serve."""
+    parser = argparse.ArgumentParser(prog="python -m imgframe.testing.emulator")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args(argv)
+
+    def announce(url: str) -> None:
+        print(url, flush=True)
+
+    run_forever(
+        make_fleet(args.images, seed=args.seed),
+        host=args.host,
+        port=args.port,
+        faults=Faults(latency=args.latency),
+        on_ready=announce,
+        use_uvloop=not args.no_uvloop and sys.platform != "win32",
+    )
+
+
+if __name__ == "__main__":
+    main()

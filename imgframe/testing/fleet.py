@@ -1,0 +1,493 @@
+"""Synthetic, seeded fleets of Glance v1 images with planted audit answers.
+
+A fleet looks like a real cloud's image catalogue: a few owners holding most images,
+mostly active images with some in every other status, realistic names and properties,
+and the awkward cases a parser must survive (non-ASCII names, no name, names that a
+spreadsheet would execute, empty property values, timestamps with and without a
+fraction). Two audit answers are planted and known exactly: which images are public,
+unprotected and active, and which images are byte-identical duplicates.
+
+Examples
+--------
+>>> fleet = make_fleet(200, seed=7)
+>>> len(fleet), fleet == make_fleet(200, seed=7)
+(200, True)
+>>> image = fleet.by_id()[fleet.images[0].id]
+>>> image is fleet.images[0]
+True
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from bisect import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import accumulate
+
+__all__ = ["Fleet", "FleetImage", "PlantedAnswers", "make_fleet"]
+
+STATUSES = (
+    "queued",
+    "saving",
+    "active",
+    "killed",
+    "deleted",
+    "pending_delete",
+    "deactivated",
+)
+CONTAINER_FORMATS = ("bare", "ovf", "ami", "aki", "ari", "ova", "docker")
+DISK_FORMATS = (
+    "qcow2",
+    "raw",
+    "vhd",
+    "vhdx",
+    "vmdk",
+    "vdi",
+    "iso",
+    "ami",
+    "aki",
+    "ari",
+    "ploop",
+    "zvhd",
+    "zvhd2",
+)
+
+
+@dataclass(slots=True)
+class FleetImage:
+    """One image as the Glance v1 registry stores it (naive UTC timestamps).
+
+    Examples
+    --------
+    >>> image = make_fleet(1, seed=1).images[0]
+    >>> image.created_at.tzinfo is None and image.updated_at >= image.created_at
+    True
+    """
+
+    id: str
+    name: str | None
+    status: str
+    size: int | None
+    virtual_size: int | None
+    checksum: str | None
+    container_format: str | None
+    disk_format: str | None
+    owner: str | None
+    is_public: bool
+    protected: bool
+    deleted: bool
+    min_ram: int
+    min_disk: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PlantedAnswers:
+    """The audit answers a fleet was built to have, for tests to compare against.
+
+    ``public_unprotected`` holds exactly the ids that are public, unprotected, active and
+    not deleted. Each set in ``duplicate_groups`` shares one checksum and size; every other
+    image that has a checksum has a checksum of its own.
+
+    Examples
+    --------
+    >>> planted = make_fleet(1000, seed=0).planted
+    >>> len(planted.public_unprotected), len(planted.duplicate_groups)
+    (20, 3)
+    """
+
+    public_unprotected: frozenset[str]
+    duplicate_groups: tuple[frozenset[str], ...]
+
+
+@dataclass(eq=True)
+class Fleet:
+    """A synthetic image catalogue, deterministic from its seed.
+
+    Examples
+    --------
+    >>> fleet = make_fleet(50, seed=3)
+    >>> fleet
+    Fleet(n=50, seed=3, projects=4, public_unprotected=1, duplicate_groups=0)
+    >>> sum(1 for _ in fleet)
+    50
+    """
+
+    images: list[FleetImage] = field(repr=False)
+    seed: int
+    projects: tuple[str, ...]
+    planted: PlantedAnswers
+    _by_id: dict[str, FleetImage] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def by_id(self) -> dict[str, FleetImage]:
+        """Map image id to image (built once, then cached; do not mutate ``images`` after).
+
+        Examples
+        --------
+        >>> fleet = make_fleet(5)
+        >>> fleet.by_id() is fleet.by_id()
+        True
+        """
+        if self._by_id is None:
+            self._by_id = {image.id: image for image in self.images}
+        return self._by_id
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[FleetImage]:
+        return iter(self.images)
+
+    def __repr__(self) -> str:
+        return (
+            f"Fleet(n={len(self.images)}, seed={self.seed}, projects={len(self.projects)}, "
+            f"public_unprotected={len(self.planted.public_unprotected)}, "
+            f"duplicate_groups={len(self.planted.duplicate_groups)})"
+        )
+
+
+# --- names and properties -------------------------------------------------------------
+# Each family returns (name, properties) for one image. Property values are strings, as
+# Glance stores them; a few are '' on purpose because real catalogues have them.
+
+_Family = Callable[[random.Random, datetime], tuple[str | None, dict[str, str]]]
+
+_ARCHES = ("x86_64", "x86_64", "x86_64", "aarch64")
+
+
+def _linux_props(rng: random.Random, distro: str, version: str) -> dict[str, str]:
+    props = {
+        "os_distro": distro,
+        "os_version": version,
+        "architecture": _ARCHES[rng.getrandbits(2)],
+        "hw_disk_bus": "virtio" if rng.random() < 0.8 else "scsi",
+    }
+    if props["hw_disk_bus"] == "scsi":
+        props["hw_scsi_model"] = "virtio-scsi"
+    if rng.random() < 0.3:
+        props["description"] = "" if rng.random() < 0.5 else f"{distro} {version} cloud image"
+    if rng.random() < 0.1:
+        props["hw_mem_encryption"] = "True" if rng.random() < 0.5 else "False"
+    return props
+
+
+def _ubuntu(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    version = ("18.04", "20.04", "22.04", "24.04")[rng.getrandbits(2)]
+    return f"ubuntu-{version}-server-{created:%Y%m%d}", _linux_props(rng, "ubuntu", version)
+
+
+def _centos(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    version = ("7", "8", "9-stream")[rng.randrange(3)]
+    return f"centos-{version}-x86_64-{created:%Y%m%d}", _linux_props(rng, "centos", version)
+
+
+def _rhel(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    version = ("8.6", "8.8", "9.2", "9.4")[rng.getrandbits(2)]
+    return f"rhel-{version}-base", _linux_props(rng, "rhel", version)
+
+
+def _debian(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    version = ("10", "11", "12")[rng.randrange(3)]
+    name = f"debian-{version}-genericcloud-amd64-{created:%Y%m%d}"
+    return name, _linux_props(rng, "debian", version)
+
+
+def _cirros(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    version = ("0.4.0", "0.5.2", "0.6.2")[rng.randrange(3)]
+    return f"cirros-{version}-x86_64-disk", {"os_distro": "cirros", "os_version": version}
+
+
+def _windows(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    year = ("2016", "2019", "2022")[rng.randrange(3)]
+    edition = "std" if rng.random() < 0.7 else "dc"
+    props = {
+        "os_distro": "windows",
+        "os_version": year,
+        "os_type": "windows",
+        "architecture": "x86_64",
+        "hw_disk_bus": "scsi",
+        "hw_scsi_model": "virtio-scsi",
+        "os_secure_boot": ("required", "optional", "disabled")[rng.randrange(3)],
+    }
+    if rng.random() < 0.25:
+        # Signed images carry the four img_signature* properties together.
+        props["img_signature"] = f"{rng.getrandbits(256):064x}"
+        props["img_signature_hash_method"] = "SHA-256"
+        props["img_signature_key_type"] = "RSA-PSS"
+        props["img_signature_certificate_uuid"] = str(uuid.UUID(int=rng.getrandbits(128)))
+    return f"win{year}-{edition}-v{rng.randrange(1, 10)}", props
+
+
+def _snapshot(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    props = {
+        "image_type": "snapshot",
+        "instance_uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "base_image_ref": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "user_id": f"{rng.getrandbits(128):032x}",
+    }
+    return f"snapshot-{rng.getrandbits(24):06x}-{created:%Y%m%d%H%M}", props
+
+
+def _huawei(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    # Huawei IMS private images carry double-underscore system properties.
+    version = ("CentOS 7.9 64bit", "Ubuntu 22.04 server 64bit", "EulerOS 2.5 64bit")[
+        rng.randrange(3)
+    ]
+    props = {
+        "__os_version": version,
+        "__os_type": "Linux",
+        "__os_bit": "64",
+        "__platform": version.split()[0],
+        "__imagetype": "private",
+        "__isregistered": "true",
+        "__support_kvm": "true",
+        "__description": "",
+    }
+    return f"ims-{version.split()[0].lower()}-{rng.randrange(100):02d}", props
+
+
+_NON_ASCII = ("niño-base", "образ-тест", "镜像-生产", "café", "größe-vm", "テスト-イメージ")
+# Leading =, +, -, @ make spreadsheets evaluate a cell; exporters must defuse them.
+_INJECTION = ('=HYPERLINK("http://example.invalid","x")', "+1+1", "-2+3", "@SUM(1,1)")
+
+
+def _non_ascii(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    base = _NON_ASCII[rng.randrange(len(_NON_ASCII))]
+    return f"{base}-{rng.randrange(100)}", {"description": "образ для тестов"}
+
+
+def _injection(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    return _INJECTION[rng.getrandbits(2)], {}
+
+
+def _unnamed(rng: random.Random, created: datetime) -> tuple[str | None, dict[str, str]]:
+    return None, {}
+
+
+_FAMILIES: tuple[tuple[float, _Family], ...] = (
+    (0.22, _ubuntu),
+    (0.10, _centos),
+    (0.08, _rhel),
+    (0.08, _debian),
+    (0.04, _cirros),
+    (0.14, _windows),
+    (0.22, _snapshot),
+    (0.06, _huawei),
+    (0.03, _non_ascii),
+    (0.01, _injection),
+    (0.02, _unnamed),
+)
+_FAMILY_CUM = tuple(accumulate(w for w, _ in _FAMILIES))
+_FAMILY_FUNCS = tuple(f for _, f in _FAMILIES)
+
+# Status mix of a long-lived cloud: mostly active, a tail of every other state.
+_STATUS_WEIGHTS = (
+    ("active", 0.85),
+    ("queued", 0.03),
+    ("saving", 0.02),
+    ("killed", 0.02),
+    ("deleted", 0.04),
+    ("pending_delete", 0.01),
+    ("deactivated", 0.03),
+)
+_STATUS_CUM = tuple(accumulate(w for _, w in _STATUS_WEIGHTS))
+_STATUS_NAMES = tuple(s for s, _ in _STATUS_WEIGHTS)
+
+_DISK_WEIGHTS = (
+    ("qcow2", 0.45),
+    ("raw", 0.22),
+    ("vhd", 0.05),
+    ("vhdx", 0.03),
+    ("vmdk", 0.05),
+    ("vdi", 0.01),
+    ("iso", 0.04),
+    ("ami", 0.02),
+    ("aki", 0.01),
+    ("ari", 0.01),
+    ("ploop", 0.01),
+    ("zvhd", 0.03),
+    ("zvhd2", 0.07),
+)
+_DISK_CUM = tuple(accumulate(w for _, w in _DISK_WEIGHTS))
+_DISK_NAMES = tuple(d for d, _ in _DISK_WEIGHTS)
+
+_EPOCH = datetime(2015, 1, 1)
+_SPAN_SECONDS = int((datetime(2025, 12, 31) - _EPOCH).total_seconds())
+_MIN_SIZE = 10 * 1024 * 1024
+_LOG_SIZE_RANGE = math.log(40 * 1024**3 / _MIN_SIZE)
+_MIN_RAMS = (0, 0, 0, 0, 0, 512, 1024, 2048, 4096)
+
+
+def _pick(cum: tuple[float, ...], rng: random.Random) -> int:
+    # cum may not sum to exactly 1.0; clamp so a draw near 1 still lands on the last item.
+    return min(bisect(cum, rng.random() * cum[-1]), len(cum) - 1)
+
+
+def _default_projects(n: int) -> int:
+    # ~10 owners per 1000 images, growing slowly (79 at a million).
+    return max(1, min(n, round(10 * (n / 1000) ** 0.3)))
+
+
+def make_fleet(
+    n: int = 1000,
+    *,
+    seed: int = 0,
+    public_unprotected: int | None = None,
+    duplicate_groups: int | None = None,
+    projects: int | None = None,
+) -> Fleet:
+    """Build ``n`` realistic images deterministically from ``seed``.
+
+    Defaults scale with ``n``: ~2% of images are public-unprotected, ~1% sit in duplicate
+    groups of 2-4 images, and there are ~10 owners per 1000 images (growing slowly).
+    Planted images never overlap: a public-unprotected image is not also a duplicate.
+
+    Examples
+    --------
+    >>> fleet = make_fleet(100, seed=1, public_unprotected=3, duplicate_groups=2)
+    >>> len(fleet.planted.public_unprotected), len(fleet.planted.duplicate_groups)
+    (3, 2)
+    >>> make_fleet(100, seed=1) == make_fleet(100, seed=2)
+    False
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    n_public = round(0.02 * n) if public_unprotected is None else public_unprotected
+    n_groups = round(0.01 * n / 3) if duplicate_groups is None else duplicate_groups
+    n_projects = _default_projects(n) if projects is None else projects
+    if n_public < 0 or n_groups < 0 or n_projects < 1:
+        raise ValueError("planted counts must be >= 0 and projects >= 1")
+    if n_public + 2 * n_groups > n:
+        raise ValueError(
+            f"cannot plant {n_public} public-unprotected images and {n_groups} duplicate "
+            f"groups (2+ images each) in a fleet of {n}"
+        )
+
+    rng = random.Random(seed)
+    project_ids = tuple(f"{rng.getrandbits(128):032x}" for _ in range(n_projects))
+    # Zipf-like ownership: the first projects own most images.
+    owner_cum = tuple(accumulate(1 / (i + 1) ** 0.8 for i in range(n_projects)))
+
+    # Planted positions are drawn up front; shrink groups if they would not fit.
+    group_sizes = [rng.randint(2, 4) for _ in range(n_groups)]
+    spare = n - n_public - sum(group_sizes)
+    for i in range(len(group_sizes)):
+        if spare >= 0:
+            break
+        cut = min(group_sizes[i] - 2, -spare)
+        group_sizes[i] -= cut
+        spare += cut
+    planted_positions = rng.sample(range(n), n_public + sum(group_sizes))
+    public_positions = set(planted_positions[:n_public])
+    group_of: dict[int, int] = {}
+    offset = n_public
+    for g, size in enumerate(group_sizes):
+        for pos in planted_positions[offset : offset + size]:
+            group_of[pos] = g
+        offset += size
+
+    seen_ids: set[str] = set()
+    seen_checksums: set[str] = set()
+    images: list[FleetImage] = []
+    for pos in range(n):
+        image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        while image_id in seen_ids:  # astronomically rare; keeps ids unique by construction
+            image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        seen_ids.add(image_id)
+
+        created = _EPOCH + timedelta(
+            seconds=rng.randrange(_SPAN_SECONDS),
+            # About a third of rows were written without a fraction (older DB schemas).
+            microseconds=rng.randrange(1, 1_000_000) if rng.random() < 0.7 else 0,
+        )
+        name, properties = _FAMILY_FUNCS[_pick(_FAMILY_CUM, rng)](rng, created)
+
+        planted_public = pos in public_positions
+        duplicate = pos in group_of
+        status = "active" if planted_public or duplicate else _STATUS_NAMES[_pick(_STATUS_CUM, rng)]
+        disk_format = _DISK_NAMES[_pick(_DISK_CUM, rng)]
+        if disk_format in ("ami", "aki", "ari"):
+            container_format = disk_format
+        else:
+            r = rng.random()
+            container_format = (
+                "bare" if r < 0.88 else "ovf" if r < 0.94 else "ova" if r < 0.97 else "docker"
+            )
+
+        size: int | None = int(_MIN_SIZE * math.exp(rng.random() * _LOG_SIZE_RANGE))
+        checksum: str | None = None
+        if status == "queued":
+            size = None
+        elif status not in ("saving", "killed"):
+            checksum = f"{rng.getrandbits(128):032x}"
+            while checksum in seen_checksums:
+                checksum = f"{rng.getrandbits(128):032x}"
+            seen_checksums.add(checksum)
+        virtual_size = (
+            size * rng.randint(1, 8) if size is not None and rng.random() < 0.05 else None
+        )
+
+        owner: str | None = project_ids[_pick(owner_cum, rng)] if rng.random() < 0.99 else None
+        is_public = planted_public or rng.random() < 0.08
+        protected = not planted_public and rng.random() < 0.15
+        deleted = status in ("deleted", "pending_delete")
+        if is_public and not protected and status == "active" and not planted_public:
+            # Only planted images may answer the public-unprotected audit.
+            protected = True
+
+        updated = created + timedelta(seconds=rng.randrange(0, 3 * 86_400))
+        deleted_at = None
+        if deleted:
+            deleted_at = updated + timedelta(seconds=rng.randrange(60, 200 * 86_400))
+            updated = deleted_at
+        size_gb = -(-size // 1024**3) if size else 0
+        min_disk = size_gb + rng.choice((0, 0, 5, 10)) if rng.random() < 0.4 else 0
+
+        images.append(
+            FleetImage(
+                id=image_id,
+                name=name,
+                status=status,
+                size=size,
+                virtual_size=virtual_size,
+                checksum=checksum,
+                container_format=container_format,
+                disk_format=disk_format,
+                owner=owner,
+                is_public=is_public,
+                protected=protected,
+                deleted=deleted,
+                min_ram=_MIN_RAMS[rng.randrange(len(_MIN_RAMS))],
+                min_disk=min_disk,
+                created_at=created,
+                updated_at=updated,
+                deleted_at=deleted_at,
+                properties=properties,
+            )
+        )
+
+    # Duplicates share the first member's checksum and size; their own checksums go unused.
+    members: list[list[FleetImage]] = [[] for _ in group_sizes]
+    for pos, g in group_of.items():
+        members[g].append(images[pos])
+    for group in members:
+        first = group[0]
+        for image in group[1:]:
+            image.checksum = first.checksum
+            image.size = first.size
+            image.virtual_size = first.virtual_size
+
+    planted = PlantedAnswers(
+        public_unprotected=frozenset(images[pos].id for pos in public_positions),
+        duplicate_groups=tuple(frozenset(image.id for image in group) for group in members),
+    )
+    return Fleet(images=images, seed=seed, projects=project_ids, planted=planted)

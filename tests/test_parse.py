@@ -1,0 +1,286 @@
+"""Header parsing: every quirk of DESIGN.md, the scalar and vectorized paths agreeing."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+import imgframe
+from imgframe import ImgframeParseWarning, frame_from_headers, parse_headers
+from imgframe.parse import repair_text
+from imgframe.schema import FIELDS, Kind, columns, dtypes
+
+SAMPLE = {  # the vendor's sample response (shared/reference)
+    "Content-Type": "text/html; charset=UTF-8",
+    "Content-Length": "0",
+    "X-Image-Meta-Id": "3c3d1d01-b48a-4639-8a88-08be3b9b5d78",
+    "X-Image-Meta-Deleted": "False",
+    "X-Image-Meta-Container_format": "bare",
+    "X-Image-Meta-Checksum": "64d7c1cd2b6f60c92c14662941cb7913",
+    "X-Image-Meta-Protected": "False",
+    "X-Image-Meta-Min_disk": "0",
+    "X-Image-Meta-Created_at": "2016-05-22T06:04:20.425843",
+    "X-Image-Meta-Size": "13167616",
+    "X-Image-Meta-Status": "active",
+    "X-Image-Meta-Is_public": "True",
+    "X-Image-Meta-Min_ram": "0",
+    "X-Image-Meta-Owner": "23f4cb75768d4febb39542ef6fe169f3",
+    "X-Image-Meta-Updated_at": "2016-05-22T06:04:22.719791",
+    "X-Image-Meta-Disk_format": "qcow2",
+    "X-Image-Meta-Name": "cirros",
+    "Etag": "64d7c1cd2b6f60c92c14662941cb7913",
+    "X-Openstack-Request-Id": "req-7123ca83-da23-4f4e-9ed6-accd3707d333",
+    "Date": "Mon, 23 May 2016 02:29:54 GMT",
+}
+
+
+def with_(**values: str) -> dict[str, str]:
+    headers = dict(SAMPLE)
+    for column, value in values.items():
+        headers[f"X-Image-Meta-{column.capitalize()}"] = value
+    return headers
+
+
+def one_value(column: str, raw: str) -> object:
+    """Parse ``raw`` for ``column`` on both paths; they must agree; return the value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImgframeParseWarning)
+        record_value = getattr(parse_headers(with_(**{column: raw})), column)
+        frame_value = frame_from_headers([with_(**{column: raw})])[column].iloc[0]
+    if record_value is None:
+        assert pd.isna(frame_value), (column, raw, frame_value)
+    else:
+        assert frame_value == record_value, (column, raw, frame_value, record_value)
+    return record_value
+
+
+def test_vendor_sample_parses_to_typed_record() -> None:
+    rec = parse_headers(SAMPLE)
+    assert rec.id == "3c3d1d01-b48a-4639-8a88-08be3b9b5d78"
+    assert rec.size == 13167616 and rec.min_ram == 0 and rec.min_disk == 0
+    assert rec.is_public is True and rec.protected is False and rec.deleted is False
+    assert rec.created_at == datetime(2016, 5, 22, 6, 4, 20, 425843, tzinfo=UTC)
+    assert rec.deleted_at is None and rec.virtual_size is None
+    assert rec.request_id == "req-7123ca83-da23-4f4e-9ed6-accd3707d333"
+    assert rec.properties == {}
+
+
+def test_image_record_is_frozen_and_slotted() -> None:
+    rec = parse_headers(SAMPLE)
+    with pytest.raises(AttributeError):
+        rec.size = 1  # type: ignore[misc]
+    assert not hasattr(rec, "__dict__")
+
+
+def test_image_record_fields_follow_the_schema() -> None:
+    from dataclasses import fields
+
+    expected = [f.column for f in FIELDS if f.column not in ("http_status", "error")]
+    assert [f.name for f in fields(imgframe.ImageRecord)] == expected
+
+
+def test_frame_has_contract_columns_and_dtypes() -> None:
+    df = frame_from_headers([SAMPLE])
+    assert list(df.columns) == columns()
+    assert df.index.name == "id" and str(df.index.dtype) == "string"
+    for column, dtype in dtypes().items():
+        assert df[column].dtype == dtype, column
+    assert df["created_at"].dtype == "datetime64[ns, UTC]"
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {k.lower(): v for k, v in SAMPLE.items()},
+        {k.upper(): v for k, v in SAMPLE.items()},
+        {k.swapcase(): v for k, v in SAMPLE.items()},
+        CIMultiDictProxy(CIMultiDict(SAMPLE)),
+    ],
+    ids=["lower", "upper", "swapcase", "CIMultiDictProxy"],
+)
+def test_header_names_are_case_insensitive(mapping: object) -> None:
+    assert parse_headers(mapping) == parse_headers(SAMPLE)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(frame_from_headers([mapping]), frame_from_headers([SAMPLE]))  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("True", True), ("true", True), ("TRUE", True), (" yes ", True), ("1", True),
+        ("on", True), ("t", True), ("False", False), ("false", False), ("0", False),
+        ("no", False), ("OFF", False), ("f", False), ("None", None), ("", None),
+    ],
+)  # fmt: skip
+def test_boolean_spellings(raw: str, expected: bool | None) -> None:
+    assert one_value("is_public", raw) is expected
+
+
+@pytest.mark.parametrize("garbage", ["maybe", "2", "public", "Tru"])
+def test_unknown_boolean_is_na_never_false(garbage: str) -> None:
+    with pytest.warns(ImgframeParseWarning, match="is_public"):
+        df = frame_from_headers([with_(is_public=garbage)])
+    assert pd.isna(df["is_public"].iloc[0])
+    assert one_value("is_public", garbage) is None
+
+
+@pytest.mark.parametrize("null", ["None", "", "  ", "none", "null"])
+def test_null_spellings_in_numbers_are_na_without_warning(null: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImgframeParseWarning)
+        df = frame_from_headers([with_(size=null)])
+        assert parse_headers(with_(size=null)).size is None
+    assert pd.isna(df["size"].iloc[0])
+
+
+@pytest.mark.parametrize("bad", ["12x", "1.5", "0x10", "9" * 19])
+def test_unparseable_integer_is_na_and_warns_naming_field_and_id(bad: str) -> None:
+    with pytest.warns(ImgframeParseWarning, match=r"size \(1 value; ids '3c3d1d01"):
+        df = frame_from_headers([with_(size=bad)])
+    assert pd.isna(df["size"].iloc[0])
+    assert len(df) == 1
+
+
+def test_integers_keep_full_precision() -> None:
+    assert one_value("size", "9007199254740993") == 9007199254740993
+    assert one_value("size", " 42 ") == 42
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2016-05-22T06:04:20.425843", datetime(2016, 5, 22, 6, 4, 20, 425843, tzinfo=UTC)),
+        ("2016-05-22T06:04:20", datetime(2016, 5, 22, 6, 4, 20, tzinfo=UTC)),
+        ("2016-05-22 06:04:20.5", datetime(2016, 5, 22, 6, 4, 20, 500000, tzinfo=UTC)),
+        ("2016-05-22T08:04:20+02:00", datetime(2016, 5, 22, 6, 4, 20, tzinfo=UTC)),
+        ("2016-05-22T06:04:20Z", datetime(2016, 5, 22, 6, 4, 20, tzinfo=UTC)),
+        ("None", None),
+        ("", None),
+    ],
+)
+def test_timestamps_become_utc(raw: str, expected: datetime | None) -> None:
+    assert one_value("created_at", raw) == expected
+
+
+def test_timestamp_garbage_is_na_and_warns() -> None:
+    with pytest.warns(ImgframeParseWarning, match="created_at"):
+        assert pd.isna(frame_from_headers([with_(created_at="yesterday")])["created_at"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        "niño",  # raw UTF-8, decoded right by aiohttp
+        "niÃ±o",  # UTF-8 decoded as Latin-1 (requests, http.client)
+        "ni\udcf1o",  # Latin-1 byte surrogate-escaped by aiohttp's parser
+        b"ni\xc3\xb1o",  # bytes, UTF-8
+        b"ni\xf1o",  # bytes, Latin-1
+    ],
+    ids=["utf8", "mojibake", "surrogate", "bytes-utf8", "bytes-latin1"],
+)
+def test_non_ascii_name_is_repaired(wire: str | bytes) -> None:
+    headers = {**SAMPLE, "X-Image-Meta-Name": wire}
+    assert parse_headers(headers).name == "niño"
+    assert frame_from_headers([headers])["name"].iloc[0] == "niño"
+
+
+def test_non_latin_text_is_kept() -> None:
+    for name in ("образ-тест", "镜像-生产", "café ☕"):
+        assert one_value("name", name) == name
+
+
+def test_percent_encoded_values_are_kept_literally() -> None:
+    assert one_value("name", "%E9%95%9C%E5%83%8F") == "%E9%95%9C%E5%83%8F"
+    assert repair_text("a%20b") == "a%20b"
+
+
+def test_properties_lower_cased_with_empty_values_kept() -> None:
+    headers = {
+        **SAMPLE,
+        "X-Image-Meta-Property-Os_Distro": "ubuntu",
+        "x-image-meta-property-description": "",
+        "X-IMAGE-META-PROPERTY-HW_DISK_BUS": "virtio",
+        "X-Image-Meta-Property-Note": "ni\udcf1o",
+    }
+    expected = {"os_distro": "ubuntu", "description": "", "hw_disk_bus": "virtio", "note": "niño"}
+    assert parse_headers(headers).properties == expected
+    assert frame_from_headers([headers])["properties"].iloc[0] == expected
+
+
+def test_each_row_gets_its_own_properties_dict() -> None:
+    df = frame_from_headers([SAMPLE, {**SAMPLE, "X-Image-Meta-Id": "b"}])
+    df["properties"].iloc[0]["x"] = "1"
+    assert df["properties"].iloc[1] == {}
+
+
+def test_missing_headers_become_na_not_false() -> None:
+    df = frame_from_headers([{"X-Image-Meta-Id": "q", "X-Image-Meta-Status": "queued"}])
+    row = df.iloc[0]
+    for column in ("size", "checksum", "is_public", "protected", "created_at", "name"):
+        assert pd.isna(row[column]), column
+
+
+def test_one_warning_per_call_names_every_bad_field() -> None:
+    rows = [with_(size="x", is_public="maybe")] + [
+        {**with_(size="y"), "X-Image-Meta-Id": f"id-{i}"} for i in range(5)
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = frame_from_headers(rows)
+    parse_warnings = [w for w in caught if issubclass(w.category, ImgframeParseWarning)]
+    assert len(parse_warnings) == 1
+    message = str(parse_warnings[0].message)
+    assert "size (6 values" in message and "is_public (1 value" in message and "..." in message
+    assert len(df) == 6
+
+
+def test_scalar_and_vector_paths_agree_on_a_mixed_batch() -> None:
+    rows = []
+    spellings = ["True", "false", "YES", "0", "maybe", "", "None"]
+    numbers = ["1", "None", "", "x", "  7", "-3"]
+    stamps = ["2016-05-22T06:04:20.425843", "2016-05-22 06:04:20", "bad", "", "2020-01-01T00:00Z"]
+    for i in range(60):
+        rows.append(
+            {
+                "x-image-meta-id": f"img-{i}",
+                "x-image-meta-is_public": spellings[i % len(spellings)],
+                "x-image-meta-min_ram": numbers[i % len(numbers)],
+                "x-image-meta-updated_at": stamps[i % len(stamps)],
+                "x-image-meta-name": ["niÃ±o", "plain", "ni\udcf1o", "镜像"][i % 4],
+                "x-image-meta-status": ["active", "queued"][i % 2],
+            }
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImgframeParseWarning)
+        df = frame_from_headers(rows)
+        records = [parse_headers(r) for r in rows]
+    for record, (_, row) in zip(records, df.iterrows(), strict=True):
+        for f in FIELDS:
+            if f.header is None or f.column == "id":
+                continue
+            value = getattr(record, f.column)
+            if value is None:
+                assert pd.isna(row[f.column]), (record.id, f.column)
+            else:
+                assert row[f.column] == value, (record.id, f.column)
+
+
+def test_category_columns_are_categorical() -> None:
+    df = frame_from_headers([SAMPLE])
+    for f in FIELDS:
+        if f.kind is Kind.CATEGORY:
+            assert isinstance(df[f.column].dtype, pd.CategoricalDtype), f.column
+
+
+def test_empty_input_gives_empty_typed_frame() -> None:
+    df = frame_from_headers([])
+    assert len(df) == 0 and list(df.columns) == columns()
+    assert df["size"].dtype == "Int64"
+
+
+def test_generator_input_is_accepted() -> None:
+    df = frame_from_headers({**SAMPLE, "X-Image-Meta-Id": str(i)} for i in range(3))
+    assert df.index.tolist() == ["0", "1", "2"]
