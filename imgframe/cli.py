@@ -101,7 +101,7 @@ def _fetch(args: argparse.Namespace) -> int:
         path = write(df, args.output)
         print(f"wrote {len(df):,} rows to {path}", file=sys.stderr)
     else:
-        to_csv(df, sys.stdout)  # type: ignore[arg-type]
+        to_csv(df, sys.stdout)
     print(summarize(df, seconds), file=sys.stderr)
     return 0
 
@@ -250,6 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # output file not writable, port in use...
         print(f"imgframe: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug of ours: one line for users, the traceback on request
+        if os.environ.get("IMGFRAME_DEBUG"):
+            raise
+        print(
+            f"imgframe: internal error: {type(exc).__name__}: {exc} "
+            "(set IMGFRAME_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 import pyarrow as pa
@@ -59,8 +59,12 @@ def neutralise_formulas(values: pd.Series) -> pd.Series:
     return text.mask(risky, "'" + text)
 
 
-def to_csv(df: pd.DataFrame, path: str | os.PathLike[str], *, safe: bool = True) -> Path:
+def to_csv(
+    df: pd.DataFrame, path: str | os.PathLike[str] | TextIO, *, safe: bool = True
+) -> Path | None:
     """Write ``df`` as UTF-8 CSV; with ``safe`` (default) no cell can run as a formula.
+
+    ``path`` may also be an open text stream (e.g. ``sys.stdout``); then None is returned.
 
     Examples
     --------
@@ -75,6 +79,9 @@ def to_csv(df: pd.DataFrame, path: str | os.PathLike[str], *, safe: bool = True)
         for column in ["id", *_text_columns(df), "properties"]:
             if column in out:
                 out[column] = neutralise_formulas(out[column])
+    if hasattr(path, "write"):
+        out.to_csv(path, index=False)
+        return None
     path = Path(path)
     out.to_csv(path, index=False, encoding="utf-8")
     return path
@@ -127,7 +134,7 @@ def to_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 FORMATS = {".csv": to_csv, ".parquet": to_parquet, ".json": to_json}
 
 
-def write(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+def write(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path | None:
     """Write ``df`` in the format its extension names (``.csv``, ``.parquet``, ``.json``).
 
     Examples

@@ -1,0 +1,136 @@
+"""The ``imgframe`` command, run as a user would: a real process, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+
+
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd=None):
+    environment = {**os.environ, **(env or {})}
+    environment.pop("OS_AUTH_TOKEN", None) if env is None else None
+    return subprocess.run(
+        [sys.executable, "-m", "imgframe", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return make_fleet(50, seed=3)
+
+
+@pytest.fixture(scope="module")
+def emulator(fleet) -> Iterator[GlanceEmulator]:
+    with GlanceEmulator(fleet) as emu:
+        yield emu
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("fetch", "emulator", "demo"):
+        assert command in result.stdout
+    assert "--endpoint" in run("fetch", "--help").stdout
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, suffix) -> None:
+    ids = [i.id for i in fleet.images[:5]]
+    out = tmp_path / f"images{suffix}"
+    result = run("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "5 image ids: 5 fetched, 0 failed" in result.stderr
+    if suffix == ".csv":
+        assert pd.read_csv(out)["id"].tolist() == ids
+    elif suffix == ".parquet":
+        assert pq.read_table(out).column("id").to_pylist() == ids
+    else:
+        assert [r["id"] for r in json.loads(out.read_text())] == ids
+
+
+def test_fetch_reads_ids_from_file_and_stdin(fleet, emulator, tmp_path) -> None:
+    ids = [i.id for i in fleet.images[:4]]
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("# my images\n" + "\n".join(ids[:2]) + "\n\n")
+    result = run(
+        "fetch", "--ids-file", str(ids_file), "--endpoint", emulator.url, "-o",
+        str(tmp_path / "a.csv"), env={"OS_AUTH_TOKEN": ADMIN_TOKEN},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(tmp_path / "a.csv")["id"].tolist() == ids[:2]
+    piped = run(
+        "fetch", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, stdin="\n".join(ids) + "\n"
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.splitlines()[0].startswith("id,name,status")
+    assert len(piped.stdout.splitlines()) == 5
+
+
+def test_failed_ids_are_rows_in_the_output(fleet, emulator, tmp_path) -> None:
+    out = tmp_path / "out.csv"
+    result = run(
+        "fetch", fleet.images[0].id, "no-such-image", "../bad",
+        "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    df = pd.read_csv(out, index_col="id")
+    assert df.loc["no-such-image", "http_status"] == 404
+    assert df.loc["../bad", "error"] == "invalid image id"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fetch", "x", "--endpoint", "ftp://nowhere", "--token", "t"], "http(s) URL"),
+        (
+            ["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--token", "t", "-o", "a.xlsx"],
+            ".csv",
+        ),
+        (
+            ["fetch", "--ids-file", "/nonexistent/ids", "--endpoint", "http://127.0.0.1:9"],
+            "ids file",
+        ),
+        (["fetch", "x", "--endpoint", "http://127.0.0.1:9"], "OS_AUTH_TOKEN"),
+        (["fetch", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "no image ids"),
+    ],
+)
+def test_user_errors_print_one_line_without_traceback(tmp_path, args, message) -> None:
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_no_v1_cloud_is_one_clear_line(fleet) -> None:
+    from imgframe.testing import Faults
+
+    with GlanceEmulator(fleet, faults=Faults(no_v1=True)) as emu:
+        result = run("fetch", fleet.images[0].id, "--endpoint", emu.url, "--token", ADMIN_TOKEN)
+    assert result.returncode == 2
+    assert "no Glance v1 API" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path) -> None:
+    result = run("demo", "--images", "400", "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    df = pd.read_csv(tmp_path / "out" / "images.csv")
+    assert len(df) == 408  # 400 images + 2% unknown ids
+    assert (df["http_status"] == 200).sum() == 400
+    assert (df["http_status"] == 404).sum() == 8
+    assert "images/s" in result.stdout and "by status:" in result.stdout
