@@ -230,13 +230,17 @@ def _text_array(values: Sequence[Any]) -> pa.Array:
             type=pa.large_string(),
         )
     non_ascii = pc.invert(pc.string_is_ascii(arr)).fill_null(False)
-    if pc.any(non_ascii).as_py():
-        idx = np.flatnonzero(non_ascii.to_numpy(zero_copy_only=False))
-        py = arr.to_pylist()
-        for i in idx:
-            py[i] = repair_text(py[i])
-        arr = pa.array(py, type=pa.large_string())
-    return arr
+    if not pc.any(non_ascii).as_py():
+        return arr
+    # Repair each distinct non-ASCII value once; correctly decoded UTF-8 comes back as is.
+    subset = arr.filter(non_ascii)
+    distinct = pc.unique(subset)
+    before = distinct.to_pylist()
+    after = [repair_text(v) for v in before]
+    if after == before:
+        return arr
+    repaired = pa.array(after, type=pa.large_string()).take(pc.index_in(subset, distinct))
+    return pc.replace_with_mask(arr, non_ascii, repaired)
 
 
 def _null_tokens(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -397,20 +401,19 @@ def build_frame(
     *requested* id, so failed rows without headers keep theirs.
     """
     n = columns.n
+    fetched = {"http_status": http_status, "error": error}
     data: dict[str, Any] = {}
     bad_rows: dict[str, np.ndarray] = {}
     ids: Any = None
     for f in FIELDS:
         if f.kind is Kind.PROPERTIES:
             data[f.column] = _object_array(columns.properties())
-        elif f.column == "http_status":
-            data[f.column] = pd.array(
-                list(http_status) if http_status is not None else [None] * n, dtype="Int64"
-            )
-        elif f.column == "error":
-            data[f.column], _ = _text_column(
-                _text_array(error if error is not None else [None] * n)
-            )
+        elif f.header is None:  # filled by the fetcher, not read from headers
+            values = fetched[f.column] if fetched[f.column] is not None else [None] * n
+            if f.kind is Kind.INT:
+                data[f.column] = pd.array(list(values), dtype=f.dtype)
+            else:
+                data[f.column], _ = _VECTOR[f.kind](_text_array(values))
         else:
             converted, bad = _VECTOR[f.kind](columns.raw(f.header))  # type: ignore[arg-type]
             if f.column == "id":

@@ -121,7 +121,8 @@ FIELDS: tuple[Field, ...] = (
     Field("deleted_at", _h("deleted_at"), Kind.TIMESTAMP, "deletion time, UTC"),
     Field("properties", None, Kind.PROPERTIES, "custom properties, lower-cased keys"),
     Field("http_status", None, Kind.INT, "HTTP status of the final attempt; NA if none"),
-    Field("error", None, Kind.TEXT, "why the image could not be read; NA when fine"),
+    # category, not string: a run has a handful of distinct messages (1 byte/row, not 8+).
+    Field("error", None, Kind.CATEGORY, "why the image could not be read; NA when fine"),
     Field("request_id", "x-openstack-request-id", Kind.TEXT, "request id for support tickets"),
 )
 
