@@ -3,7 +3,7 @@
 Examples
 --------
 >>> import imgframe
->>> imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}]).size.tolist()
+>>> imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])["size"].tolist()
 [1]
 """
 
