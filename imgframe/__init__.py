@@ -3,7 +3,8 @@
 Examples
 --------
 >>> import imgframe
->>> imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])["size"].tolist()
+>>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])
+>>> df["size"].tolist()
 [1]
 """
 

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -137,11 +137,16 @@ class _Collector:
             np.fromiter((r.position for r in batch), dtype=np.int64, count=len(batch))
         )
 
-    def frame(self) -> pd.DataFrame:
-        self.flush()
+    def close(self) -> None:
+        """Finish the progress bar (idempotent; also on errors)."""
         if self._bar is not None:
             self._flush_bar(time.monotonic())
             self._bar.close()
+            self._bar = None
+
+    def frame(self) -> pd.DataFrame:
+        self.flush()
+        self.close()
         frame = concat_frames(self.frames)
         if self.positions:
             frame = frame.iloc[np.argsort(np.concatenate(self.positions), kind="stable")]
@@ -218,18 +223,20 @@ async def fetch_images_async(
         verify=verify,
     )
     collector = _Collector(len(requested), _progress_bar(progress, len(requested)))
-    valid: list[tuple[int, str]] = []
-    for position, image_id in enumerate(requested):
-        problem = image_id_problem(image_id)
-        if problem is None:
-            valid.append((position, image_id))
-        else:  # never sent: its row says why
-            collector.add(FetchResult(position, image_id, None, None, problem, attempts=0))
+
+    def sendable() -> Iterator[tuple[int, str]]:
+        # A generator, so the fetcher's queue pulls ids as workers free up.
+        for position, image_id in enumerate(requested):
+            problem = image_id_problem(image_id)
+            if problem is None:
+                yield position, image_id
+            else:  # never sent: its row says why
+                collector.add(FetchResult(position, image_id, None, None, problem, attempts=0))
+
     try:
-        await fetcher.run(valid, collector.add)
+        await fetcher.run(sendable(), collector.add)
     finally:
-        if collector._bar is not None:
-            collector._bar.close()
+        collector.close()
     frame = collector.frame()
     collector.problems.warn(stacklevel=2)
     return frame
