@@ -171,19 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    fetch = sub.add_parser("fetch", help="HEAD many image ids and write a table")
+    fetch = sub.add_parser(
+        "fetch",
+        help="HEAD many image ids and write a table",
+        description="HEAD /v1/images/{id} for every id; one row per id, failures included.",
+        epilog="example: OS_AUTH_TOKEN=... imgframe fetch --endpoint https://ims.example.com "
+        "--ids-file ids.txt -o fleet.parquet",
+    )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
     fetch.add_argument("--ids-file", metavar="FILE", help="file with one id per line ('-' = stdin)")
     fetch.add_argument("--endpoint", required=True, help="Glance/IMS URL, with or without /v1")
-    fetch.add_argument("--token", help="X-Auth-Token (default: $OS_AUTH_TOKEN)")
+    fetch.add_argument(
+        "--token",
+        help="X-Auth-Token (default: $OS_AUTH_TOKEN, which other users cannot see in ps)",
+    )
     fetch.add_argument(
         "--concurrency",
         type=int,
+        metavar="N",
         default=DEFAULT_CONCURRENCY,
         help=f"requests in flight (default {DEFAULT_CONCURRENCY}; raise it for distant clouds)",
     )
-    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
-    fetch.add_argument("--retries", type=int, default=3, help="retries of 429/5xx/timeouts (3)")
+    fetch.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="seconds per request (30)"
+    )
+    fetch.add_argument(
+        "--retries", type=int, default=3, metavar="N", help="retries of 429/5xx/timeouts (3)"
+    )
     fetch.add_argument(
         "-o", "--output", help="write .csv, .parquet or .json (default: CSV on stdout)"
     )
