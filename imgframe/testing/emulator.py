@@ -196,7 +196,7 @@ class Faults:
             raise ValueError(f"latency must be >= 0 (and low <= high), got {self.latency}")
 
     @property
-    def active(self) -> bool:
+    def has_image_faults(self) -> bool:
         """True when any per-image fault is configured (the server skips work otherwise)."""
         return bool(self.transient_rate or self.hang_rate or self.malformed_rate)
 
@@ -605,9 +605,9 @@ class GlanceEmulator:
             status = response.status
             return response
         except _Dropped:
-            # abort() rather than close(): no FIN-after-flush, the client just loses the
-            # socket. aiohttp then fails to write the placeholder and treats it as a
-            # client disconnect, quietly.
+            # Nothing has been written yet, so the client sees EOF instead of a status line
+            # (aiohttp: ServerDisconnectedError). aiohttp.web then fails to write the
+            # placeholder below and files it as a client disconnect, without logging.
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)
@@ -630,7 +630,7 @@ class GlanceEmulator:
         if method != "HEAD":
             # Image data is not emulated; only metadata (HEAD) is.
             return web.Response(status=405, headers={"Allow": "HEAD"})
-        if faults.active and attempt <= faults.transient_attempts:
+        if faults.has_image_faults and attempt <= faults.transient_attempts:
             if faults.is_hanging(image_id):
                 await asyncio.sleep(faults.hang_seconds)
             else:
@@ -706,7 +706,9 @@ class GlanceEmulator:
             start = index + 1
         page: list[dict[str, Any]] = []
         render = _detail if detail else _summary
-        for image in ordered[start:] if limit else ():
+        # Index, not a slice: slicing would copy up to a million references per page.
+        for index in range(start, len(ordered) if limit else start):
+            image = ordered[index]
             if _listable(image, who, show_deleted):
                 page.append(render(image))
                 if len(page) >= limit:
