@@ -22,7 +22,14 @@ import pandas as pd
 from imgframe.auth import TokenSource, token_source
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.fetch import FetchResult, HeadFetcher, RetryPolicy, Timeout, image_id_problem
-from imgframe.parse import ParseProblems, _Columns, _gc_paused, build_frame, concat_frames
+from imgframe.parse import (
+    ParseProblems,
+    _Columns,
+    _gc_paused,
+    build_frame,
+    concat_frames,
+    pack_headers,
+)
 
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
@@ -89,7 +96,13 @@ class _Collector:
 
     def __init__(self, total: int, progress: Any) -> None:
         self.total = total
-        self.batch: list[FetchResult] = []
+        # One batch as parallel lists of small values: keeping FetchResults would keep
+        # aiohttp's header tuples alive (see pack_headers).
+        self.positions_batch: list[int] = []
+        self.ids: list[str] = []
+        self.statuses: list[int | None] = []
+        self.errors: list[str | None] = []
+        self.packed: list[bytes | None] = []
         self.frames: list[pd.DataFrame] = []
         self.positions: list[np.ndarray] = []
         self.problems = ParseProblems()
@@ -99,7 +112,11 @@ class _Collector:
         self._last_bar = 0.0
 
     def add(self, result: FetchResult) -> None:
-        self.batch.append(result)
+        self.positions_batch.append(result.position)
+        self.ids.append(result.image_id)
+        self.statuses.append(result.http_status)
+        self.errors.append(result.error)
+        self.packed.append(pack_headers(result.raw_headers) if result.raw_headers else None)
         if result.http_status == 200:
             self.counts["ok"] += 1
         elif result.http_status == 404:
@@ -111,7 +128,7 @@ class _Collector:
             now = time.monotonic()
             if now - self._last_bar > 0.2:  # batch bar updates: per-row refresh costs real CPU
                 self._flush_bar(now)
-        if len(self.batch) >= BATCH_SIZE:
+        if len(self.ids) >= BATCH_SIZE:
             self.flush()
 
     def _flush_bar(self, now: float) -> None:
@@ -121,21 +138,19 @@ class _Collector:
         self._last_bar = now
 
     def flush(self) -> None:
-        if not self.batch:
+        if not self.ids:
             return
-        batch, self.batch = self.batch, []
         with _gc_paused():
             frame = build_frame(
-                _Columns([r.headers if r.headers is not None else {} for r in batch]),
-                index=[r.image_id for r in batch],
-                http_status=[r.http_status for r in batch],
-                error=[r.error for r in batch],
+                _Columns.from_packed(self.packed),
+                index=self.ids,
+                http_status=self.statuses,
+                error=self.errors,
                 problems=self.problems,
             )
         self.frames.append(frame)
-        self.positions.append(
-            np.fromiter((r.position for r in batch), dtype=np.int64, count=len(batch))
-        )
+        self.positions.append(np.array(self.positions_batch, dtype=np.int64))
+        self.positions_batch, self.ids, self.statuses, self.errors, self.packed = [], [], [], [], []
 
     def close(self) -> None:
         """Finish the progress bar (idempotent; also on errors)."""

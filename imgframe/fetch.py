@@ -18,7 +18,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -103,12 +103,16 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
-    """What happened to one image id: headers on success, status and error otherwise."""
+    """What happened to one image id: headers on success, status and error otherwise.
+
+    ``raw_headers`` are aiohttp's undecoded ``(name, value)`` byte pairs; decoding them is
+    the frame builder's job.
+    """
 
     position: int
     image_id: str
     http_status: int | None
-    headers: Mapping[str, str] | None
+    raw_headers: Sequence[tuple[bytes, bytes]] | None
     error: str | None
     attempts: int = 1
 
@@ -218,6 +222,7 @@ class HeadFetcher:
         self.retry = retry
         self._ssl = _ssl_option(verify)
         self._token: str | None = None
+        self._auth: dict[str, str] = {}  # one dict per token, not one per request
         self._token_dead = False
         self._refresh_lock: asyncio.Lock | None = None
         self.requests_sent = 0
@@ -238,6 +243,7 @@ class HeadFetcher:
         self._refresh_lock = asyncio.Lock()
         try:
             self._token = await self._tokens.token()
+            self._auth = {"X-Auth-Token": self._token}
         except AuthError:
             raise
         except Exception as exc:  # a token source's own failure, translated once here
@@ -249,24 +255,22 @@ class HeadFetcher:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout.total, connect=self.timeout.connect),
             headers={"User-Agent": USER_AGENT},
+            # HEAD answers have no body: asking for encodings or types is wasted work.
+            skip_auto_headers=("Accept", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         )
-        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=self.concurrency * 4)
-
-        async def produce() -> None:
-            for item in items:
-                await queue.put(item)
-            for _ in range(self.concurrency):
-                await queue.put(None)
+        # The workers share one iterator: the event loop runs one task at a time, so each
+        # item goes to exactly one worker, and a worker pulls the next id only when it is
+        # free -- a queue with no producer task and no hand-off per id.
+        shared = iter(items)
 
         async def work() -> None:
-            while (item := await queue.get()) is not None:
-                on_result(await self._fetch_one(session, *item))
+            for position, image_id in shared:
+                on_result(await self._fetch_one(session, position, image_id))
 
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(produce())
                 for _ in range(self.concurrency):
                     group.create_task(work())
         except* FetchError as errors:
@@ -292,16 +296,15 @@ class HeadFetcher:
                     attempt,
                 )
             attempt += 1
-            token = self._token
+            token, auth = self._token, self._auth
             assert token is not None
             retry_after: float | None = None
             try:
                 self.requests_sent += 1
-                async with session.head(
-                    url, headers={"X-Auth-Token": token}, allow_redirects=False
-                ) as response:
+                async with session.head(url, headers=auth, allow_redirects=False) as response:
                     status = response.status
                     headers = response.headers
+                    raw_headers = response.raw_headers
             except TimeoutError:
                 status, error = None, f"timed out after {self.timeout.total:g} s"
             except aiohttp.ClientConnectionError as exc:
@@ -312,7 +315,7 @@ class HeadFetcher:
                 )
             else:
                 if status == 200:
-                    return FetchResult(position, image_id, 200, headers, None, attempt)
+                    return FetchResult(position, image_id, 200, raw_headers, None, attempt)
                 error = f"HTTP {status} {_reason(status)}".rstrip()
                 if status == 300:
                     raise NoV1ApiError(
@@ -366,7 +369,7 @@ class HeadFetcher:
                 fresh = None
             if not fresh or fresh == rejected:
                 return False
-            self._token = fresh
+            self._token, self._auth = fresh, {"X-Auth-Token": fresh}
             return True
 
 

@@ -229,6 +229,19 @@ def _text_array(values: Sequence[Any]) -> pa.Array:
             ],
             type=pa.large_string(),
         )
+    return _repair_array(arr)
+
+
+def _binary_text_array(arr: pa.Array) -> pa.Array:
+    """Undecoded header bytes -> large_string: UTF-8 in one vectorized step, else repaired."""
+    try:
+        return _repair_array(arr.cast(pa.large_string()))
+    except pa.ArrowInvalid:  # some value is not UTF-8 (Latin-1 bytes): decode in Python
+        return _text_array(arr.to_pylist())
+
+
+def _repair_array(arr: pa.Array) -> pa.Array:
+    """Repair the non-ASCII values of a large_string array (see :func:`repair_text`)."""
     non_ascii = pc.invert(pc.string_is_ascii(arr)).fill_null(False)
     if not pc.any(non_ascii).as_py():
         return arr
@@ -302,6 +315,31 @@ _VECTOR = {
 }
 
 
+PACK_SEPARATOR = b"\x00"  # HTTP parsers reject NUL in header fields; pack_headers checks
+
+
+def pack_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    r"""One response's undecoded ``(name, value)`` pairs as one NUL-separated bytes object.
+
+    The fetch collector keeps this instead of aiohttp's header objects: one untracked
+    bytes object per response, where keeping the pairs meant ~60 objects each for the
+    allocator and the garbage collector (measured: ~25 µs more CPU per request).
+
+    Examples
+    --------
+    >>> pack_headers([(b"X-Image-Meta-Id", b"a"), (b"X-Image-Meta-Size", b"1")])
+    b'X-Image-Meta-Id\x00a\x00X-Image-Meta-Size\x001'
+    """
+    if not raw_headers:
+        return b""
+    blob = PACK_SEPARATOR.join(chain.from_iterable(raw_headers))
+    if blob.count(PACK_SEPARATOR) != 2 * len(raw_headers) - 1:  # a NUL inside a field
+        blob = PACK_SEPARATOR.join(
+            part.replace(PACK_SEPARATOR, "\ufffd".encode()) for pair in raw_headers for part in pair
+        )
+    return blob
+
+
 class _Columns:
     """Many header mappings gathered into one column of raw values per field.
 
@@ -312,20 +350,40 @@ class _Columns:
     faster than parsing each mapping on its own.
     """
 
-    def __init__(self, headers: Iterable[Mapping[str, Any]]) -> None:
-        mappings = headers if isinstance(headers, list | tuple) else list(headers)
-        self.n = n = len(mappings)
-        lengths = np.fromiter(map(len, mappings), dtype=np.int64, count=n)
-        keys = list(chain.from_iterable(mappings))
-        values = list(chain.from_iterable(m.values() for m in mappings))
-        self.values = _text_array(values)
-        lowered = pc.utf8_lower(_text_array(keys))
+    def __init__(self, lengths: np.ndarray, keys: pa.Array, values: pa.Array) -> None:
+        self.n = n = len(lengths)
+        self.values = values
+        lowered = pc.utf8_lower(keys)
         encoded = pc.dictionary_encode(lowered) if n else None
         self.rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
         self._codes = (
             encoded.indices.to_numpy(zero_copy_only=False) if encoded is not None else np.empty(0)
         )
         self._names: list[str] = encoded.dictionary.to_pylist() if encoded is not None else []
+
+    @classmethod
+    def from_mappings(cls, headers: Iterable[Mapping[str, Any]]) -> _Columns:
+        """From header mappings (dicts, aiohttp's ``CIMultiDictProxy``...)."""
+        mappings = headers if isinstance(headers, list | tuple) else list(headers)
+        lengths = np.fromiter(map(len, mappings), dtype=np.int64, count=len(mappings))
+        keys = list(chain.from_iterable(mappings))
+        values = list(chain.from_iterable(m.values() for m in mappings))
+        return cls(lengths, _text_array(keys), _text_array(values))
+
+    @classmethod
+    def from_packed(cls, packed: Sequence[bytes | None]) -> _Columns:
+        """From :func:`pack_headers` blobs (None for a response without headers).
+
+        Splitting, decoding and lower-casing all happen in pyarrow, column-wise.
+        """
+        blobs = pa.array(packed, type=pa.large_binary())
+        parts = pc.split_pattern(blobs, pattern=PACK_SEPARATOR)
+        lengths = pc.list_value_length(parts).fill_null(0).to_numpy(zero_copy_only=False) // 2
+        flat = pc.list_flatten(parts)
+        even = np.arange(0, len(flat) - 1, 2)
+        keys = _binary_text_array(flat.take(even))
+        values = _binary_text_array(flat.take(even + 1))
+        return cls(lengths, keys, values)
 
     def raw(self, header: str) -> pa.Array:
         """The raw text of ``header`` per row (null where absent; the last one wins)."""
@@ -473,14 +531,14 @@ def frame_from_headers(headers: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     problems = ParseProblems()
     with _gc_paused():
-        frame = build_frame(_Columns(headers), problems=problems)
+        frame = build_frame(_Columns.from_mappings(headers), problems=problems)
     problems.warn()
     return frame
 
 
 def empty_frame() -> pd.DataFrame:
     """A frame with no rows and the full typed schema."""
-    return build_frame(_Columns([]))
+    return build_frame(_Columns.from_mappings([]))
 
 
 def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
