@@ -332,7 +332,7 @@ def pack_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """
     if not raw_headers:
         return b""
-    blob = PACK_SEPARATOR.join(chain.from_iterable(raw_headers))
+    blob = PACK_SEPARATOR.join(map(PACK_SEPARATOR.join, raw_headers))
     if blob.count(PACK_SEPARATOR) != 2 * len(raw_headers) - 1:  # a NUL inside a field
         blob = PACK_SEPARATOR.join(
             part.replace(PACK_SEPARATOR, "\ufffd".encode()) for pair in raw_headers for part in pair
