@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import math
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 
 from imgframe.auth import TokenSource, token_source
 from imgframe.errors import ConfigError, InvalidInputError
-from imgframe.fetch import FetchResult, HeadFetcher, RetryPolicy, Timeout, image_id_problem
+from imgframe.fetch import INVALID_ID, FetchResult, HeadFetcher, RetryPolicy, Timeout, invalid_ids
 from imgframe.parse import (
     ParseProblems,
     _Columns,
@@ -87,6 +88,14 @@ def normalize_ids(ids: Iterable[Any]) -> list[str]:
             raise InvalidInputError(
                 f"ids[{position}] is a {type(value).__name__} ({value!r}), not a string image id"
             )
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInputError(
+                    f"ids[{position}] is not valid Unicode text ({value!r}): it has lone "
+                    "surrogates, as left by a wrong decoding"
+                ) from None
         seen.setdefault(text.strip(), None)
     return list(seen)
 
@@ -239,17 +248,13 @@ async def fetch_images_async(
     )
     collector = _Collector(len(requested), _progress_bar(progress, len(requested)))
 
-    def sendable() -> Iterator[tuple[int, str]]:
-        # A generator, so the fetcher's queue pulls ids as workers free up.
-        for position, image_id in enumerate(requested):
-            problem = image_id_problem(image_id)
-            if problem is None:
-                yield position, image_id
-            else:  # never sent: its row says why
-                collector.add(FetchResult(position, image_id, None, None, problem, attempts=0))
-
+    invalid = invalid_ids(requested)
+    for position in np.flatnonzero(invalid).tolist():  # never sent: the row says why
+        collector.add(FetchResult(position, requested[position], None, None, INVALID_ID, 0))
+    # A lazy C-level iterator: workers pull ids as they free up, no Python frame per id.
+    sendable = itertools.compress(enumerate(requested), (~invalid).tolist())
     try:
-        await fetcher.run(sendable(), collector.add)
+        await fetcher.run(sendable, collector.add)
     finally:
         collector.close()
     frame = collector.frame()

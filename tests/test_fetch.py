@@ -179,7 +179,8 @@ def test_static_token_expiry_fails_the_rest_clearly_without_flooding(fleet) -> N
 
 
 def test_invalid_ids_get_a_row_and_never_reach_the_server(fleet, emulator) -> None:
-    bad = ["a/b", "..", "x..y", "a?b", "a#b", "a b", "a\tb", "nul\x00", "c" * 256, "back\\slash"]
+    bad = ["a/b", "..", ".", "x..y", "a?b", "a#b", "a b", "a\tb", "nul\x00", "c" * 256,
+           "back\\slash", "nbsp\u00a0x", "ls\u2028x", "nel\x85x"]  # fmt: skip
     good = ids_of(fleet)[:2]
     df = fetch_images(bad + good, endpoint=emulator.url, token=ADMIN_TOKEN)
     assert df.loc[bad, "error"].eq("invalid image id").all()
@@ -216,6 +217,7 @@ def test_ids_from_any_iterable(fleet, emulator, kind: str) -> None:
         (["ok", None], r"ids\[1\] is missing"),
         (pd.Series(["ok", float("nan")]), r"ids\[1\] is missing"),
         ([1, 2], r"ids\[0\] is a int"),
+        (["ok", "lone\udc80"], r"ids\[1\] is not valid Unicode"),
         (42, "iterable"),
     ],
 )
