@@ -290,7 +290,11 @@ class HeadFetcher:
         )
         session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.timeout.total, connect=self.timeout.connect),
+            # sock_connect, not connect: only a new TCP connection gets its own timer, not
+            # every request that takes a pooled one.
+            timeout=aiohttp.ClientTimeout(
+                total=self.timeout.total, sock_connect=self.timeout.connect
+            ),
             headers={"User-Agent": USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
