@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -369,3 +370,44 @@ def test_concurrency_is_validated() -> None:
 def test_timeout_and_retry_value_objects_have_readable_reprs() -> None:
     assert repr(Timeout(total=5, connect=2)) == "Timeout(total=5, connect=2)"
     assert "attempts=3" in repr(RetryPolicy(attempts=3))
+
+
+def test_timeout_fires_between_total_and_total_plus_a_tick(fleet) -> None:
+    faults = Faults(hang_rate=1.0, hang_seconds=5.0, seed=6)
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        started = time.perf_counter()
+        df = fetch_images(
+            ids_of(fleet)[:3], endpoint=emu.url, token=ADMIN_TOKEN, timeout=0.5, retries=0
+        )
+        elapsed = time.perf_counter() - started
+    assert df["error"].eq("timed out after 0.5 s").all()
+    assert 0.5 <= elapsed < 0.5 + 0.05 + 0.5  # total + one tick + slack for a busy machine
+
+
+def test_requests_racing_their_deadline_all_end_as_one_row(fleet) -> None:
+    # Latency straddles the timeout, so answers arrive just before, at and after deadlines.
+    faults = Faults(latency=(0.05, 0.15), seed=8)
+    ids = ids_of(fleet)[:200]
+    retry = RetryPolicy(attempts=20, backoff=0.0, max_backoff=0.0)
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        df = fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN, timeout=0.1, retries=retry)
+        log = emu.request_log
+    assert df.index.tolist() == ids
+    assert (df["http_status"] == 200).all(), df["error"].value_counts()
+    assert len(log) > len(ids)  # some attempts really did time out and were retried
+
+
+def test_cancelling_the_run_is_not_mistaken_for_a_timeout(fleet) -> None:
+    faults = Faults(hang_rate=1.0, hang_seconds=5.0, seed=7)
+
+    async def impatient() -> None:
+        await asyncio.wait_for(
+            fetch_images_async(ids_of(fleet)[:5], endpoint=emu.url, token=ADMIN_TOKEN),
+            timeout=0.3,
+        )
+
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            asyncio.run(impatient())
+    assert time.perf_counter() - started < 3
