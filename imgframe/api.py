@@ -103,8 +103,7 @@ def normalize_ids(ids: Iterable[Any]) -> list[str]:
 class _Collector:
     """Receives results in completion order; turns them into typed frames in batches."""
 
-    def __init__(self, total: int, progress: Any) -> None:
-        self.total = total
+    def __init__(self, progress: Any) -> None:
         # One batch as parallel lists of small values: keeping FetchResults would keep
         # aiohttp's header tuples alive (see pack_headers).
         self.positions_batch: list[int] = []
@@ -246,7 +245,7 @@ async def fetch_images_async(
         retry=_as_retry(retries),
         verify=verify,
     )
-    collector = _Collector(len(requested), _progress_bar(progress, len(requested)))
+    collector = _Collector(_progress_bar(progress, len(requested)))
 
     invalid = invalid_ids(requested)
     for position in np.flatnonzero(invalid).tolist():  # never sent: the row says why

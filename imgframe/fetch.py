@@ -56,7 +56,11 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
 @dataclass(frozen=True, slots=True)
 class Timeout:
-    """Per-request time limits in seconds (``total`` covers connect + answer).
+    """Per-request time limits in seconds.
+
+    ``total`` covers one attempt from asking for a connection to the end of the answer
+    (enforced to within ``total / 10``, at most 1 s, by one watchdog for all workers);
+    ``connect`` limits opening a new TCP (and TLS) connection.
 
     Examples
     --------

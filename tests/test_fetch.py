@@ -411,3 +411,22 @@ def test_cancelling_the_run_is_not_mistaken_for_a_timeout(fleet) -> None:
         with pytest.raises(TimeoutError):
             asyncio.run(impatient())
     assert time.perf_counter() - started < 3
+
+
+def test_batches_concatenate_into_one_typed_frame(fleet, emulator, monkeypatch) -> None:
+    import imgframe.api
+
+    monkeypatch.setattr(imgframe.api, "BATCH_SIZE", 7)
+    # Batches of only unknown ids have all-NA category columns: they must still concat.
+    requested = unknown_ids(15) + ids_of(fleet)[:30] + unknown_ids(30)[15:]
+    df = fetch_images(requested, endpoint=emulator.url, token=ADMIN_TOKEN, concurrency=2)
+    expected = fetch_images(requested, endpoint=emulator.url, token=ADMIN_TOKEN)
+    assert df.index.tolist() == requested
+    for column, dtype in imgframe.dtypes().items():
+        assert df[column].dtype == dtype or isinstance(df[column].dtype, pd.CategoricalDtype)
+    assert isinstance(df["status"].dtype, pd.CategoricalDtype)
+    pd.testing.assert_frame_equal(
+        df.drop(columns=["request_id"]),
+        expected.drop(columns=["request_id"]),
+        check_categorical=False,
+    )
