@@ -134,3 +134,42 @@ def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path) -> None:
     assert (df["http_status"] == 200).sum() == 400
     assert (df["http_status"] == 404).sum() == 8
     assert "images/s" in result.stdout and "by status:" in result.stdout
+
+
+def test_emulator_command_serves_until_interrupted() -> None:
+    import re
+    import signal
+
+    import requests
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imgframe",
+            "emulator",
+            "--images",
+            "20",
+            "--seed",
+            "4",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first_line = process.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:\d+", first_line).group(0)  # type: ignore[union-attr]
+        image_id = make_fleet(20, seed=4).images[0].id
+        answer = requests.head(
+            f"{url}/v1/images/{image_id}", headers={"X-Auth-Token": ADMIN_TOKEN}, timeout=10
+        )
+        assert answer.status_code == 200
+        assert answer.headers["X-Image-Meta-Id"] == image_id
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
