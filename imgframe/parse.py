@@ -567,9 +567,11 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     for f in FIELDS:
         if f.kind is not Kind.CATEGORY:
             continue
+        # Sorted, like a single astype("category"): the same data always gets the same
+        # dtype, whatever the batches were (and read-back from CSV gives it again).
         union = pd.api.types.union_categoricals(
             [frame[f.column].array for frame in frames], ignore_order=True
-        ).categories
+        ).categories.sort_values()
         frames = [
             frame.assign(**{f.column: frame[f.column].cat.set_categories(union)})
             for frame in frames
