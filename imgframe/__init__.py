@@ -8,7 +8,24 @@ Examples
 [1]
 """
 
+import imgframe.accessor  # noqa: F401  (registers the df.img namespace)
 from imgframe.api import fetch_images, fetch_images_async, normalize_ids
+from imgframe.audits import (
+    FINDING_COLUMNS,
+    SEVERITIES,
+    audit,
+    broken,
+    checksum_duplicates,
+    format_mismatch,
+    owner_summary,
+    public_unprotected,
+    register_rule,
+    requirements_missing,
+    rule_names,
+    security_properties,
+    stale,
+    unregister_rule,
+)
 from imgframe.auth import CallableToken, StaticToken, TokenSource
 from imgframe.errors import (
     AuthError,
@@ -20,14 +37,17 @@ from imgframe.errors import (
     NoV1ApiError,
 )
 from imgframe.fetch import RetryPolicy, Timeout
-from imgframe.io import to_csv, to_json, to_parquet
+from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
+from imgframe.report_html import report
 from imgframe.schema import FIELDS, columns, dtypes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FIELDS",
+    "FINDING_COLUMNS",
+    "SEVERITIES",
     "AuthError",
     "CallableToken",
     "ConfigError",
@@ -41,14 +61,31 @@ __all__ = [
     "StaticToken",
     "Timeout",
     "TokenSource",
+    "audit",
+    "broken",
+    "checksum_duplicates",
     "columns",
     "dtypes",
     "fetch_images",
     "fetch_images_async",
+    "format_mismatch",
     "frame_from_headers",
     "normalize_ids",
+    "owner_summary",
     "parse_headers",
+    "public_unprotected",
+    "read",
+    "read_csv",
+    "read_json",
+    "read_parquet",
+    "register_rule",
+    "report",
+    "requirements_missing",
+    "rule_names",
+    "security_properties",
+    "stale",
     "to_csv",
     "to_json",
     "to_parquet",
+    "unregister_rule",
 ]

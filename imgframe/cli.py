@@ -7,6 +7,7 @@ user does should end in a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -121,6 +122,95 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def findings_table(findings: pd.DataFrame, limit: int = 20) -> str:
+    """Findings as text: counts by severity and rule, then the first ``limit`` findings.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"rule": ["stale"], "severity": ["low"], "image_id": ["a"],
+    ...                   "owner": ["p"], "name": ["n"], "detail": ["not updated"]})
+    >>> print(findings_table(f))
+    1 findings: low 1
+      stale (low): 1
+    <BLANKLINE>
+    severity  rule   image_id  owner  name  detail
+    low       stale  a         p      n     not updated
+    """
+    if findings.empty:
+        return "no findings"
+    by_severity = findings["severity"].value_counts(sort=False)
+    lines = [
+        f"{len(findings):,} findings: "
+        + ", ".join(f"{k} {v:,}" for k, v in by_severity.items() if v)
+    ]
+    by_rule = findings.groupby(["rule", "severity"], observed=True).size()
+    lines += [f"  {rule} ({severity}): {count:,}" for (rule, severity), count in by_rule.items()]
+    shown = findings.head(limit)[["severity", "rule", "image_id", "owner", "name", "detail"]]
+    lines += ["", shown.to_string(index=False, justify="left")]
+    if len(findings) > limit:
+        lines.append(f"... and {len(findings) - limit:,} more (use --format csv or -o FILE)")
+    return "\n".join(lines)
+
+
+def _write_findings(findings: pd.DataFrame, fmt: str, output: str | None) -> None:
+    from imgframe.io import to_csv
+
+    if fmt == "csv":  # spreadsheet-safe: tenant-chosen names must not run as formulas
+        to_csv(findings, output if output else sys.stdout)
+        return
+    records = json.loads(findings.to_json(orient="records", date_format="iso"))
+    text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _read_allow_list(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return list(_read_ids(handle))
+    except OSError as exc:
+        raise ImgframeError(f"cannot read allow-list {path!r}: {exc.strerror}") from None
+
+
+FAIL_ON = ("high", "medium", "low", "info")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from imgframe.audits import audit
+    from imgframe.io import read, report
+
+    df = read(args.input)
+    allow = _read_allow_list(args.allow) if args.allow else None
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
+    try:
+        findings = audit(df, rules=rules, allow=allow)
+    except ValueError as exc:  # an unknown rule name: the message lists the known ones
+        raise ImgframeError(str(exc)) from None
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
+        fmt = suffix if suffix in ("csv", "json", "html") else "table"
+    if fmt == "html":
+        path = report(df, args.output or "report.html", findings=findings)
+        print(f"wrote {path}", file=sys.stderr)
+    elif fmt == "table":
+        text = findings_table(findings)
+        if args.output:
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+        else:
+            print(text)
+    else:
+        _write_findings(findings, fmt, args.output)
+    if args.fail_on:
+        worst = FAIL_ON[: FAIL_ON.index(args.fail_on) + 1]
+        if findings["severity"].isin(worst).any():
+            return 3
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import random
 
@@ -154,14 +244,27 @@ def _demo(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - started
         sent = len(emulator.request_log)
-    path = to_csv(df, out_dir / "images.csv")
     print(summarize(df, seconds))
     print(
         f"requests sent (with retries): {sent:,}, {sent / seconds:,.0f} requests/s "
         "(client and emulator share one process here; benchmarks/bench_fetch.py measures "
         "throughput properly)"
     )
-    print(f"wrote {path} ({len(df):,} rows)")
+    from imgframe.audits import audit
+    from imgframe.io import report
+    from imgframe.testing.fleet import FLEET_NOW
+
+    # The fleet's clock, so the planted stale and stuck images are found on any day.
+    now = pd.Timestamp(FLEET_NOW, tz="UTC")
+    findings = audit(df, now=now)
+    print()
+    print(findings_table(findings, limit=10))
+    print()
+    images = to_csv(df, out_dir / "images.csv")
+    _write_findings(findings, "csv", str(out_dir / "findings.csv"))
+    html = report(df, out_dir / "report.html", findings=findings, now=now)
+    print(f"wrote {images} ({len(df):,} rows), {out_dir / 'findings.csv'} ({len(findings):,} rows)")
+    print(f"wrote {html} (open it in a browser)")
     return 0
 
 
@@ -217,6 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=9292, help="port (9292; 0 = any free)")
     emulator.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
     emulator.set_defaults(run=_emulator)
+
+    audit = sub.add_parser(
+        "audit",
+        help="run the audit rules on a fetched table (.csv, .parquet, .json)",
+        description="Run imgframe's audit rules on a table written by 'imgframe fetch'.",
+    )
+    audit.add_argument("input", metavar="FILE", help="images table: .csv, .parquet or .json")
+    audit.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "html"),
+        help="output format (default: from -o's extension, else a text table)",
+    )
+    audit.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    audit.add_argument("--rules", metavar="A,B", help="only these rules (comma-separated)")
+    audit.add_argument(
+        "--allow", metavar="FILE", help="accepted risks: image or owner ids, one per line"
+    )
+    audit.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        help="exit 3 when a finding of this severity or worse exists (for CI jobs)",
+    )
+    audit.set_defaults(run=_audit)
 
     demo = sub.add_parser(
         "demo", help="emulator + fetch of a seeded fleet with faults; writes demo-output/"

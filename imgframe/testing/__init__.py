@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from imgframe.testing.fleet import Fleet, FleetImage, PlantedAnswers, make_fleet
+from imgframe.testing.fleet import FLEET_NOW, Fleet, FleetImage, PlantedAnswers, make_fleet
 
 if TYPE_CHECKING:
     from imgframe.testing.emulator import (
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_TOKEN",
+    "FLEET_NOW",
     "Faults",
     "Fleet",
     "FleetImage",
@@ -46,7 +47,13 @@ __all__ = [
     "serve",
 ]
 
-_EMULATOR_NAMES = frozenset(__all__) - {"Fleet", "FleetImage", "PlantedAnswers", "make_fleet"}
+_EMULATOR_NAMES = frozenset(__all__) - {
+    "FLEET_NOW",
+    "Fleet",
+    "FleetImage",
+    "PlantedAnswers",
+    "make_fleet",
+}
 
 
 def __getattr__(name: str) -> Any:

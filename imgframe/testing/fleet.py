@@ -4,8 +4,10 @@ A fleet looks like a real cloud's image catalogue: a few owners holding most ima
 mostly active images with some in every other status, realistic names and properties,
 and the awkward cases a parser must survive (non-ASCII names, no name, names that a
 spreadsheet would execute, empty property values, timestamps with and without a
-fraction). Two audit answers are planted and known exactly: which images are public,
-unprotected and active, and which images are byte-identical duplicates.
+fraction). The answers of every audit rule are planted and known exactly (see
+:class:`PlantedAnswers`): which images are public, unprotected and active, which are
+byte-identical duplicates, stale, broken, mis-formatted, missing boot requirements or
+security properties. Time-based answers hold at :data:`FLEET_NOW`.
 
 Examples
 --------
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import accumulate
 
-__all__ = ["Fleet", "FleetImage", "PlantedAnswers", "make_fleet"]
+__all__ = ["FLEET_NOW", "Fleet", "FleetImage", "PlantedAnswers", "make_fleet"]
 
 STATUSES = (
     "queued",
@@ -94,7 +96,23 @@ class PlantedAnswers:
 
     ``public_unprotected`` holds exactly the ids that are public, unprotected, active and
     not deleted. Each set in ``duplicate_groups`` shares one checksum and size; every other
-    image that has a checksum has a checksum of its own.
+    image that has a checksum has a checksum of its own. The other sets are the images each
+    :mod:`imgframe.audits` rule must return, with its defaults, at :data:`FLEET_NOW`:
+
+    * ``stale``: active images last updated more than 395 days before ``FLEET_NOW``; every
+      other active image was updated within the last 335 days.
+    * ``broken``: killed, deleted and pending_delete images, queued/saving images older
+      than a week (uploads under way are under 12 hours old), and active images without a
+      checksum (some also without a size).
+    * ``format_mismatch``: images that are not deleted with an ``ami``/``aki``/``ari``
+      container or disk format whose partner differs, or a ``virtual_size`` below ``size``
+      (deleted images carry such mismatches too, as decoys).
+    * ``requirements_missing``: active images, not kernels or ramdisks (``aki``/``ari``),
+      with ``min_ram`` or ``min_disk`` 0 (other images have zeros too, as decoys).
+    * ``missing_signature`` / ``missing_secure_boot`` / ``missing_mem_encryption``: active
+      images without all four ``img_signature*`` properties / without
+      ``os_secure_boot=required`` / without a true ``hw_mem_encryption``;
+      ``security_properties`` is their union.
 
     Examples
     --------
@@ -105,6 +123,18 @@ class PlantedAnswers:
 
     public_unprotected: frozenset[str]
     duplicate_groups: tuple[frozenset[str], ...]
+    stale: frozenset[str] = frozenset()
+    broken: frozenset[str] = frozenset()
+    format_mismatch: frozenset[str] = frozenset()
+    requirements_missing: frozenset[str] = frozenset()
+    missing_signature: frozenset[str] = frozenset()
+    missing_secure_boot: frozenset[str] = frozenset()
+    missing_mem_encryption: frozenset[str] = frozenset()
+
+    @property
+    def security_properties(self) -> frozenset[str]:
+        """Images missing at least one of the three security properties."""
+        return self.missing_signature | self.missing_secure_boot | self.missing_mem_encryption
 
 
 @dataclass(eq=True)
@@ -224,6 +254,8 @@ def _windows(rng: random.Random, created: datetime) -> tuple[str | None, dict[st
         props["img_signature_hash_method"] = "SHA-256"
         props["img_signature_key_type"] = "RSA-PSS"
         props["img_signature_certificate_uuid"] = str(uuid.UUID(int=rng.getrandbits(128)))
+        if rng.random() < 0.1:  # a botched signing job: one of the four is missing
+            del props[_SIGNATURE_KEYS[rng.getrandbits(2)]]
     return f"win{year}-{edition}-v{rng.randrange(1, 10)}", props
 
 
@@ -320,11 +352,42 @@ _DISK_WEIGHTS = (
 _DISK_CUM = tuple(accumulate(w for _, w in _DISK_WEIGHTS))
 _DISK_NAMES = tuple(d for d, _ in _DISK_WEIGHTS)
 
+#: The fleet's "now": every planted time-based answer holds for an audit run at this
+#: instant with the audit defaults (``stale(older_than="365D")``, ``broken(stuck_after="1D")``).
+#: Tests pass it as ``now=``; no image is created or changed after it.
+FLEET_NOW = datetime(2026, 11, 1)
+
 _EPOCH = datetime(2015, 1, 1)
-_SPAN_SECONDS = int((datetime(2025, 12, 31) - _EPOCH).total_seconds())
+_LAST_CREATED = FLEET_NOW - timedelta(days=10)
+_SPAN_SECONDS = int((_LAST_CREATED - _EPOCH).total_seconds())
+# Planted answers keep 30 days away from the audit defaults' cut-offs, so they do not
+# depend on exactly where a rule draws its line.
+_STALE_WINDOW = timedelta(days=365)
+_STALE_BEFORE = FLEET_NOW - _STALE_WINDOW - timedelta(days=30)  # planted stale: last change before
+_FRESH_AFTER = FLEET_NOW - _STALE_WINDOW + timedelta(days=30)  # other active: last change after
+_STALE_SPAN_SECONDS = int((_STALE_BEFORE - timedelta(days=3) - _EPOCH).total_seconds())
+_FRESH_SPAN_SECONDS = int((FLEET_NOW - timedelta(days=1) - _FRESH_AFTER).total_seconds())
+_IN_PROGRESS_SECONDS = 12 * 3600  # queued/saving images younger than this are not stuck
+
+_STALE_RATE = 0.10  # of active images
+_IN_PROGRESS_RATE = 0.3  # of queued/saving images: an upload under way, not stuck
+_NO_DATA_RATE = 0.005  # of active images: registered by location, no checksum (or size)
+_FORMAT_MISMATCH_RATE = 0.012  # of all images (deleted ones are decoys the rule must skip)
+_REQUIREMENTS_MISSING_RATE = 0.15  # of active bootable images
+_KERNEL_FORMATS = ("aki", "ari")
+_AMI_FORMATS = ("ami", "aki", "ari")
+
 _MIN_SIZE = 10 * 1024 * 1024
 _LOG_SIZE_RANGE = math.log(40 * 1024**3 / _MIN_SIZE)
 _MIN_RAMS = (0, 0, 0, 0, 0, 512, 1024, 2048, 4096)
+_NONZERO_MIN_RAMS = (512, 1024, 2048, 4096)
+_SIGNATURE_KEYS = (
+    "img_signature",
+    "img_signature_hash_method",
+    "img_signature_key_type",
+    "img_signature_certificate_uuid",
+)
+_TRUE_SPELLINGS = frozenset(("true", "1", "yes", "on", "t", "y"))
 
 
 def _pick(cum: tuple[float, ...], rng: random.Random) -> int:
@@ -335,6 +398,22 @@ def _pick(cum: tuple[float, ...], rng: random.Random) -> int:
 def _default_projects(n: int) -> int:
     # ~10 owners per 1000 images, growing slowly (79 at a million).
     return max(1, min(n, round(10 * (n / 1000) ** 0.3)))
+
+
+def _missing_security(properties: dict[str, str]) -> tuple[bool, bool, bool]:
+    """(no signature, no secure boot, no memory encryption) — the audit's definitions."""
+    get = properties.get
+    unsigned = not (
+        get("img_signature")
+        and get("img_signature_hash_method")
+        and get("img_signature_key_type")
+        and get("img_signature_certificate_uuid")
+    )
+    secure_boot = get("os_secure_boot")
+    mem = get("hw_mem_encryption")
+    no_secure_boot = secure_boot is None or secure_boot.strip().lower() != "required"
+    no_mem = mem is None or mem.strip().lower() not in _TRUE_SPELLINGS
+    return unsigned, no_secure_boot, no_mem
 
 
 def make_fleet(
@@ -349,7 +428,10 @@ def make_fleet(
 
     Defaults scale with ``n``: ~2% of images are public-unprotected, ~1% sit in duplicate
     groups of 2-4 images, and there are ~10 owners per 1000 images (growing slowly).
-    Planted images never overlap: a public-unprotected image is not also a duplicate.
+    A public-unprotected image is never also a duplicate; the other planted answers
+    (stale, broken, format mismatch, missing requirements and security properties) are
+    drawn per image and may overlap each other and those two, as in a real catalogue.
+    Time-based answers hold at :data:`FLEET_NOW`.
 
     Examples
     --------
@@ -398,24 +480,44 @@ def make_fleet(
     seen_ids: set[str] = set()
     seen_checksums: set[str] = set()
     images: list[FleetImage] = []
+    stale: list[str] = []
+    broken: list[str] = []
+    format_mismatch: list[str] = []
+    requirements_missing: list[str] = []
+    missing_signature: list[str] = []
+    missing_secure_boot: list[str] = []
+    missing_mem_encryption: list[str] = []
     for pos in range(n):
         image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         while image_id in seen_ids:  # astronomically rare; keeps ids unique by construction
             image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         seen_ids.add(image_id)
 
-        created = _EPOCH + timedelta(
-            seconds=rng.randrange(_SPAN_SECONDS),
-            # About a third of rows were written without a fraction (older DB schemas).
-            microseconds=rng.randrange(1, 1_000_000) if rng.random() < 0.7 else 0,
-        )
-        name, properties = _FAMILY_FUNCS[_pick(_FAMILY_CUM, rng)](rng, created)
-
         planted_public = pos in public_positions
         duplicate = pos in group_of
         status = "active" if planted_public or duplicate else _STATUS_NAMES[_pick(_STATUS_CUM, rng)]
+        deleted = status in ("deleted", "pending_delete")
+
+        # About a third of rows were written without a fraction (older DB schemas).
+        fraction = timedelta(microseconds=rng.randrange(1, 1_000_000) if rng.random() < 0.7 else 0)
+        in_progress = status in ("queued", "saving") and rng.random() < _IN_PROGRESS_RATE
+        is_stale = status == "active" and rng.random() < _STALE_RATE
+        if in_progress:  # an upload under way: started within the last 12 hours
+            created = FLEET_NOW - timedelta(seconds=rng.randrange(60, _IN_PROGRESS_SECONDS))
+            created -= fraction
+            updated = created + timedelta(seconds=rng.randrange(0, 60))
+        else:
+            span = _STALE_SPAN_SECONDS if is_stale else _SPAN_SECONDS
+            created = _EPOCH + timedelta(seconds=rng.randrange(span)) + fraction
+            updated = created + timedelta(seconds=rng.randrange(0, 3 * 86_400))
+            if status == "active" and not is_stale and updated < _FRESH_AFTER:
+                # An old image whose metadata was touched within the last year.
+                updated = _FRESH_AFTER + timedelta(seconds=rng.randrange(_FRESH_SPAN_SECONDS))
+                updated += fraction
+        name, properties = _FAMILY_FUNCS[_pick(_FAMILY_CUM, rng)](rng, created)
+
         disk_format = _DISK_NAMES[_pick(_DISK_CUM, rng)]
-        if disk_format in ("ami", "aki", "ari"):
+        if disk_format in _AMI_FORMATS:
             container_format = disk_format
         else:
             r = rng.random()
@@ -425,8 +527,12 @@ def make_fleet(
 
         size: int | None = int(_MIN_SIZE * math.exp(rng.random() * _LOG_SIZE_RANGE))
         checksum: str | None = None
+        no_data = status == "active" and not duplicate and rng.random() < _NO_DATA_RATE
         if status == "queued":
             size = None
+        elif no_data:
+            # v1 images registered by location have no checksum, and often no size.
+            size = None if rng.random() < 0.5 else size
         elif status not in ("saving", "killed"):
             checksum = f"{rng.getrandbits(128):032x}"
             while checksum in seen_checksums:
@@ -436,21 +542,65 @@ def make_fleet(
             size * rng.randint(1, 8) if size is not None and rng.random() < 0.05 else None
         )
 
+        mismatch = rng.random() < _FORMAT_MISMATCH_RATE
+        if mismatch:
+            kind = rng.randrange(4)
+            if kind == 3 and size is not None and not duplicate:
+                # Corrupt metadata: the virtual disk reported smaller than its file.
+                virtual_size = size // rng.randint(2, 4)
+            elif kind == 2:
+                container_format, disk_format = "ami", "qcow2"
+            elif kind == 1:
+                container_format, disk_format = "ari", "aki"
+            else:
+                container_format, disk_format = "bare", "ami"
+
         owner: str | None = project_ids[_pick(owner_cum, rng)] if rng.random() < 0.99 else None
         is_public = planted_public or rng.random() < 0.08
         protected = not planted_public and rng.random() < 0.15
-        deleted = status in ("deleted", "pending_delete")
         if is_public and not protected and status == "active" and not planted_public:
             # Only planted images may answer the public-unprotected audit.
             protected = True
 
-        updated = created + timedelta(seconds=rng.randrange(0, 3 * 86_400))
         deleted_at = None
         if deleted:
-            deleted_at = updated + timedelta(seconds=rng.randrange(60, 200 * 86_400))
+            room = int((FLEET_NOW - updated).total_seconds())
+            deleted_at = updated + timedelta(
+                seconds=rng.randrange(60, max(61, min(room, 200 * 86_400)))
+            )
             updated = deleted_at
+
         size_gb = -(-size // 1024**3) if size else 0
-        min_disk = size_gb + rng.choice((0, 0, 5, 10)) if rng.random() < 0.4 else 0
+        kernel = disk_format in _KERNEL_FORMATS or container_format in _KERNEL_FORMATS
+        if status == "active" and not kernel:
+            # Bootable images carry requirements unless planted; the rest keep the usual mix.
+            missing = rng.randrange(3) if rng.random() < _REQUIREMENTS_MISSING_RATE else None
+            min_ram = 0 if missing in (0, 2) else _NONZERO_MIN_RAMS[rng.getrandbits(2)]
+            min_disk = 0 if missing in (1, 2) else max(1, size_gb) + rng.choice((0, 0, 5, 10))
+            if missing is not None:
+                requirements_missing.append(image_id)
+        else:
+            min_ram = _MIN_RAMS[rng.randrange(len(_MIN_RAMS))]
+            min_disk = size_gb + rng.choice((0, 0, 5, 10)) if rng.random() < 0.4 else 0
+
+        if status == "active":
+            if is_stale:
+                stale.append(image_id)
+            if no_data:
+                broken.append(image_id)
+            unsigned, no_secure_boot, no_mem = _missing_security(properties)
+            if unsigned:
+                missing_signature.append(image_id)
+            if no_secure_boot:
+                missing_secure_boot.append(image_id)
+            if no_mem:
+                missing_mem_encryption.append(image_id)
+        elif status in ("killed", "deleted", "pending_delete") or (
+            status in ("queued", "saving") and not in_progress
+        ):
+            broken.append(image_id)
+        if mismatch and not deleted:
+            format_mismatch.append(image_id)
 
         images.append(
             FleetImage(
@@ -466,7 +616,7 @@ def make_fleet(
                 is_public=is_public,
                 protected=protected,
                 deleted=deleted,
-                min_ram=_MIN_RAMS[rng.randrange(len(_MIN_RAMS))],
+                min_ram=min_ram,
                 min_disk=min_disk,
                 created_at=created,
                 updated_at=updated,
@@ -476,6 +626,7 @@ def make_fleet(
         )
 
     # Duplicates share the first member's checksum and size; their own checksums go unused.
+    # (No duplicate has a planted virtual_size mismatch, so copying virtual_size is safe.)
     members: list[list[FleetImage]] = [[] for _ in group_sizes]
     for pos, g in group_of.items():
         members[g].append(images[pos])
@@ -489,5 +640,12 @@ def make_fleet(
     planted = PlantedAnswers(
         public_unprotected=frozenset(images[pos].id for pos in public_positions),
         duplicate_groups=tuple(frozenset(image.id for image in group) for group in members),
+        stale=frozenset(stale),
+        broken=frozenset(broken),
+        format_mismatch=frozenset(format_mismatch),
+        requirements_missing=frozenset(requirements_missing),
+        missing_signature=frozenset(missing_signature),
+        missing_secure_boot=frozenset(missing_secure_boot),
+        missing_mem_encryption=frozenset(missing_mem_encryption),
     )
     return Fleet(images=images, seed=seed, projects=project_ids, planted=planted)

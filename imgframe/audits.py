@@ -1,0 +1,761 @@
+"""Audit rules over the fleet frame: plain functions ``rule(df, ...) -> DataFrame``.
+
+Every rule takes the contract frame of :func:`imgframe.fetch_images` (or of
+:func:`imgframe.frame_from_headers`), never mutates it, and returns the offending rows
+with all their columns, sometimes with a column or three added (``dup_group``,
+``problem``, ``missing``...). :func:`audit` runs them all and returns one tidy findings
+frame; :func:`register_rule` adds a rule of your own to it.
+
+Which rows a rule looks at
+--------------------------
+Only rows that were *read*: ``http_status == 200``, or, where ``http_status`` is NA (a
+frame built from headers, never fetched), rows whose ``status`` is known. A row that
+failed to fetch is never returned by a rule, neither as passing nor as failing: its
+metadata is unknown. :func:`audit` reports each such row as a ``fetch_failed`` finding,
+whatever rules are selected. On top of that, "live" means not deleted: ``deleted`` is not
+true and ``status`` is neither ``deleted`` nor ``pending_delete``.
+
+========================  ========  ===================================================
+rule                      severity  flags
+========================  ========  ===================================================
+``public_unprotected``    high      public, ``protected`` not true, active and live
+``broken``                medium    killed; queued/saving for longer than ``stuck_after``;
+                                    active without checksum or size; deleted or
+                                    pending_delete and still listed
+``format_mismatch``       medium    ami/aki/ari container or disk whose partner differs
+                                    (Glance's own rule); ``virtual_size < size``; live
+``security_properties``   medium    active, live, missing a signature, secure boot or
+                                    memory encryption (one finding lists all missing)
+``fetch_failed``          medium    rows that could not be read (``audit`` only)
+``checksum_duplicates``   low       live images sharing a checksum (and size)
+``stale``                 low       active, live, not updated within ``older_than``
+``requirements_missing``  low       active, live, bootable, ``min_ram`` or ``min_disk`` 0
+========================  ========  ===================================================
+
+Decisions: ``protected`` NA counts as unprotected and ``is_public`` NA as not public
+(only a known ``True`` is flagged); a format pair with an NA side is unknown, not a
+mismatch; ``min_ram``/``min_disk`` NA count as 0 (Glance's default when not set);
+secure boot passes only with ``os_secure_boot=required`` (``optional`` may boot without
+it); an empty property value counts as missing.
+
+Examples
+--------
+>>> import imgframe
+>>> df = imgframe.frame_from_headers([
+...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+...      "x-image-meta-is_public": "True", "x-image-meta-protected": "False",
+...      "x-image-meta-checksum": "c1", "x-image-meta-size": "5"},
+...     {"x-image-meta-id": "b", "x-image-meta-status": "killed"},
+... ])
+>>> audit(df, rules=["public_unprotected", "broken"])[["rule", "severity", "image_id"]]
+                 rule severity image_id
+0  public_unprotected     high        a
+1              broken   medium        b
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "FINDING_COLUMNS",
+    "SECURITY_CHECKS",
+    "SEVERITIES",
+    "audit",
+    "broken",
+    "checksum_duplicates",
+    "format_mismatch",
+    "owner_summary",
+    "public_unprotected",
+    "register_rule",
+    "requirements_missing",
+    "rule_names",
+    "security_properties",
+    "stale",
+    "unregister_rule",
+]
+
+#: Severities from most to least urgent; ``audit()``'s ``severity`` column is ordered so.
+SEVERITIES: tuple[str, ...] = ("high", "medium", "low", "info")
+#: The columns of :func:`audit`'s findings frame, in order.
+FINDING_COLUMNS: list[str] = ["rule", "severity", "image_id", "owner", "name", "detail"]
+#: The checks :func:`security_properties` knows.
+SECURITY_CHECKS: tuple[str, ...] = ("signature", "secure_boot", "mem_encryption")
+
+_SIGNATURE_KEYS = (
+    "img_signature",
+    "img_signature_hash_method",
+    "img_signature_key_type",
+    "img_signature_certificate_uuid",
+)
+# The boolean spellings imgframe's parser accepts as true (imgframe.parse); kept here
+# because audits depend on frames and the schema only.
+_TRUE_SPELLINGS = ("true", "1", "yes", "on", "t", "y")
+_AMI_FORMATS = ("ami", "aki", "ari")
+_KERNEL_FORMATS = ("aki", "ari")
+_GONE_STATUSES = ("deleted", "pending_delete")
+_SEVERITY_DTYPE = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
+_STRING = pd.StringDtype("pyarrow")
+
+Timeish = str | datetime | pd.Timestamp | None
+Span = str | pd.Timedelta
+
+
+# --------------------------------------------------------------------------- row masks
+def _fetched(df: pd.DataFrame) -> np.ndarray:
+    """Rows that were read: HTTP 200, or no HTTP status at all but a known ``status``."""
+    http = df["http_status"]
+    ok = http.eq(200).fillna(False) | (http.isna() & df["status"].notna())
+    return ok.to_numpy(dtype=bool)
+
+
+def _live(df: pd.DataFrame) -> np.ndarray:
+    gone = df["deleted"].fillna(False).to_numpy(dtype=bool)
+    return ~(gone | df["status"].isin(_GONE_STATUSES).to_numpy(dtype=bool))
+
+
+def _active(df: pd.DataFrame) -> np.ndarray:
+    return df["status"].eq("active").to_numpy(dtype=bool)
+
+
+def _now(now: Timeish) -> pd.Timestamp:
+    stamp = pd.Timestamp.now("UTC") if now is None else pd.Timestamp(now)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _last_change(df: pd.DataFrame) -> pd.Series:
+    return df["updated_at"].fillna(df["created_at"])
+
+
+def _labels(flags: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Per row, the names whose flag is set, joined by ``", "`` (vectorized by bit code)."""
+    code = np.zeros(len(flags[0]), dtype=np.int64)
+    for bit, flag in enumerate(flags):
+        code |= flag.astype(np.int64) << bit
+    table = np.array(
+        [
+            ", ".join(n for bit, n in enumerate(names) if c >> bit & 1)
+            for c in range(1 << len(names))
+        ],
+        dtype=object,
+    )
+    return table[code]
+
+
+def _text(values: Any) -> pd.Series:
+    """Any column as pyarrow-backed strings (numbers via Arrow's cast, not Python)."""
+    return pd.Series(values).astype(_STRING).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the rules
+def public_unprotected(df: pd.DataFrame) -> pd.DataFrame:
+    """Active, live images that are public and not protected (``protected`` NA counts).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...      "x-image-meta-is_public": "True", "x-image-meta-protected": "False"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active",
+    ...      "x-image-meta-is_public": "True", "x-image-meta-protected": "True"},
+    ...     {"x-image-meta-id": "c", "x-image-meta-status": "active",
+    ...      "x-image-meta-is_public": "True"},
+    ... ])
+    >>> public_unprotected(df).index.tolist()
+    ['a', 'c']
+    """
+    public = df["is_public"].fillna(False).to_numpy(dtype=bool)
+    protected = df["protected"].fillna(False).to_numpy(dtype=bool)
+    mask = _fetched(df) & _active(df) & _live(df) & public & ~protected
+    return df[mask].copy()
+
+
+def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Live images whose data is byte-identical: same checksum, and same size when known.
+
+    Adds ``dup_group`` (0, 1, ... in order of first appearance; rows are returned grouped,
+    in frame order within a group), ``group_size`` and ``reclaimable_bytes`` (the group's
+    size times copies beyond the first, on every row of the group). Images without a
+    checksum are never grouped. Within one checksum, images of a different known size are
+    separate groups; an image of unknown size joins the group when the checksum's known
+    sizes agree.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": i, "x-image-meta-status": "active",
+    ...      "x-image-meta-checksum": c, "x-image-meta-size": "100"}
+    ...     for i, c in [("a", "c1"), ("b", "c2"), ("c", "c1"), ("d", "c1")]
+    ... ])
+    >>> checksum_duplicates(df)[["dup_group", "group_size", "reclaimable_bytes"]]
+        dup_group  group_size  reclaimable_bytes
+    id
+    a           0           3                200
+    c           0           3                200
+    d           0           3                200
+    """
+    candidates = np.flatnonzero(_fetched(df) & _live(df) & df["checksum"].notna().to_numpy())
+    sub = df.iloc[candidates]
+    codes, _ = pd.factorize(sub["checksum"])
+    sizes = sub["size"].to_numpy(dtype="float64", na_value=np.nan)
+    known = pd.DataFrame({"c": codes, "s": sizes}).dropna().drop_duplicates()
+    single = known[~known["c"].duplicated(keep=False)]  # checksums with one known size
+    fill = np.full(codes.max() + 1 if len(codes) else 0, np.nan)
+    fill[single["c"].to_numpy()] = single["s"].to_numpy()
+    group_sizes = np.where(np.isnan(sizes), fill[codes], sizes)
+
+    keys = pd.DataFrame({"c": codes, "s": np.nan_to_num(group_sizes, nan=-1.0)})
+    key = keys.groupby(["c", "s"], sort=False).ngroup().to_numpy()
+    counts = np.bincount(key) if len(key) else np.zeros(0, dtype=np.int64)
+    in_group = counts[key] > 1
+    dup_group, _ = pd.factorize(key[in_group])
+    order = np.argsort(dup_group, kind="stable")
+    rows = np.flatnonzero(in_group)[order]
+
+    out = sub.iloc[rows].copy()
+    group_size = counts[key[rows]]
+    out["dup_group"] = pd.array(dup_group[order], dtype="Int64")
+    out["group_size"] = pd.array(group_size, dtype="Int64")
+    out["reclaimable_bytes"] = pd.array(group_sizes[rows], dtype="Int64") * (out["group_size"] - 1)
+    return out
+
+
+def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> pd.DataFrame:
+    """Active, live images not updated (``updated_at``, else ``created_at``) within ``older_than``.
+
+    ``now`` defaults to the current time; a naive time means UTC. Images with neither
+    timestamp are not judged. Deleted and not-yet-usable images are :func:`broken`'s job.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "old", "x-image-meta-status": "active",
+    ...      "x-image-meta-updated_at": "2024-01-01T00:00:00"},
+    ...     {"x-image-meta-id": "new", "x-image-meta-status": "active",
+    ...      "x-image-meta-created_at": "2026-06-01T00:00:00"},
+    ... ])
+    >>> stale(df, now="2026-11-01").index.tolist()
+    ['old']
+    """
+    cutoff = _now(now) - pd.Timedelta(older_than)
+    old = (_last_change(df) < cutoff).to_numpy(dtype=bool)
+    return df[_fetched(df) & _active(df) & _live(df) & old].copy()
+
+
+_BROKEN_PROBLEMS = (
+    "killed",
+    "stuck in queued",
+    "stuck in saving",
+    "active without checksum and size",
+    "active without checksum",
+    "active without size",
+    "pending_delete",
+    "deleted",
+)
+
+
+def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> pd.DataFrame:
+    """Images that cannot be used, with the reason in an added ``problem`` column.
+
+    ``killed``; ``stuck in queued``/``stuck in saving`` when not updated within
+    ``stuck_after`` of ``now`` (default: the current time); ``active without checksum``
+    (and/or ``size``); ``deleted``/``pending_delete`` images still listed.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "killed"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "queued",
+    ...      "x-image-meta-updated_at": "2026-10-01T00:00:00"},
+    ...     {"x-image-meta-id": "c", "x-image-meta-status": "active",
+    ...      "x-image-meta-checksum": "c1", "x-image-meta-size": "5"},
+    ... ])
+    >>> broken(df, now="2026-11-01")["problem"].to_dict()
+    {'a': 'killed', 'b': 'stuck in queued'}
+    """
+    status = df["status"]
+    old = (_last_change(df) < _now(now) - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
+    active = _active(df)
+    no_checksum = active & df["checksum"].isna().to_numpy()
+    no_size = active & df["size"].isna().to_numpy()
+    conditions = [
+        status.eq("killed").to_numpy(dtype=bool),
+        status.eq("queued").to_numpy(dtype=bool) & old,
+        status.eq("saving").to_numpy(dtype=bool) & old,
+        no_checksum & no_size,
+        no_checksum,
+        no_size,
+        status.eq("pending_delete").to_numpy(dtype=bool),
+        ~_live(df),
+    ]
+    mask = _fetched(df) & np.logical_or.reduce(conditions)
+    problem = np.select([c[mask] for c in conditions], _BROKEN_PROBLEMS, default="")
+    out = df[mask].copy()
+    out["problem"] = pd.array(problem, dtype=_STRING)
+    return out
+
+
+def format_mismatch(df: pd.DataFrame) -> pd.DataFrame:
+    """Live images whose formats cannot boot together, with an added ``problem`` column.
+
+    Glance's own rule: when the container or the disk format is ``ami``, ``aki`` or
+    ``ari``, the other must be the same. Also flags ``virtual_size`` smaller than
+    ``size``. A pair with an NA side is unknown, not a mismatch.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...      "x-image-meta-disk_format": "ami", "x-image-meta-container_format": "bare"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active",
+    ...      "x-image-meta-disk_format": "aki", "x-image-meta-container_format": "aki"},
+    ...     {"x-image-meta-id": "c", "x-image-meta-status": "active",
+    ...      "x-image-meta-size": "10", "x-image-meta-virtual_size": "5"},
+    ... ])
+    >>> format_mismatch(df)["problem"].to_dict()
+    {'a': 'disk_format ami in container_format bare', 'c': 'virtual_size 5 < size 10'}
+    """
+    container, disk = df["container_format"], df["disk_format"]
+    known = (container.notna() & disk.notna()).to_numpy()
+    ami_like = (container.isin(_AMI_FORMATS) | disk.isin(_AMI_FORMATS)).to_numpy(dtype=bool)
+    pair_rows = np.flatnonzero(known & ami_like)
+    pair_bad = np.zeros(len(df), dtype=bool)
+    pair_bad[pair_rows] = (
+        container.iloc[pair_rows].astype(_STRING) != disk.iloc[pair_rows].astype(_STRING)
+    ).to_numpy(dtype=bool)
+    size_bad = (df["virtual_size"] < df["size"]).fillna(False).to_numpy(dtype=bool)
+    mask = _fetched(df) & _live(df) & (pair_bad | size_bad)
+
+    out = df[mask].copy()
+    pair_text = (
+        "disk_format " + _text(out["disk_format"]) + " in container_format "
+        + _text(out["container_format"])
+    )  # fmt: skip
+    size_text = "virtual_size " + _text(out["virtual_size"]) + " < size " + _text(out["size"])
+    pair, size = pair_bad[mask], size_bad[mask]
+    problem = pair_text.where(pair, size_text)
+    problem = problem.where(~(pair & size), pair_text + "; " + size_text)
+    out["problem"] = pd.array(problem.to_numpy(), dtype=_STRING)
+    return out
+
+
+def requirements_missing(df: pd.DataFrame) -> pd.DataFrame:
+    """Active, live, bootable images with ``min_ram`` or ``min_disk`` 0 (or NA).
+
+    Kernels and ramdisks (``aki``/``ari`` disk or container) are not booted on their own
+    and are skipped. The added ``missing`` column says which: ``min_ram``, ``min_disk``
+    or ``min_ram, min_disk``.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...      "x-image-meta-min_ram": "0", "x-image-meta-min_disk": "10"},
+    ...     {"x-image-meta-id": "k", "x-image-meta-status": "active",
+    ...      "x-image-meta-disk_format": "aki", "x-image-meta-container_format": "aki",
+    ...      "x-image-meta-min_ram": "0", "x-image-meta-min_disk": "0"},
+    ... ])
+    >>> requirements_missing(df)["missing"].to_dict()
+    {'a': 'min_ram'}
+    """
+    kernel = (
+        df["disk_format"].isin(_KERNEL_FORMATS) | df["container_format"].isin(_KERNEL_FORMATS)
+    ).to_numpy(dtype=bool)
+    no_ram = df["min_ram"].fillna(0).eq(0).to_numpy(dtype=bool)
+    no_disk = df["min_disk"].fillna(0).eq(0).to_numpy(dtype=bool)
+    mask = _fetched(df) & _active(df) & _live(df) & ~kernel & (no_ram | no_disk)
+    out = df[mask].copy()
+    out["missing"] = pd.array(_labels([no_ram[mask], no_disk[mask]], ("min_ram", "min_disk")),
+                              dtype=_STRING)  # fmt: skip
+    return out
+
+
+def _property(properties: pd.Series, key: str) -> pd.Series:
+    # The properties column holds one dict per row: reading it is Python work by nature.
+    values = properties.tolist()
+    try:
+        got = [p.get(key) for p in values]
+    except AttributeError:  # NA or something else where a dict was expected
+        got = [p.get(key) if isinstance(p, dict) else None for p in values]
+    return pd.Series(got, dtype=_STRING)
+
+
+def security_properties(
+    df: pd.DataFrame, checks: Iterable[str] | str = SECURITY_CHECKS
+) -> pd.DataFrame:
+    """Active, live images missing security properties; an added ``missing`` lists which.
+
+    Checks (choose with ``checks``): ``signature`` — all four of ``img_signature``,
+    ``img_signature_hash_method``, ``img_signature_key_type`` and
+    ``img_signature_certificate_uuid`` are set and non-empty; ``secure_boot`` —
+    ``os_secure_boot`` is ``required``; ``mem_encryption`` — ``hw_mem_encryption`` is true.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...      "x-image-meta-property-os_secure_boot": "required",
+    ...      "x-image-meta-property-hw_mem_encryption": "True"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active",
+    ...      "x-image-meta-property-os_secure_boot": "optional"},
+    ... ])
+    >>> security_properties(df)["missing"].to_dict()
+    {'a': 'signature', 'b': 'signature, secure_boot, mem_encryption'}
+    >>> security_properties(df, checks=["secure_boot"]).index.tolist()
+    ['b']
+    """
+    wanted = [checks] if isinstance(checks, str) else list(checks)
+    unknown = sorted(set(wanted) - set(SECURITY_CHECKS))
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown security checks {unknown}; choose from {list(SECURITY_CHECKS)}"
+            if unknown
+            else f"no security checks given; choose from {list(SECURITY_CHECKS)}"
+        )
+    rows = np.flatnonzero(_fetched(df) & _active(df) & _live(df))
+    properties = df["properties"].iloc[rows]
+    failing: dict[str, np.ndarray] = {}
+    if "signature" in wanted:
+        signed = np.ones(len(rows), dtype=bool)
+        for key in _SIGNATURE_KEYS:
+            signed &= _property(properties, key).str.len().fillna(0).gt(0).to_numpy(dtype=bool)
+        failing["signature"] = ~signed
+    if "secure_boot" in wanted:
+        value = _property(properties, "os_secure_boot").str.strip().str.lower()
+        failing["secure_boot"] = ~value.eq("required").fillna(False).to_numpy(dtype=bool)
+    if "mem_encryption" in wanted:
+        value = _property(properties, "hw_mem_encryption").str.strip().str.lower()
+        failing["mem_encryption"] = ~value.isin(_TRUE_SPELLINGS).to_numpy(dtype=bool)
+    names = [c for c in SECURITY_CHECKS if c in failing]
+    flags = [failing[c] for c in names]
+    hit = np.logical_or.reduce(flags)
+    out = df.iloc[rows[hit]].copy()
+    out["missing"] = pd.array(_labels([f[hit] for f in flags], names), dtype=_STRING)
+    return out
+
+
+def owner_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per owner: images, public images, bytes, duplicate images and the oldest image.
+
+    Counts every row that was read (failed rows are excluded), deleted images included;
+    ``duplicates`` counts the owner's images in :func:`checksum_duplicates` groups. Images
+    without an owner form one row with an NA owner. Sorted by images, most first.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active", "x-image-meta-owner": "p1",
+    ...      "x-image-meta-size": "10", "x-image-meta-created_at": "2020-01-01T00:00:00"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active", "x-image-meta-owner": "p1",
+    ...      "x-image-meta-size": "5", "x-image-meta-is_public": "True"},
+    ... ])
+    >>> owner_summary(df)[["images", "public_images", "bytes", "duplicates"]]
+           images  public_images  bytes  duplicates
+    owner
+    p1          2              1     15           0
+    """
+    fetched = _fetched(df)
+    read = df[fetched]
+    duplicate = read.index.isin(checksum_duplicates(df).index)
+    parts = pd.DataFrame(
+        {
+            "owner": read["owner"].astype(_STRING).array,
+            "public_images": read["is_public"].fillna(False).to_numpy(dtype=np.int64),
+            "bytes": read["size"].array,
+            "duplicates": duplicate.astype(np.int64),
+            "oldest_image": read["created_at"].array,
+        }
+    )
+    grouped = parts.groupby("owner", dropna=False, sort=True)
+    out = grouped.agg(
+        images=("public_images", "size"),
+        public_images=("public_images", "sum"),
+        bytes=("bytes", "sum"),
+        duplicates=("duplicates", "sum"),
+        oldest_image=("oldest_image", "min"),
+    )
+    out = out.astype({"images": "Int64", "public_images": "Int64", "bytes": "Int64",
+                      "duplicates": "Int64"})  # fmt: skip
+    out["oldest_image"] = out["oldest_image"].astype("datetime64[ns, UTC]")
+    out.index = pd.Index(out.index, dtype=_STRING, name="owner")
+    return out.sort_values("images", ascending=False, kind="stable")
+
+
+# --------------------------------------------------------------------------- audit()
+Details = Callable[[pd.DataFrame, pd.Timestamp], Any]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    function: Callable[..., pd.DataFrame]
+    severity: str
+    details: Details  # vectorized: rule output -> one sentence per row
+    builtin: bool
+    takes_now: bool = False
+
+
+_RULES: dict[str, _Rule] = {}
+
+
+def _check_severity(severity: str) -> None:
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown severity {severity!r}; choose from {list(SEVERITIES)}")
+
+
+def _builtin(severity: str, details: Details, takes_now: bool = False) -> Callable:
+    def register(function: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+        name = function.__name__
+        _RULES[name] = _Rule(name, function, severity, details, True, takes_now)
+        return function
+
+    return register
+
+
+def register_rule(
+    name: str, severity: str, describe: Callable[[pd.Series], str]
+) -> Callable[[Callable[[pd.DataFrame], pd.DataFrame]], Callable[[pd.DataFrame], pd.DataFrame]]:
+    """Decorator: make ``f(df) -> DataFrame`` (offending rows) part of :func:`audit`.
+
+    ``describe(row) -> str`` writes each finding's ``detail``. The rule sees only rows
+    that were read (failed rows are ``fetch_failed`` findings already). Registering a name
+    again replaces your earlier rule (re-running a notebook cell works); built-in names
+    are refused. The function is returned unchanged.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> @register_rule("unnamed", "info", describe=lambda row: "image has no name")
+    ... def unnamed(df):
+    ...     return df[df["name"].isna()]
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "saving"}
+    ... ])
+    >>> audit(df, rules=["unnamed"])[["rule", "severity", "detail"]].iloc[0].tolist()
+    ['unnamed', 'info', 'image has no name']
+    >>> unregister_rule("unnamed")
+    """
+    _check_severity(severity)
+    existing = _RULES.get(name)
+    if (existing is not None and existing.builtin) or name == "fetch_failed":
+        raise ValueError(f"{name!r} is a built-in rule; choose another name")
+
+    def details(found: pd.DataFrame, now: pd.Timestamp) -> list[str]:
+        return [str(describe(row)) for _, row in found.iterrows()]
+
+    def register(
+        function: Callable[[pd.DataFrame], pd.DataFrame],
+    ) -> Callable[[pd.DataFrame], pd.DataFrame]:
+        _RULES[name] = _Rule(name, function, severity, details, builtin=False)
+        return function
+
+    return register
+
+
+def unregister_rule(name: str) -> None:
+    """Remove a rule added with :func:`register_rule` (built-ins cannot be removed).
+
+    Examples
+    --------
+    >>> unregister_rule("public_unprotected")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'public_unprotected' is a built-in rule and cannot be removed
+    """
+    rule = _RULES.get(name)
+    if rule is None:
+        raise ValueError(f"no rule named {name!r}; known: {rule_names()}")
+    if rule.builtin:
+        raise ValueError(f"{name!r} is a built-in rule and cannot be removed")
+    del _RULES[name]
+
+
+def rule_names() -> list[str]:
+    """The names :func:`audit` accepts in ``rules``, built-ins first.
+
+    Examples
+    --------
+    >>> rule_names()[:3]
+    ['fetch_failed', 'public_unprotected', 'checksum_duplicates']
+    """
+    return ["fetch_failed", *_RULES]
+
+
+def _days(delta: pd.Series) -> pd.Series:
+    return _text((delta // pd.Timedelta("1D")).astype("Int64"))
+
+
+def _describe_public(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return "public and not protected: every project can boot it and its owner can delete it"
+
+
+def _describe_duplicates(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    gib = _text((found["reclaimable_bytes"].astype("Float64") / 1024**3).round(2))
+    return (
+        "one of " + _text(found["group_size"]) + " images with checksum "
+        + _text(found["checksum"]) + " (duplicate group " + _text(found["dup_group"])
+        + "); keeping one copy would reclaim " + gib.fillna("an unknown number of") + " GiB"
+    )  # fmt: skip
+
+
+def _describe_stale(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return "not updated for " + _days(now - _last_change(found)) + " days"
+
+
+_BROKEN_SENTENCES = {
+    "killed": "status killed: the upload failed and the image cannot be used",
+    "stuck in queued": ": no data was ever uploaded",
+    "stuck in saving": ": the upload never finished",
+    "active without checksum and size": "active but has neither checksum nor size",
+    "active without checksum": "active but has no checksum: its data cannot be verified",
+    "active without size": "active but has no size",
+    "pending_delete": "pending_delete: deleted, its data not yet scrubbed",
+    "deleted": "deleted but still listed",
+}
+
+
+def _describe_broken(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    problem = _text(found["problem"])
+    sentence = _text(found["problem"].map(_BROKEN_SENTENCES))
+    stuck = problem.str.startswith("stuck").to_numpy(dtype=bool)
+    since = problem + " for " + _days(now - _last_change(found)) + " days" + sentence
+    return sentence.where(~stuck, since)
+
+
+def _describe_formats(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return _text(found["problem"]) + ": the image cannot boot as described"
+
+
+def _describe_requirements(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return _text(found["missing"]) + " not set (0): Nova will boot it on a flavor too small for it"
+
+
+def _describe_security(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return "missing security properties: " + _text(found["missing"])
+
+
+_builtin("high", _describe_public)(public_unprotected)
+_builtin("low", _describe_duplicates)(checksum_duplicates)
+_builtin("low", _describe_stale, takes_now=True)(stale)
+_builtin("medium", _describe_broken, takes_now=True)(broken)
+_builtin("medium", _describe_formats)(format_mismatch)
+_builtin("low", _describe_requirements)(requirements_missing)
+_builtin("medium", _describe_security)(security_properties)
+
+
+def _findings(
+    rule: str, severity: str, found: pd.DataFrame, details: Any, source: pd.DataFrame
+) -> pd.DataFrame:
+    ids = found.index
+    if "owner" in found and "name" in found:
+        owner, name = found["owner"], found["name"]
+    else:  # a user rule may return fewer columns: take them from the audited frame
+        owner, name = source["owner"].reindex(ids), source["name"].reindex(ids)
+    return pd.DataFrame(
+        {
+            "rule": rule,
+            "severity": severity,
+            "image_id": _text(ids),
+            "owner": _text(owner),
+            "name": _text(name),
+            "detail": details if isinstance(details, str) else _text(details),
+        }
+    )
+
+
+def _fetch_failed(df: pd.DataFrame, failed: np.ndarray) -> pd.DataFrame:
+    rows = df[failed]
+    status = ("HTTP " + _text(rows["http_status"])).fillna("no HTTP answer")
+    said = "could not be read (" + status + ")"
+    details = said.where(rows["error"].isna().to_numpy(), said + ": " + _text(rows["error"]))
+    return _findings("fetch_failed", "medium", rows, details, df)
+
+
+def _allowed(findings: pd.DataFrame, allow: Any) -> np.ndarray:
+    if callable(allow):
+        drop = allow(findings)
+        drop = drop.to_numpy(dtype=bool) if isinstance(drop, pd.Series) else np.asarray(drop)
+        if drop.dtype != bool or drop.shape != (len(findings),):
+            raise ValueError("allow(findings) must return one boolean per finding")
+        return drop
+    items = [allow] if isinstance(allow, str) else list(allow)
+    return (findings["image_id"].isin(items) | findings["owner"].isin(items)).to_numpy(dtype=bool)
+
+
+def audit(
+    df: pd.DataFrame,
+    rules: Collection[str] | str | None = None,
+    allow: Iterable[str] | str | Callable[[pd.DataFrame], Any] | None = None,
+    now: Timeish = None,
+) -> pd.DataFrame:
+    """Run the audit rules and return one tidy findings frame, most severe first.
+
+    Columns :data:`FINDING_COLUMNS`: ``rule`` (category), ``severity`` (ordered category
+    over :data:`SEVERITIES`), ``image_id``, ``owner``, ``name``, ``detail`` (a sentence);
+    sorted by severity, rule, image id; one finding per image per rule. ``rules``: names
+    to run (default: all, your registered rules included); rows that could not be read
+    are always reported as ``fetch_failed``. ``allow``: accepted risks to leave out —
+    image ids and/or owner ids, or a callable ``allow(findings) -> boolean mask`` of the
+    findings to drop. ``now`` (default: the current time) is passed to the time-based rules.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "killed", "x-image-meta-owner": "p1"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "killed", "x-image-meta-owner": "p2"},
+    ... ])
+    >>> audit(df, allow=["p2"])[["rule", "image_id", "detail"]]
+         rule image_id                                             detail
+    0  broken        a  status killed: the upload failed and the image...
+    >>> audit(df, rules=["nope"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown rules ['nope']; known: ['fetch_failed', 'public_unprotected', ...]
+    """
+    if rules is None:
+        selected = list(_RULES.values())
+    else:
+        names = [rules] if isinstance(rules, str) else list(rules)
+        unknown = [name for name in names if name not in _RULES and name != "fetch_failed"]
+        if unknown:
+            raise ValueError(f"unknown rules {unknown}; known: {rule_names()}")
+        selected = [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
+    stamp = _now(now)
+    fetched = _fetched(df)
+    read = None
+    parts = [_fetch_failed(df, ~fetched)]
+    for rule in selected:
+        if rule.builtin:
+            found = rule.function(df, now=stamp) if rule.takes_now else rule.function(df)
+        else:
+            read = df[fetched] if read is None else read
+            found = rule.function(read)
+            found = found[found.index.isin(read.index)]
+        parts.append(_findings(rule.name, rule.severity, found, rule.details(found, stamp), df))
+
+    findings = pd.concat(parts, ignore_index=True)
+    rule_order = sorted({"fetch_failed", *(rule.name for rule in selected)})
+    findings["rule"] = pd.Categorical(findings["rule"], categories=rule_order)
+    findings["severity"] = findings["severity"].astype(_SEVERITY_DTYPE)
+    findings = findings.astype(
+        {"image_id": _STRING, "owner": "category", "name": _STRING, "detail": _STRING}
+    )
+    findings = findings.sort_values(["severity", "rule", "image_id"], kind="stable")
+    if allow is not None:
+        findings = findings[~_allowed(findings.reset_index(drop=True), allow)]
+    return findings.reset_index(drop=True)[FINDING_COLUMNS]
