@@ -63,6 +63,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from imgframe.errors import InvalidInputError
+from imgframe.schema import columns
+
 __all__ = [
     "FINDING_COLUMNS",
     "SECURITY_CHECKS",
@@ -108,8 +111,21 @@ Span = str | pd.Timedelta
 
 
 # --------------------------------------------------------------------------- row masks
+_NEEDED = [c for c in columns() if c not in ("virtual_size", "request_id", "error")]
+
+
 def _fetched(df: pd.DataFrame) -> np.ndarray:
-    """Rows that were read: HTTP 200, or no HTTP status at all but a known ``status``."""
+    """Rows that were read: HTTP 200, or no HTTP status at all but a known ``status``.
+
+    Every rule starts here, so this is also where a frame that is not an images table
+    gets one clear error instead of a KeyError from deep inside pandas.
+    """
+    missing = [c for c in _NEEDED if c not in df.columns]
+    if missing:
+        raise InvalidInputError(
+            f"not an imgframe images table: missing columns {missing} "
+            "(use the frame from imgframe.fetch_images or imgframe.read_csv)"
+        )
     http = df["http_status"]
     ok = http.eq(200).fillna(False) | (http.isna() & df["status"].notna())
     return ok.to_numpy(dtype=bool)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -173,3 +174,78 @@ def test_emulator_command_serves_until_interrupted() -> None:
         assert process.wait(timeout=20) == 0
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def fetched_csv(fleet, emulator, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("audit") / "images.csv"
+    ids = [i.id for i in fleet.images] + ["no-such-image"]
+    result = run("fetch", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out),
+                 stdin="\n".join(ids))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_audit_prints_findings_table(fetched_csv) -> None:
+    result = run("audit", str(fetched_csv))
+    assert result.returncode == 0, result.stderr
+    assert "findings:" in result.stdout and "fetch_failed" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "html"])
+def test_audit_writes_the_requested_format(fetched_csv, tmp_path, fmt) -> None:
+    out = tmp_path / f"findings.{fmt}"
+    result = run("audit", str(fetched_csv), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    text = out.read_text(encoding="utf-8")
+    if fmt == "csv":
+        findings = pd.read_csv(out)
+        assert list(findings.columns) == ["rule", "severity", "image_id", "owner", "name", "detail"]
+        assert "no-such-image" in set(findings["image_id"])
+    elif fmt == "json":
+        assert {r["rule"] for r in json.loads(text)} >= {"fetch_failed"}
+    else:
+        assert text.startswith("<!DOCTYPE html>") or "<html" in text[:200]
+
+
+def test_audit_fail_on_exits_3_when_findings_are_that_bad(fetched_csv) -> None:
+    assert run("audit", str(fetched_csv), "--fail-on", "medium").returncode == 3
+    only_stale = run(
+        "audit", str(fetched_csv), "--rules", "public_unprotected", "--fail-on", "high"
+    )
+    assert only_stale.returncode in (0, 3)
+
+
+def test_audit_allow_list_drops_accepted_images(fetched_csv, tmp_path) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_text("# accepted\nno-such-image\n")
+    out = tmp_path / "f.csv"
+    result = run("audit", str(fetched_csv), "--allow", str(allow), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "no-such-image" not in set(pd.read_csv(out)["image_id"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["audit", "/nonexistent/images.csv"], "No such file"),
+        (["audit", "images.xlsx"], ".csv"),
+    ],
+)
+def test_audit_bad_input_is_one_line(tmp_path, args, message) -> None:
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_audit_unknown_rule_is_one_line(fetched_csv) -> None:
+    result = run("audit", str(fetched_csv), "--rules", "no_such_rule")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no_such_rule" in result.stderr
+
+
+def test_audit_of_a_csv_that_is_not_an_images_table_is_one_line(tmp_path) -> None:
+    bogus = tmp_path / "bogus.csv"
+    bogus.write_text("a,b\n1,2\n")
+    result = run("audit", str(bogus))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

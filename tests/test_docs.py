@@ -33,7 +33,8 @@ def test_public_names_are_exported_and_documented() -> None:
 
 
 def test_core_never_imports_testing_or_cli() -> None:
-    core = ["schema", "parse", "fetch", "auth", "api", "io", "errors"]
+    core = ["schema", "parse", "fetch", "auth", "api", "io", "errors", "audits", "accessor",
+            "report_html"]  # fmt: skip
     for module in core:
         tree = ast.parse((ROOT / "imgframe" / f"{module}.py").read_text())
         imported = [
@@ -47,3 +48,11 @@ def test_core_never_imports_testing_or_cli() -> None:
         assert not [m for m in imported if m.startswith(("imgframe.testing", "imgframe.cli"))], (
             module
         )
+
+
+def test_frame_level_modules_never_import_aiohttp() -> None:
+    for module in ["audits", "accessor", "io", "report_html", "schema"]:
+        tree = ast.parse((ROOT / "imgframe" / f"{module}.py").read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m.startswith(("aiohttp", "imgframe.fetch"))], module
