@@ -188,7 +188,9 @@ def _progress_bar(progress: bool | None, total: int) -> Any:
 
 def _someone_watching() -> bool:
     """A notebook kernel or a terminal on stderr: never CI logs or pipes."""
-    if "ipykernel" in sys.modules:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    if type(shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel, not just imported
         return True
     try:
         return sys.stderr.isatty()
