@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Everything ruff checks (folders that do not exist yet are skipped).
+CODE := imgframe tests benchmarks $(wildcard notebooks examples tools)
+
 .PHONY: demo test lint format bench clean
 
 $(STAMP): pyproject.toml
@@ -16,16 +19,16 @@ demo: $(STAMP)
 	$(BIN)/imgframe demo
 
 test: $(STAMP)
-	$(BIN)/ruff check imgframe tests benchmarks
-	$(BIN)/ruff format --check imgframe tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/pytest imgframe tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check imgframe tests benchmarks
+	$(BIN)/ruff check $(CODE)
 
 format: $(STAMP)
-	$(BIN)/ruff format imgframe tests benchmarks
-	$(BIN)/ruff check --fix imgframe tests benchmarks
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_parse.py
