@@ -68,7 +68,7 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
     1 image ids: 1 fetched, 0 failed
     by status: active 1
     """
-    ok = df["http_status"] == 200
+    ok = df["http_status"].eq(200).fillna(False)  # NA: never sent (invalid id), so failed
     lines = [f"{len(df):,} image ids: {int(ok.sum()):,} fetched, {int((~ok).sum()):,} failed"]
     statuses = df.loc[ok, "status"].value_counts(dropna=False)
     if len(statuses):

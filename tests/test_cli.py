@@ -89,6 +89,7 @@ def test_failed_ids_are_rows_in_the_output(fleet, emulator, tmp_path) -> None:
         "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "3 image ids: 1 fetched, 2 failed" in result.stderr  # the unsent invalid id counts
     df = pd.read_csv(out, index_col="id")
     assert df.loc["no-such-image", "http_status"] == 404
     assert df.loc["../bad", "error"] == "invalid image id"
