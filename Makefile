@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Everything ruff checks (folders that do not exist yet are skipped).
-CODE := imgframe tests benchmarks $(wildcard notebooks examples tools)
+CODE := conftest.py imgframe tests benchmarks $(wildcard notebooks examples tools)
 
 .PHONY: demo test lint format bench clean
 

@@ -41,6 +41,7 @@ from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
 from imgframe.report_html import report
 from imgframe.schema import FIELDS, columns, dtypes
+from imgframe.widgets import picker  # ipywidgets is imported only when a picker is built
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "normalize_ids",
     "owner_summary",
     "parse_headers",
+    "picker",
     "public_unprotected",
     "read",
     "read_csv",

@@ -140,3 +140,10 @@ class ImageAccessor:
         import imgframe
 
         return imgframe.report(self._df, path, **options)
+
+    # notebook
+    def picker(self, **options: Any) -> Any:
+        """:func:`imgframe.picker` of this frame (needs ``imgframe[notebook]``)."""
+        from imgframe.widgets import picker
+
+        return picker(self._df, **options)
