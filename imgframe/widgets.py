@@ -522,7 +522,8 @@ class Picker:
         self.export_result.add_class("imgframe-export-result")
 
         def titled(title: str, box: Any) -> Any:
-            return w.VBox([w.Label(title), box])
+            # A gap between columns: a label wider than its list must not touch the next.
+            return w.VBox([w.Label(title), box], layout=w.Layout(margin="0 12px 0 0"))
 
         self.widget = w.VBox(
             [
