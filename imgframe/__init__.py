@@ -26,7 +26,7 @@ from imgframe.audits import (
     stale,
     unregister_rule,
 )
-from imgframe.auth import CallableToken, StaticToken, TokenSource
+from imgframe.auth import CallableToken, KeystoneToken, StaticToken, TokenSource
 from imgframe.errors import (
     AuthError,
     ConfigError,
@@ -38,6 +38,7 @@ from imgframe.errors import (
 )
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
+from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
 from imgframe.report_html import report
 from imgframe.schema import FIELDS, columns, dtypes
@@ -57,6 +58,7 @@ __all__ = [
     "ImgframeError",
     "ImgframeParseWarning",
     "InvalidInputError",
+    "KeystoneToken",
     "NoV1ApiError",
     "RetryPolicy",
     "StaticToken",
@@ -71,6 +73,8 @@ __all__ = [
     "fetch_images_async",
     "format_mismatch",
     "frame_from_headers",
+    "list_image_ids",
+    "list_image_ids_async",
     "normalize_ids",
     "owner_summary",
     "parse_headers",

@@ -215,15 +215,17 @@ def _as_retry(retries: int | RetryPolicy) -> RetryPolicy:
 
 
 async def fetch_images_async(
-    ids: Iterable[Any],
+    ids: Iterable[Any] | None = None,
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     progress: bool | None = None,
     verify: bool | str = True,
+    max_rps: float | None = None,
+    adaptive: bool = True,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
 
@@ -238,14 +240,26 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
+    source = token_source(token)
+    if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
+        find = getattr(source, "endpoint", None)
+        if not callable(find):
+            raise ConfigError("endpoint is required (or pass a KeystoneToken, which finds it)")
+        endpoint = await find()
+    if ids is None:  # the whole cloud: every image the token may list (Glance v1 listing)
+        from imgframe.listing import list_image_ids_async
+
+        ids = [i async for i in list_image_ids_async(endpoint=endpoint, token=source)]
     requested = normalize_ids(ids)
     fetcher = HeadFetcher(
         endpoint,
-        token_source(token),
+        source,
         concurrency=concurrency,
         timeout=_as_timeout(timeout),
         retry=_as_retry(retries),
         verify=verify,
+        max_rps=max_rps,
+        adaptive=adaptive,
     )
     collector = _Collector(_progress_bar(progress, len(requested)))
 
@@ -264,25 +278,37 @@ async def fetch_images_async(
 
 
 def fetch_images(
-    ids: Iterable[Any],
+    ids: Iterable[Any] | None = None,
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     progress: bool | None = None,
     verify: bool | str = True,
+    max_rps: float | None = None,
+    adaptive: bool = True,
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
-    ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1``. ``token``
+    ``ids`` None lists every image the token may see first (:func:`imgframe.list_image_ids`).
+    ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
+    from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
     is a string, a :class:`~imgframe.auth.TokenSource` or a function returning a token;
     None reads ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
     (raise it for high-latency clouds). ``retries`` counts retries of transient
     failures. ``progress`` None shows a bar only in a notebook or on a terminal.
     ``verify`` is True, False or a CA bundle path. Works inside Jupyter's running event
     loop too (the fetch then runs on a helper thread).
+
+    Throttling, per endpoint: ``max_rps`` caps the requests per second (retries
+    included; None: no cap), for a cloud whose rate limit you know. ``adaptive`` (on by
+    default) halves the requests in flight when the server answers 429 or 503 and adds
+    them back one at a time (every half second at most) while answers are fine, up to
+    ``concurrency``; changes are logged at debug level on the ``imgframe.fetch`` logger.
+    At very low latency even one request in flight can outrun a rate limit: the
+    ``Retry-After`` waits then do the throttling, and ``max_rps`` does it more gently.
 
     Examples
     --------
@@ -303,6 +329,8 @@ def fetch_images(
         retries=retries,
         progress=progress,
         verify=verify,
+        max_rps=max_rps,
+        adaptive=adaptive,
     )
     return run_sync(coroutine)
 

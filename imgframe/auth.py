@@ -1,24 +1,39 @@
 """Where the fetcher gets its ``X-Auth-Token`` from, and a fresh one after a 401.
 
 A token source is any object with two coroutines, :meth:`TokenSource.token` and
-:meth:`TokenSource.refresh`. imgframe ships a static token (``OS_AUTH_TOKEN``) and a
-wrapper around any function that returns a token (e.g. one that asks Keystone).
-No ``repr`` here ever shows a token.
+:meth:`TokenSource.refresh`. imgframe ships a static token (``OS_AUTH_TOKEN``), a
+wrapper around any function that returns a token, and :class:`KeystoneToken`, which
+logs in to Keystone through keystoneauth1 (configured by ``clouds.yaml`` with the
+``openstack`` extra) and renews its token before it expires.
+No ``repr``, log line or error message here ever shows a token or a password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+import re
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from imgframe.errors import AuthError, ConfigError
 
-__all__ = ["CallableToken", "StaticToken", "TokenSource", "token_source"]
+if TYPE_CHECKING:
+    from keystoneauth1.access import AccessInfo
+    from keystoneauth1.plugin import BaseAuthPlugin
+    from keystoneauth1.session import Session
+
+__all__ = ["CallableToken", "KeystoneToken", "StaticToken", "TokenSource", "token_source"]
 
 TOKEN_ENV = "OS_AUTH_TOKEN"
+OPENSTACK_EXTRA = "pip install 'imgframe[openstack]'"
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -103,6 +118,287 @@ class CallableToken:
 
     def __repr__(self) -> str:
         return f"CallableToken({getattr(self._get, '__qualname__', type(self._get).__name__)})"
+
+
+# --- Keystone -----------------------------------------------------------------------------
+
+# Attribute names in keystoneauth plugins (and clouds.yaml ``auth`` keys) that hold secrets.
+_SECRET_NAME = re.compile(r"password|secret|token|passcode|totp", re.IGNORECASE)
+# A catalog URL for the image service may end in an API version (``.../v2``); the fetcher
+# wants the service root and adds ``/v1`` itself.
+_VERSION_SUFFIX = re.compile(r"/v\d+(\.\d+)?/?$")
+
+
+def _secret_values(sources: Iterable[object]) -> frozenset[str]:
+    """Every non-trivial string held under a secret-looking name in these objects/dicts."""
+    found: set[str] = set()
+    pending = list(sources)
+    seen: set[int] = set()
+    while pending:
+        obj = pending.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        items = obj.items() if isinstance(obj, dict) else getattr(obj, "__dict__", {}).items()
+        for name, value in items:
+            if isinstance(value, str):
+                if _SECRET_NAME.search(str(name)) and len(value) >= 4:
+                    found.add(value)
+            elif isinstance(value, dict):
+                pending.append(value)
+            elif name in ("auth_methods", "_plugin"):  # keystoneauth's nested plugins
+                pending.extend(value if isinstance(value, list | tuple) else [value])
+    return frozenset(found)
+
+
+class KeystoneToken:
+    """A Keystone token from a keystoneauth1 plugin, renewed before expiry and after a 401.
+
+    Build it from a keystoneauth1 auth plugin (and/or a ``keystoneauth1.session.Session``
+    carrying TLS settings), or from ``clouds.yaml`` with :meth:`from_cloud`.
+    :meth:`token` is cheap: it returns the cached token and asks Keystone again only
+    when less than ``refresh_before`` seconds of its life are left (or half of it, for
+    short-lived tokens). :meth:`refresh` (what the fetcher calls after a 401) drops the
+    cached token and logs in again. :meth:`endpoint` is the ``image`` endpoint from the
+    service catalog for ``region`` and ``interface``, unless ``endpoint=`` is given.
+    Every keystoneauth call is blocking and runs in a thread, never on the event loop;
+    the object can be shared by several runs, in several event loops. Secrets found in
+    the plugin (passwords, application credential secrets, tokens), plus any given in
+    ``secrets``, are masked in its repr and error messages; ``logins`` counts tokens got.
+
+    Examples
+    --------
+    >>> from keystoneauth1.identity import v3
+    >>> auth = v3.Password(
+    ...     auth_url="https://keystone.example.com/v3", username="alice", password="s3cr3t",
+    ...     user_domain_name="Default", project_name="demo", project_domain_name="Default",
+    ... )
+    >>> KeystoneToken(auth, region="RegionOne")
+    KeystoneToken(auth='Password', auth_url='https://keystone.example.com/v3', region='RegionOne', interface='public')
+    """  # noqa: E501
+
+    def __init__(
+        self,
+        auth: BaseAuthPlugin | None = None,
+        *,
+        session: Session | None = None,
+        region: str | None = None,
+        interface: str = "public",
+        endpoint: str | None = None,
+        refresh_before: float = 120.0,
+        cloud: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        try:
+            from keystoneauth1 import session as ks_session
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ConfigError(f"KeystoneToken needs keystoneauth1: {OPENSTACK_EXTRA}") from None
+        if auth is None and session is not None:
+            auth = session.auth
+        if auth is None:
+            raise ConfigError("KeystoneToken needs a keystoneauth1 auth plugin or a session")
+        if session is None:
+            session = ks_session.Session(auth=auth)
+        if not refresh_before >= 0:
+            raise ConfigError(f"refresh_before must be >= 0 seconds, got {refresh_before!r}")
+        if not isinstance(interface, str) or not interface:
+            raise ConfigError("interface must be a non-empty string such as 'public'")
+        self._auth = auth
+        self._session = session
+        self.region = region
+        self.interface = interface
+        self.cloud = cloud
+        self.refresh_before = float(refresh_before)
+        self._endpoint = endpoint
+        self._secrets = _secret_values([auth]) | {s for s in secrets if s and len(s) >= 4}
+        # A thread lock, not asyncio.Lock: the object may serve several event loops.
+        self._lock = threading.RLock()
+        self._token: str | None = None
+        self._access: AccessInfo | None = None
+        self._renew_at = 0.0  # time.time() after which token() asks keystoneauth again
+        self.logins = 0  # how many times a token was obtained from keystoneauth
+
+    @classmethod
+    def from_cloud(
+        cls,
+        cloud: str | None = None,
+        *,
+        region: str | None = None,
+        interface: str | None = None,
+        endpoint: str | None = None,
+        refresh_before: float = 120.0,
+    ) -> KeystoneToken:
+        """Configure from ``clouds.yaml`` / ``OS_CLOUD`` / ``OS_*`` via openstacksdk's loader.
+
+        ``cloud`` None means ``OS_CLOUD`` (or the ``OS_*`` variables alone). ``region``
+        and ``interface`` default to the cloud's ``region_name`` and ``interface``
+        (else ``public``); ``image_endpoint_override`` in clouds.yaml is honoured. Needs
+        the ``openstack`` extra. Nothing is sent to Keystone until the first token.
+
+        Examples
+        --------
+        >>> KeystoneToken.from_cloud("no-such-cloud")
+        Traceback (most recent call last):
+        imgframe.errors.ConfigError: cloud 'no-such-cloud': Cloud no-such-cloud was not found.
+        """
+        try:
+            import openstack.config
+            import openstack.exceptions
+        except ImportError:
+            raise ConfigError(
+                f"reading clouds.yaml needs openstacksdk: {OPENSTACK_EXTRA}"
+            ) from None
+        where = f"cloud {cloud!r}" if cloud else "the OS_CLOUD / OS_* configuration"
+        try:
+            with warnings.catch_warnings():
+                # openstacksdk 4.x warns about InfluxDB on every load, configured or not.
+                warnings.filterwarnings("ignore", message="Support for InfluxDB")
+                config = openstack.config.OpenStackConfig()
+                region_cfg = config.get_one(cloud=cloud, region_name=region)
+            auth = region_cfg.get_auth()
+            session = region_cfg.get_session()
+            secrets = _secret_values([region_cfg.config.get("auth") or {}])
+            chosen_interface = interface or region_cfg.get_interface("image") or "public"
+            if isinstance(chosen_interface, list):
+                chosen_interface = next((i for i in chosen_interface if i), "public")
+            override = endpoint or region_cfg.get_endpoint("image")
+            chosen_region = region or region_cfg.get_region_name("image") or None
+            name = cloud or region_cfg.name
+        except openstack.exceptions.ConfigException as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if auth is None:
+            raise ConfigError(f"{where}: no auth settings (auth_type / auth)")
+        return cls(
+            auth,
+            session=session,
+            region=chosen_region,
+            interface=chosen_interface,
+            endpoint=override,
+            refresh_before=refresh_before,
+            cloud=name,
+            secrets=secrets,
+        )
+
+    # -- TokenSource --
+
+    async def token(self) -> str:
+        """The current token; asks Keystone (in a thread) only when it nears expiry."""
+        token = self._token
+        if token is not None and time.time() < self._renew_at:
+            return token
+        return await asyncio.to_thread(self._renew, None)
+
+    async def refresh(self, rejected: str) -> str | None:
+        """Log in again after ``rejected`` got a 401; None when Keystone gives no new token."""
+        try:
+            fresh = await asyncio.to_thread(self._renew, rejected)
+        except AuthError as exc:
+            log.warning("%s", exc)
+            return None
+        return None if fresh == rejected else fresh
+
+    async def endpoint(self) -> str:
+        """The image service URL: ``endpoint=`` if given, else from the service catalog.
+
+        A trailing API version (``/v2``) is removed: the fetcher adds ``/v1`` itself.
+        """
+        if self._endpoint is None:
+            self._endpoint = await asyncio.to_thread(self._catalog_endpoint)
+        return self._endpoint
+
+    # -- blocking keystoneauth calls, always run in a worker thread --
+
+    def _renew(self, rejected: str | None) -> str:
+        with self._lock:
+            now = time.time()
+            current = self._token
+            if current is not None and current != rejected and now < self._renew_at:
+                return current  # another caller renewed it meanwhile
+            try:
+                if current is not None:
+                    # Near expiry or rejected: keystoneauth would reuse a token it still
+                    # believes valid (it renews only within MIN_TOKEN_LIFE_SECONDS).
+                    self._auth.invalidate()
+                token, expires = self._login()
+            except AuthError:
+                raise
+            except Exception as exc:  # keystoneauth / requests failures, translated once here
+                raise AuthError(self._scrub(f"Keystone login failed: {_describe(exc)}")) from None
+            if not token:
+                raise AuthError("Keystone returned no token")
+            self._token = token
+            self._renew_at = self._next_renewal(time.time(), expires)
+            self.logins += 1
+            log.debug("got a Keystone token for %r (renewal in %.0f s)", self, self._renew_at - now)
+            return token
+
+    def _login(self) -> tuple[str | None, float | None]:
+        from keystoneauth1.identity.base import BaseIdentityPlugin
+
+        if isinstance(self._auth, BaseIdentityPlugin):
+            access = self._auth.get_access(self._session)
+            self._access = access  # the catalog that came with this token
+            expires = access.expires.timestamp() if access.expires is not None else None
+            return access.auth_token, expires
+        return self._session.get_token(auth=self._auth), None
+
+    def _next_renewal(self, now: float, expires: float | None) -> float:
+        if expires is None:  # a plugin that does not say: ask again every few minutes
+            return now + 300.0
+        remaining = expires - now
+        # Renew refresh_before seconds ahead, but never sooner than half the remaining
+        # life (short-lived tokens) and never more than once a second.
+        return now + max(1.0, remaining - self.refresh_before, remaining / 2)
+
+    def _catalog_endpoint(self) -> str:
+        where = f"region {self.region!r}" if self.region else "any region"
+        with self._lock:
+            if self._token is None:
+                self._renew(None)  # the catalog comes with the first token
+            try:
+                if self._access is not None:
+                    url = self._access.service_catalog.url_for(
+                        service_type="image", interface=self.interface, region_name=self.region
+                    )
+                else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
+                    url = self._session.get_endpoint(
+                        auth=self._auth,
+                        service_type="image",
+                        interface=self.interface,
+                        region_name=self.region,
+                    )
+            except Exception as exc:
+                if type(exc).__name__ != "EndpointNotFound":
+                    raise AuthError(
+                        self._scrub(f"could not read the service catalog: {_describe(exc)}")
+                    ) from None
+                url = None
+        if not url:
+            raise ConfigError(
+                f"no {self.interface} 'image' endpoint in the service catalog for {where}; "
+                "pass endpoint=... or choose region/interface"
+            )
+        return _VERSION_SUFFIX.sub("", url.rstrip("/"))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets | ({self._token} if self._token else set()):
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        parts = [f"cloud={self.cloud!r}"] if self.cloud else []
+        parts.append(f"auth={type(self._auth).__name__!r}")
+        auth_url = getattr(self._auth, "auth_url", None)
+        if auth_url:
+            parts.append(f"auth_url={re.sub(r'//[^/@]*@', '//', str(auth_url))!r}")
+        parts.append(f"region={self.region!r}")
+        parts.append(f"interface={self.interface!r}")
+        return self._scrub(f"KeystoneToken({', '.join(parts)})")
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def token_source(

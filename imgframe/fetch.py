@@ -9,16 +9,30 @@ Why it is built this way (DESIGN.md): a fixed pool of workers fed from a bounded
 keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
 ``ClientSession`` reuses keep-alive connections; retries back off exponentially with
 jitter and honour ``Retry-After``.
+
+Throttling (issue 5), both shared by all workers of one fetcher, i.e. per endpoint:
+
+- ``max_rps`` caps the request rate with :class:`_Pacer`, which gives each request the
+  next free time slot ``1 / max_rps`` after the previous one (no burst).
+- ``adaptive`` (on by default) runs :class:`_ConcurrencyGate`, an AIMD limit on the
+  requests in flight: a 429 or 503 halves it, a stretch of fine answers adds one back,
+  up to ``concurrency``. Changes are logged at debug level on ``imgframe.fetch``.
+
+When they are not throttling, they cost a few integer operations per request and no
+timer: the pacer sleeps only when a request's slot is in the future, and the gate
+queues a worker only when the limit is reached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -45,6 +59,10 @@ __all__ = [
 ]
 
 USER_AGENT = "imgframe/0.1 (+aiohttp)"
+TOKEN_CHECK_SECONDS = 5.0  # how often a running fetch asks its token source again
+logger = logging.getLogger("imgframe.fetch")
+# Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
+THROTTLE_STATUSES = frozenset({429, 503})
 # One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
 # no / \ ? #, no ASCII or C1 control, no space or other Unicode separator, no "..", not
 # ".". RE2 syntax: checked for all ids at once in pyarrow.
@@ -234,6 +252,12 @@ def _reason(status: int) -> str:
 class HeadFetcher:
     """HEADs many image ids concurrently and reports one :class:`FetchResult` each.
 
+    ``max_rps`` caps the requests per second sent to this endpoint (retries included);
+    None sends as fast as ``concurrency`` allows. ``adaptive`` lets 429 and 503 answers
+    shrink the number of requests in flight (halved, at most once per round of requests)
+    and fine answers grow it back by one at a time up to ``concurrency``; the current
+    limit is :attr:`concurrency_limit` and its recent changes :attr:`concurrency_changes`.
+
     Examples
     --------
     >>> from imgframe.auth import StaticToken
@@ -250,11 +274,19 @@ class HeadFetcher:
         timeout: Timeout = Timeout(),
         retry: RetryPolicy = RetryPolicy(),
         verify: bool | str = True,
+        max_rps: float | None = None,
+        adaptive: bool = True,
     ) -> None:
         if not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
             raise ConfigError(
                 f"concurrency must be an integer from 1 to 10000, got {concurrency!r}"
             )
+        if max_rps is not None and (
+            isinstance(max_rps, bool)
+            or not isinstance(max_rps, int | float)
+            or not 0 < max_rps < math.inf
+        ):
+            raise ConfigError(f"max_rps must be a positive number or None, got {max_rps!r}")
         self.endpoint = normalize_endpoint(endpoint)
         self._base = self.endpoint + "/v1/images/"
         self._origin = _origin(self.endpoint)
@@ -267,10 +299,22 @@ class HeadFetcher:
         self._auth: dict[str, str] = {}  # one dict per token, not one per request
         self._token_dead = False
         self._refresh_lock: asyncio.Lock | None = None
+        self.max_rps = None if max_rps is None else float(max_rps)
+        self.adaptive = bool(adaptive)
+        self._gate: _ConcurrencyGate | None = None
+        #: ``(seconds since the run started, new limit)`` for the latest changes of the
+        #: adaptive concurrency limit, oldest first (bounded: a long run keeps the last).
+        self.concurrency_changes: deque[tuple[float, int]] = deque(maxlen=1000)
         self.requests_sent = 0
 
     def __repr__(self) -> str:
-        return f"HeadFetcher({self.endpoint!r}, concurrency={self.concurrency})"
+        extra = "" if self.max_rps is None else f", max_rps={self.max_rps:g}"
+        return f"HeadFetcher({self.endpoint!r}, concurrency={self.concurrency}{extra})"
+
+    @property
+    def concurrency_limit(self) -> int:
+        """How many requests may be in flight now (``concurrency`` unless throttled)."""
+        return self.concurrency if self._gate is None else self._gate.limit
 
     async def run(
         self,
@@ -308,13 +352,23 @@ class HeadFetcher:
         # free -- a queue with no producer task and no hand-off per id.
         shared = iter(items)
         watchdog = _Watchdog(self.concurrency, self.timeout.total)
+        # None when off, so that the unthrottled path pays one `is not None` test each.
+        pacer = None if self.max_rps is None else _Pacer(self.max_rps)
+        self._gate = gate = (
+            _ConcurrencyGate(self.concurrency, self.endpoint, self.concurrency_changes)
+            if self.adaptive
+            else None
+        )
 
         async def work(slot: int) -> None:
             watchdog.tasks[slot] = asyncio.current_task()  # type: ignore[assignment]
             for position, image_id in shared:
-                on_result(await self._fetch_one(session, watchdog, slot, position, image_id))
+                on_result(
+                    await self._fetch_one(session, watchdog, gate, pacer, slot, position, image_id)
+                )
 
         watching = asyncio.create_task(watchdog.watch())
+        renewing = asyncio.create_task(self._keep_token_fresh())
         try:
             async with asyncio.TaskGroup() as group:
                 for slot in range(self.concurrency):
@@ -323,12 +377,27 @@ class HeadFetcher:
             raise errors.exceptions[0] from None
         finally:
             watching.cancel()
+            renewing.cancel()
             await session.close()
+
+    async def _keep_token_fresh(self, every: float = TOKEN_CHECK_SECONDS) -> None:
+        """Ask the token source again now and then, so a source that renews before expiry
+        (Keystone) is used before the server says 401; workers never wait for it."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                fresh = await self._tokens.token()
+            except Exception:  # a failing source: the 401 path will ask refresh() anyway
+                continue
+            if fresh and fresh != self._token and not self._token_dead:
+                self._token, self._auth = fresh, {"X-Auth-Token": fresh}
 
     async def _fetch_one(
         self,
         session: aiohttp.ClientSession,
         watchdog: _Watchdog,
+        gate: _ConcurrencyGate | None,
+        pacer: _Pacer | None,
         slot: int,
         position: int,
         image_id: str,
@@ -352,13 +421,31 @@ class HeadFetcher:
             token, auth = self._token, self._auth
             assert token is not None
             retry_after: float | None = None
+            epoch = 0
+            if gate is not None:
+                # Take a place in flight: a counter on the fast path, a queue when full.
+                if gate.in_flight < gate.limit:
+                    gate.in_flight += 1
+                else:
+                    await gate.wait_turn()
+                epoch = gate.epoch
             try:
-                self.requests_sent += 1
-                watchdog.arm(slot)
-                async with session.head(url, headers=auth, allow_redirects=False) as response:
-                    status = response.status
-                    headers = response.headers
-                    raw_headers = response.raw_headers
+                try:
+                    if pacer is not None:
+                        # After the gate: a time slot is never reserved and then left
+                        # unused while waiting for a place in flight.
+                        delay = pacer.reserve()
+                        if delay > 0.0:
+                            await asyncio.sleep(delay)
+                    self.requests_sent += 1
+                    watchdog.arm(slot)
+                    async with session.head(url, headers=auth, allow_redirects=False) as response:
+                        status = response.status
+                        headers = response.headers
+                        raw_headers = response.raw_headers
+                finally:
+                    if gate is not None:
+                        gate.leave()
             except asyncio.CancelledError:
                 if not watchdog.fired(slot):
                     raise  # the run itself is being cancelled
@@ -373,6 +460,11 @@ class HeadFetcher:
                 )
             else:
                 await watchdog.disarm(slot)
+                if gate is not None:
+                    if status in THROTTLE_STATUSES:
+                        gate.throttled(epoch, status)
+                    elif gate.limit < gate.maximum:  # only counted while throttled
+                        gate.answered()
                 if status == 200:
                     return FetchResult(position, image_id, 200, raw_headers, None, attempt)
                 error = f"HTTP {status} {_reason(status)}".rstrip()
@@ -430,6 +522,135 @@ class HeadFetcher:
                 return False
             self._token, self._auth = fresh, {"X-Auth-Token": fresh}
             return True
+
+
+class _Pacer:
+    """Spaces the requests of all workers ``1 / max_rps`` seconds apart.
+
+    A virtual clock, not a timer: each request reserves the next free slot with one
+    ``loop.time()`` read and sleeps only if that slot is in the future. Slots missed while
+    nobody was asking (a slow server, a pause) are not saved up for a burst later, so the
+    rate never exceeds ``max_rps`` over any stretch of time.
+
+    Examples
+    --------
+    >>> async def three_reservations():
+    ...     pacer = _Pacer(10.0)
+    ...     return [round(pacer.reserve(), 2) for _ in range(3)]
+    >>> asyncio.run(three_reservations())
+    [0.0, 0.1, 0.2]
+    """
+
+    __slots__ = ("_loop", "_next", "interval")
+
+    def __init__(self, max_rps: float) -> None:
+        self.interval = 1.0 / max_rps
+        self._loop = asyncio.get_running_loop()
+        self._next = -math.inf
+
+    def reserve(self) -> float:
+        """Reserve the next slot; seconds to wait before sending (0.0: send now)."""
+        now = self._loop.time()
+        slot = self._next if self._next > now else now
+        self._next = slot + self.interval
+        return slot - now
+
+
+class _ConcurrencyGate:
+    """An AIMD limit on requests in flight, shared by all workers of one run.
+
+    A worker takes a place (``in_flight += 1``) while ``in_flight < limit``, else queues
+    in :meth:`wait_turn`; :meth:`leave` hands the place to the next in line.
+
+    - Multiplicative decrease: a 429 or 503 halves ``limit`` (floor 1), but only if the
+      request was sent after the last decrease (same ``epoch``). The answers to requests
+      sent at the old limit say nothing about the new one, so a burst of 429s from one
+      round of requests halves the limit once, not down to 1.
+    - Additive increase: while below ``maximum``, ``limit`` grows by one after at least
+      ``limit`` fine answers (a round of requests) *and* ``GROW_SECONDS`` without a change.
+      The time floor makes it probe slowly: at low latency a round lasts milliseconds,
+      and growing once per round would overshoot a rate limit many times a second.
+    """
+
+    GROW_SECONDS = 0.5
+
+    __slots__ = (
+        "_changed_at",
+        "_changes",
+        "_endpoint",
+        "_fine",
+        "_loop",
+        "_started",
+        "_waiters",
+        "epoch",
+        "in_flight",
+        "limit",
+        "maximum",
+    )
+
+    def __init__(self, maximum: int, endpoint: str, changes: deque[tuple[float, int]]) -> None:
+        self.maximum = self.limit = maximum
+        self.in_flight = 0
+        self.epoch = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._fine = 0
+        self._loop = asyncio.get_running_loop()
+        self._started = self._changed_at = self._loop.time()
+        self._endpoint = endpoint
+        self._changes = changes
+
+    async def wait_turn(self) -> None:
+        """Queue until :meth:`leave` hands this worker a place in flight."""
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled():  # a place was handed over as we were cancelled
+                self.leave()
+            raise
+
+    def leave(self) -> None:
+        """A request finished: free its place, or hand it to the next queued worker."""
+        self.in_flight -= 1
+        if self._waiters:
+            self._admit()
+
+    def _admit(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_flight < self.limit:
+            waiter = waiters.popleft()
+            if not waiter.done():  # skip workers cancelled while queued
+                self.in_flight += 1
+                waiter.set_result(None)
+
+    def throttled(self, epoch: int, status: int) -> None:
+        """A 429/503 answered a request sent in ``epoch``: halve the limit once per round."""
+        if epoch != self.epoch:
+            return
+        self.epoch += 1
+        self._fine = 0
+        self._changed_at = self._loop.time()
+        if self.limit > 1:
+            self._change(max(1, self.limit // 2), f"after HTTP {status}")
+
+    def answered(self) -> None:
+        """A fine answer while throttled: grow the limit by one now and then."""
+        self._fine += 1
+        if self._fine >= self.limit:
+            now = self._loop.time()
+            if now - self._changed_at >= self.GROW_SECONDS:
+                self._fine = 0
+                self._changed_at = now
+                self._change(self.limit + 1, "after fine answers")
+                self._admit()
+
+    def _change(self, limit: int, why: str) -> None:
+        # The endpoint carries no credentials (normalize_endpoint refuses them) and the
+        # token is never passed here, so this line is safe to log.
+        logger.debug("%s: concurrency %d -> %d %s", self._endpoint, self.limit, limit, why)
+        self.limit = limit
+        self._changes.append((self._changed_at - self._started, limit))
 
 
 class _Watchdog:

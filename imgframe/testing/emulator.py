@@ -7,12 +7,14 @@ metadata in ``X-Image-Meta-*`` headers, header names capitalised per hyphen-sepa
 
 Request pipeline, in the order a real deployment applies it::
 
-    version negotiation (300 when Faults.no_v1)
+    rate limit (429 above Faults.rate_limit requests/s, any path)
+    -> version negotiation (300 when Faults.no_v1)
     -> latency -> hang / transient fault (a load balancer or rate limiter, before auth)
     -> X-Auth-Token (401) -> visibility (404) -> 200, possibly with malformed values
 
-Also served: ``GET /v1/images`` and ``GET /v1/images/detail`` (listing), ``GET /`` (300)
-and ``GET /versions`` (200) with the versions document.
+Also served: ``GET /v1/images`` and ``GET /v1/images/detail`` (listing), ``GET /v2/images``
+(Glance v2 listing with ``next`` links), ``GET /`` (300) and ``GET /versions`` (200) with
+the versions document.
 
 Examples
 --------
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -158,7 +161,13 @@ class Faults:
     Because nothing depends on request order, concurrent clients see the same faults as
     sequential ones, and tests can ask which ids are affected. A hanging id is never also
     transient. Transient faults and hangs hit the first ``transient_attempts`` HEADs of an
-    id; malformed values are sent on every answer.
+    id; malformed values are sent on every answer. ``retry_after`` is the ``Retry-After``
+    sent with 429 and 503 answers (None: no header).
+
+    ``rate_limit`` is the exception to "never a stream", as in a real API gateway: a
+    token bucket of ``rate_limit`` requests per second, holding a tenth of a second's
+    worth (at least 1), counts every request on arrival, whatever its path; a request
+    that finds it empty is answered 429 (after ``latency``) and uses no token.
 
     Examples
     --------
@@ -179,6 +188,7 @@ class Faults:
     hang_seconds: float = 30.0
     malformed_rate: float = 0.0
     no_v1: bool = False
+    rate_limit: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -194,6 +204,8 @@ class Faults:
         low, high = self.latency if isinstance(self.latency, tuple) else (self.latency,) * 2
         if not 0 <= low <= high:
             raise ValueError(f"latency must be >= 0 (and low <= high), got {self.latency}")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError(f"rate_limit must be > 0 requests/s or None, got {self.rate_limit}")
 
     @property
     def has_image_faults(self) -> bool:
@@ -294,6 +306,28 @@ class _TokenState:
         self.expired = False
 
 
+class _TokenBucket:
+    """``rate`` requests per second with bursts of up to ``capacity``; not thread-safe
+    (only the server's event loop uses it)."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate / 10)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        """Whether a request arriving at ``now`` may pass (it then uses one token)."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class _Dropped(Exception):
     """Raised inside the handler to close the connection without any response."""
 
@@ -363,6 +397,41 @@ def _summary(image: FleetImage) -> dict[str, Any]:
     }
 
 
+def _v2_time(value: datetime | None) -> str | None:
+    # Glance v2 renders timestamps in UTC with a "Z" and no fraction.
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _v2_image(image: FleetImage) -> dict[str, Any]:
+    """An image as Glance v2 lists it: custom properties flattened into the top level."""
+    body: dict[str, Any] = {
+        "id": image.id,
+        "name": image.name,
+        "status": image.status,
+        "visibility": "public" if image.is_public else "private",
+        "protected": image.protected,
+        "checksum": image.checksum,
+        "os_hash_algo": None,
+        "os_hash_value": None,
+        "owner": image.owner,
+        "size": image.size,
+        "virtual_size": image.virtual_size,
+        "min_ram": image.min_ram,
+        "min_disk": image.min_disk,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "created_at": _v2_time(image.created_at),
+        "updated_at": _v2_time(image.updated_at),
+        "tags": [],
+        "self": f"/v2/images/{image.id}",
+        "file": f"/v2/images/{image.id}/file",
+        "schema": "/v2/schemas/image",
+    }
+    for key, value in image.properties.items():
+        body.setdefault(key, value)  # a property never shadows a core attribute
+    return body
+
+
 def _empty(status: int, extra: list[tuple[str, str]] | None = None) -> web.Response:
     # Content-Length must be explicit: aiohttp.web omits it on HEAD otherwise, and
     # aiohttp's client then closes the connection (aiohttp issue #1769).
@@ -403,7 +472,11 @@ class GlanceEmulator:
     invisible -> 400). Like real v1 the body is only ``{"images": [...]}`` with no
     ``next`` link: a client asks for the next page with the last id as marker until it
     gets an empty page. Deleted images are listed only for admins passing
-    ``deleted=true``. Faults apply to ``HEAD /v1/images/{id}``; ``latency`` also to lists.
+    ``deleted=true``. ``GET /v2/images`` lists the same images in the same order like
+    Glance v2: the same ``limit`` and ``marker`` rules, the body
+    ``{"images", "first", "schema"}`` plus ``next`` (the query with the last id as
+    ``marker``) when the page is full, so more may follow; deleted images are never
+    listed in v2. Faults apply to ``HEAD /v1/images/{id}``; ``latency`` also to lists.
 
     Examples
     --------
@@ -440,6 +513,7 @@ class GlanceEmulator:
         ).items():
             self._tokens[value] = _TokenState(token)
         self._issued = 0
+        self._bucket: _TokenBucket | None = None  # made on first use, for Faults.rate_limit
         self._log: list[tuple[float, str, str, str | None, int, str | None]] = []
         self._attempts: dict[str, int] = {}
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
@@ -598,7 +672,9 @@ class GlanceEmulator:
             image_id = None
         status = 0
         try:
-            if image_id is not None:
+            if self.faults.rate_limit is not None and not self._within_rate(arrived):
+                response = await self._too_many(path)
+            elif image_id is not None:
                 response = await self._image(request, image_id, token)
             else:
                 response = await self._other(request, path, token)
@@ -614,6 +690,22 @@ class GlanceEmulator:
         finally:
             with self._lock:
                 self._log.append((arrived, request.method, path, image_id, status, token))
+
+    def _within_rate(self, arrived: float) -> bool:
+        rate = self.faults.rate_limit
+        assert rate is not None
+        if self._bucket is None or self._bucket.rate != rate:  # faults may be swapped live
+            self._bucket = _TokenBucket(rate)
+        return self._bucket.take(arrived)
+
+    async def _too_many(self, path: str) -> web.Response:
+        faults = self.faults
+        if faults.latency:  # the answer still crosses the network
+            await asyncio.sleep(faults.delay(path, 0))
+        extra = []
+        if faults.retry_after is not None:
+            extra.append(("Retry-After", format(faults.retry_after, "g")))
+        return _empty(429, extra)
 
     async def _image(
         self, request: web.BaseRequest, image_id: str, token: str | None
@@ -669,6 +761,15 @@ class GlanceEmulator:
             status = 200 if path == "/versions" else 300
             body = _versions_document(_base(request), v1=not self.faults.no_v1)
             return _body(status, body, _JSON)
+        if path.rstrip("/") == "/v2/images":
+            if request.method not in ("GET", "HEAD"):
+                return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+            if self.faults.latency:
+                await asyncio.sleep(self.faults.delay(path, 0))
+            who = self._authenticate(token)
+            if who is None:
+                return _error(401, "This server could not verify that you are authorized.", is_head)
+            return self._list_v2(request, who)
         if not path.startswith("/v1/"):
             return _error(404, "The resource could not be found.", is_head)
         if self.faults.no_v1:
@@ -714,6 +815,43 @@ class GlanceEmulator:
                 if len(page) >= limit:
                     break
         return _body(200, json.dumps({"images": page}).encode(), _JSON)
+
+    def _list_v2(self, request: web.BaseRequest, who: Token) -> web.Response:
+        is_head = request.method == "HEAD"
+        query = request.query
+        try:
+            limit = int(query.get("limit", "25"))
+        except ValueError:
+            return _error(400, "limit param must be an integer", is_head)
+        if limit < 0:
+            return _error(400, "limit param must be positive", is_head)
+        limit = min(limit, self.api_limit_max)
+        ordered, position = self._ordered()
+        start = 0
+        marker = query.get("marker")
+        if marker is not None:
+            index = position.get(marker)
+            if index is None or not _listable(ordered[index], who, False):
+                return _error(400, f"Invalid marker. Image {marker} could not be found.", is_head)
+            start = index + 1
+        page: list[dict[str, Any]] = []
+        for index in range(start, len(ordered) if limit else start):
+            image = ordered[index]
+            if _listable(image, who, False):
+                page.append(_v2_image(image))
+                if len(page) >= limit:
+                    break
+        # Like Glance's serializer: "first" is the query without the marker; "next" is the
+        # same query with the last id as marker, present only when the page is full.
+        params = {key: value for key, value in query.items() if key != "marker"}
+        body: dict[str, Any] = {
+            "images": page,
+            "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
+            "schema": "/v2/schemas/images",
+        }
+        if page and len(page) == limit:
+            body["next"] = "/v2/images?" + urlencode({**params, "marker": page[-1]["id"]})
+        return _body(200, json.dumps(body).encode(), _JSON)
 
     def _ordered(self) -> tuple[list[FleetImage], dict[str, int]]:
         if self._listing is None:

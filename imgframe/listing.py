@@ -1,0 +1,393 @@
+"""Enumerate the image ids a token can see, page by page, from Glance v1 or v2.
+
+:func:`list_image_ids_async` yields ids as each page arrives, so a fetch can start before
+the listing ends; :func:`list_image_ids` is the blocking form and returns a list.
+
+Paging rules, and why:
+
+* v1 (``GET /v1/images/detail?limit=N&marker=M``) has no ``next`` link. The next page is
+  asked for with the last id as ``marker`` until a page comes back **empty**. A page
+  shorter than ``limit`` does not mean the end: servers clamp ``limit`` to their
+  ``api_limit_max`` (stopping there is a known bug of other clients).
+* v2 (``GET /v2/images``) follows the ``next`` link (relative to the endpoint) until the
+  body has none.
+* A marker (or v2 ``next`` link) seen before means the server is going round in circles:
+  :class:`~imgframe.FetchError`, never an endless loop. ``max_pages`` bounds the rest.
+* An id listed twice (the fleet changed between pages) is yielded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+
+from imgframe.auth import TokenSource, token_source
+from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.fetch import (
+    USER_AGENT,
+    RetryPolicy,
+    Timeout,
+    _reason,
+    _retry_after,
+    _ssl_option,
+    normalize_endpoint,
+)
+
+__all__ = ["list_image_ids", "list_image_ids_async"]
+
+TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
+DEFAULT_PAGE_SIZE = 1000
+DEFAULT_MAX_PAGES = 100_000
+
+
+async def list_image_ids_async(
+    *,
+    endpoint: str,
+    token: TokenArg = None,
+    api: Literal["v1", "v2"] = "v1",
+    page_size: int = DEFAULT_PAGE_SIZE,
+    verify: bool | str = True,
+    include_deleted: bool = False,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    max_pages: int = DEFAULT_MAX_PAGES,
+) -> AsyncIterator[str]:
+    """Yield every image id the token can see, page by page, each id once.
+
+    ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``); ``token`` is what
+    :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``); a 401 asks the
+    token source for a fresh token once per page. ``api="v1"`` pages ``/v1/images/detail``
+    with ``is_public=None``, without which Glance v1 shows an admin only public images;
+    ``api="v2"`` follows ``/v2/images`` ``next`` links (v2's default listing: public,
+    own and shared images; never deleted ones). ``page_size`` is the ``limit`` asked for
+    (the server may clamp it). ``include_deleted`` (v1, admin tokens) also lists
+    soft-deleted images. Transient failures (429, 5xx, timeouts) are retried like
+    :func:`imgframe.fetch_images` does.
+
+    Raises :class:`~imgframe.NoV1ApiError` when v1 answers 300, :class:`~imgframe.AuthError`
+    when the token is rejected and cannot be refreshed, and :class:`~imgframe.FetchError`
+    (with ``url``, never the token) for any other failure, a repeated marker or more than
+    ``max_pages`` pages. Stop early with ``contextlib.aclosing``, which closes the session.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> fleet = make_fleet(30, seed=1)
+    >>> async def first_ids(url: str) -> list[str]:
+    ...     return [i async for i in list_image_ids_async(endpoint=url, token=ADMIN_TOKEN,
+    ...                                                  api="v2", page_size=7)]
+    >>> with GlanceEmulator(fleet) as emu:
+    ...     ids = asyncio.run(first_ids(emu.url))
+    >>> sorted(ids) == sorted(i.id for i in fleet.images if not i.deleted)
+    True
+    """
+    lister = _Lister(
+        endpoint,
+        token_source(token),
+        api=api,
+        page_size=page_size,
+        verify=verify,
+        include_deleted=include_deleted,
+        timeout=timeout,
+        retries=retries,
+        max_pages=max_pages,
+    )
+    async for image_id in lister.ids():
+        yield image_id
+
+
+def list_image_ids(
+    *,
+    endpoint: str,
+    token: TokenArg = None,
+    api: Literal["v1", "v2"] = "v1",
+    page_size: int = DEFAULT_PAGE_SIZE,
+    verify: bool | str = True,
+    include_deleted: bool = False,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    max_pages: int = DEFAULT_MAX_PAGES,
+) -> list[str]:
+    """Every image id the token can see, in listing order (newest first), each once.
+
+    Blocks until the whole listing is read (works in a Jupyter cell too); the arguments
+    are those of :func:`list_image_ids_async`, the streaming form.
+
+    Examples
+    --------
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> fleet = make_fleet(30, seed=1)
+    >>> with GlanceEmulator(fleet, api_limit_max=4) as emu:    # every page is clamped
+    ...     ids = list_image_ids(endpoint=emu.url + "/v1", token=ADMIN_TOKEN,
+    ...                          include_deleted=True)
+    >>> sorted(ids) == sorted(image.id for image in fleet.images)
+    True
+    """
+    # Imported here: imgframe.api may import this module to fetch a listed cloud.
+    from imgframe.api import run_sync
+
+    async def collect() -> list[str]:
+        return [
+            image_id
+            async for image_id in list_image_ids_async(
+                endpoint=endpoint,
+                token=token,
+                api=api,
+                page_size=page_size,
+                verify=verify,
+                include_deleted=include_deleted,
+                timeout=timeout,
+                retries=retries,
+                max_pages=max_pages,
+            )
+        ]
+
+    result: list[str] = run_sync(collect())
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    ids: list[str]
+    next_path: str | None  # v2 only: the server's ``next`` link
+
+
+class _Lister:
+    """One listing run: one session, the token, the pages asked for so far."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        tokens: TokenSource,
+        *,
+        api: str,
+        page_size: int,
+        verify: bool | str,
+        include_deleted: bool,
+        timeout: float | Timeout,
+        retries: int | RetryPolicy,
+        max_pages: int,
+    ) -> None:
+        from imgframe.api import _as_retry, _as_timeout  # see list_image_ids
+
+        if api not in ("v1", "v2"):
+            raise ConfigError(f"api must be 'v1' or 'v2', got {api!r}")
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
+            raise ConfigError(f"page_size must be an integer >= 1, got {page_size!r}")
+        if not isinstance(max_pages, int) or isinstance(max_pages, bool) or max_pages < 1:
+            raise ConfigError(f"max_pages must be an integer >= 1, got {max_pages!r}")
+        if include_deleted and api == "v2":
+            raise ConfigError(
+                "include_deleted needs api='v1': Glance v2 never lists deleted images"
+            )
+        endpoint = normalize_endpoint(endpoint)
+        if endpoint.endswith("/v2"):
+            endpoint = endpoint[: -len("/v2")]
+        self.endpoint = endpoint
+        self.api = api
+        self.page_size = page_size
+        self.include_deleted = include_deleted
+        self.max_pages = max_pages
+        self._tokens = tokens
+        self._timeout = _as_timeout(timeout)
+        self._retry = _as_retry(retries)
+        self._ssl = _ssl_option(verify)
+        self._token: str | None = None
+        self._pages = 0
+
+    async def ids(self) -> AsyncIterator[str]:
+        try:
+            self._token = await self._tokens.token()
+        except AuthError:
+            raise
+        except Exception as exc:  # a token source's own failure, translated once here
+            raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
+        seen: set[str] = set()
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeout.total, sock_connect=self._timeout.connect
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        async with session:
+            if self.api == "v2":
+                passes = [self._v2_pages(session)]
+            else:
+                # Glance v1 reads deleted=true as "only deleted ones" (the emulator as
+                # "deleted ones too"): a second pass is right for both.
+                passes = [self._v1_pages(session, deleted=False)]
+                if self.include_deleted:
+                    passes.append(self._v1_pages(session, deleted=True))
+            for pages in passes:
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        for image_id in page:
+                            if image_id not in seen:
+                                seen.add(image_id)
+                                yield image_id
+
+    async def _v1_pages(
+        self, session: aiohttp.ClientSession, *, deleted: bool
+    ) -> AsyncIterator[list[str]]:
+        # is_public=None: without it Glance v1 lists only public images to an admin
+        # (registry _get_is_public); other tokens see their own, shared and public
+        # images either way.
+        params = {"is_public": "None", "limit": str(self.page_size)}
+        if deleted:
+            params["deleted"] = "true"
+        markers: set[str] = set()
+        while True:
+            page = await self._get(session, "/v1/images/detail?" + urlencode(params))
+            if not page.ids:
+                return
+            yield page.ids
+            marker = page.ids[-1]
+            if marker in markers:
+                raise FetchError(
+                    f"{self.endpoint} repeated the page ending at marker {marker!r}: "
+                    "stopped instead of listing forever",
+                    url=self.endpoint + "/v1/images/detail",
+                )
+            markers.add(marker)
+            params["marker"] = marker
+
+    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncIterator[list[str]]:
+        path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size)})
+        followed: set[str] = set()
+        markers: set[str] = set()
+        while path is not None:
+            page = await self._get(session, path)
+            yield page.ids
+            path = page.next_path
+            if path is None:
+                return
+            marker = parse_qs(urlsplit(path).query).get("marker", [None])[-1]
+            if path in followed or (marker is not None and marker in markers):
+                raise FetchError(
+                    f"{self.endpoint} sent the same next link twice ({path!r}): "
+                    "stopped instead of listing forever",
+                    url=self.endpoint + "/v2/images",
+                )
+            followed.add(path)
+            if marker is not None:
+                markers.add(marker)
+
+    async def _get(self, session: aiohttp.ClientSession, path: str) -> _Page:
+        """GET one page (with retries and one token refresh) and read its ids."""
+        self._pages += 1
+        if self._pages > self.max_pages:
+            raise FetchError(
+                f"{self.endpoint} listing needed more than max_pages={self.max_pages} pages",
+                url=self.endpoint + path,
+            )
+        url = self.endpoint + path
+        attempt = 0
+        refreshed = False
+        while True:
+            attempt += 1
+            assert self._token is not None
+            token = self._token
+            retry_after: str | None = None
+            try:
+                async with session.get(
+                    url, headers={"X-Auth-Token": token}, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    if status == 200:
+                        body = await response.read()
+                        return self._parse(url, body)
+                    retry_after = response.headers.get("Retry-After")
+                    await response.read()  # keep the connection reusable
+                problem = f"HTTP {status} {_reason(status)}".rstrip()
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                status, problem = None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+            except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
+                raise FetchError(
+                    f"listing {url} failed: bad response: {type(exc).__name__}: {exc}",
+                    url=url,
+                ) from None
+            if status == 300 and self.api == "v1":
+                raise NoV1ApiError(
+                    f"{self.endpoint} answered 300 Multiple Choices for /v1: this cloud has "
+                    "no Glance v1 API any more (Glance Rocky or later); try api='v2'",
+                    url=url,
+                    status=300,
+                )
+            if status == 401:
+                if not refreshed:
+                    refreshed = True
+                    if await self._refresh(token):
+                        continue
+                raise AuthError(
+                    f"listing {url} failed: HTTP 401 Unauthorized: the token was rejected "
+                    "and could not be refreshed",
+                    url=url,
+                    status=401,
+                )
+            if status is not None and status not in self._retry.statuses:
+                raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
+            if attempt >= self._retry.attempts:
+                raise FetchError(
+                    f"listing {url} failed: {problem} (gave up after {attempt} attempts)",
+                    url=url,
+                    status=status,
+                )
+            await asyncio.sleep(self._retry.delay(attempt, _retry_after(retry_after)))
+
+    async def _refresh(self, rejected: str) -> bool:
+        try:
+            fresh = await self._tokens.refresh(rejected)
+        except Exception:  # a failing token source is a rejected token, not a crash
+            return False
+        if not fresh or fresh == rejected:
+            return False
+        self._token = fresh
+        return True
+
+    def _parse(self, url: str, body: bytes) -> _Page:
+        try:
+            document: Any = json.loads(body)
+            images = document["images"]
+            ids = [image["id"] for image in images]
+        except (ValueError, TypeError, KeyError):
+            raise FetchError(
+                f"listing {url} failed: the answer is not a Glance image list", url=url
+            ) from None
+        if not all(isinstance(image_id, str) and image_id for image_id in ids):
+            raise FetchError(f"listing {url} failed: an image without a string id", url=url)
+        next_path = None
+        if self.api == "v2" and ids:  # an empty page ends the listing whatever it links to
+            next_path = self._next_path(url, document.get("next"))
+        return _Page(ids, next_path)
+
+    def _next_path(self, url: str, link: object) -> str | None:
+        if link is None:
+            return None
+        if not isinstance(link, str) or not link:
+            raise FetchError(f"listing {url} failed: a next link that is not a URL", url=url)
+        parts = urlsplit(link)
+        if parts.scheme or parts.netloc:
+            # The token must not travel to another origin; a same-origin absolute link is
+            # taken as a path (Glance sends relative ones).
+            base = urlsplit(self.endpoint)
+            if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+                raise FetchError(
+                    f"listing {url} failed: the next link points to another origin", url=url
+                )
+            link = link[len(f"{parts.scheme}://{parts.netloc}") :]
+            prefix = base.path.rstrip("/")
+            if prefix and link.startswith(prefix + "/"):
+                link = link[len(prefix) :]
+        if not link.startswith("/v2/"):
+            raise FetchError(f"listing {url} failed: unexpected next link {link!r}", url=url)
+        return link

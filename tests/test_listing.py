@@ -1,0 +1,403 @@
+"""list_image_ids: paging Glance v1 and v2 listings against the real emulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+
+from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.listing import list_image_ids, list_image_ids_async
+from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
+
+APIS = ["v1", "v2"]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Fleet:
+    return make_fleet(1003, seed=5)
+
+
+@pytest.fixture(scope="module")
+def emulator(fleet: Fleet) -> Iterator[GlanceEmulator]:
+    with GlanceEmulator(fleet) as emu:
+        yield emu
+
+
+def live_ids(fleet: Fleet) -> set[str]:
+    return {image.id for image in fleet.images if not image.deleted}
+
+
+def visible_to(fleet: Fleet, project: str) -> set[str]:
+    return {
+        image.id
+        for image in fleet.images
+        if not image.deleted and (image.is_public or image.owner == project)
+    }
+
+
+# --- complete listings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_page_size_that_does_not_divide_the_fleet_lists_every_id_once(
+    emulator: GlanceEmulator, fleet: Fleet, api: str
+) -> None:
+    ids = list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, api=api, page_size=100)
+    assert len(ids) == len(set(ids))
+    assert set(ids) == live_ids(fleet)
+    assert len(fleet.images) % 100 != 0
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_pages_clamped_by_the_server_do_not_end_the_listing(fleet: Fleet, api: str) -> None:
+    with GlanceEmulator(fleet, api_limit_max=37) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api=api, page_size=1000)
+        pages = [r for r in emu.request_log if r.method == "GET"]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == live_ids(fleet)
+    # every page was short of the 1000 asked for, and the listing still went on to the end
+    assert len(pages) >= len(live_ids(fleet)) // 37
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_ids_come_newest_first_like_the_server_lists_them(
+    emulator: GlanceEmulator, fleet: Fleet, api: str
+) -> None:
+    ids = list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, api=api, page_size=250)
+    by_id = fleet.by_id()
+    keys = [(by_id[i].created_at, i) for i in ids]
+    assert keys == sorted(keys, reverse=True)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_project_token_sees_its_own_and_public_images_only(
+    emulator: GlanceEmulator, fleet: Fleet, api: str
+) -> None:
+    project = fleet.projects[0]
+    token = emulator.issue_token(project)
+    ids = list_image_ids(endpoint=emulator.url, token=token, api=api, page_size=64)
+    assert set(ids) == visible_to(fleet, project)
+    assert len(ids) == len(set(ids))
+    assert set(ids) != live_ids(fleet)  # the test means something: some are hidden
+
+
+def test_include_deleted_lists_soft_deleted_images_for_an_admin(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    ids = list_image_ids(
+        endpoint=emulator.url, token=ADMIN_TOKEN, page_size=300, include_deleted=True
+    )
+    assert any(image.deleted for image in fleet.images)
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {image.id for image in fleet.images}
+
+
+def test_include_deleted_shows_a_project_token_no_deleted_images(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    project = fleet.projects[1]
+    token = emulator.issue_token(project)
+    ids = list_image_ids(endpoint=emulator.url, token=token, page_size=300, include_deleted=True)
+    assert set(ids) == visible_to(fleet, project)
+
+
+def test_include_deleted_with_v2_is_refused(emulator: GlanceEmulator) -> None:
+    with pytest.raises(ConfigError, match="v2 never lists deleted"):
+        list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, api="v2", include_deleted=True)
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/", "/v2"])
+def test_endpoint_with_or_without_a_version_suffix(
+    emulator: GlanceEmulator, fleet: Fleet, suffix: str
+) -> None:
+    ids = list_image_ids(endpoint=emulator.url + suffix, token=ADMIN_TOKEN, page_size=500)
+    assert set(ids) == live_ids(fleet)
+
+
+def test_v1_asks_for_the_detail_listing_with_is_public_none(emulator: GlanceEmulator) -> None:
+    emulator.reset_log()
+    list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, page_size=600)
+    gets = [r.path for r in emulator.request_log if r.method == "GET"]
+    assert gets and all(path == "/v1/images/detail" for path in gets)
+
+
+# --- streaming --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_first_id_arrives_before_the_last_page_is_requested(
+    emulator: GlanceEmulator, fleet: Fleet, api: str
+) -> None:
+    async def run() -> tuple[int, int]:
+        emulator.reset_log()
+        requests_at_first_id = -1
+        count = 0
+        listing = list_image_ids_async(
+            endpoint=emulator.url, token=ADMIN_TOKEN, api=api, page_size=200
+        )
+        async for _ in listing:
+            if count == 0:
+                requests_at_first_id = len(emulator.request_log)
+            count += 1
+        return requests_at_first_id, count
+
+    requests_at_first_id, count = asyncio.run(run())
+    assert requests_at_first_id == 1
+    assert count == len(live_ids(fleet))
+    assert len(emulator.request_log) >= 5  # the other pages came later, one by one
+
+
+def test_stopping_early_requests_no_more_pages(emulator: GlanceEmulator) -> None:
+    async def run() -> list[str]:
+        emulator.reset_log()
+        listing = list_image_ids_async(endpoint=emulator.url, token=ADMIN_TOKEN, page_size=10)
+        async with contextlib.aclosing(listing):
+            return [image_id async for image_id in _take(listing, 15)]
+
+    assert len(asyncio.run(run())) == 15
+    assert len(emulator.request_log) == 2
+
+
+async def _take(source: AsyncIterator[str], n: int) -> AsyncIterator[str]:
+    async for item in source:
+        yield item
+        n -= 1
+        if n == 0:
+            return
+
+
+# --- misbehaving servers ----------------------------------------------------------------
+
+
+def run_against(
+    handler: Callable[[web.Request], Any], **kwargs: Any
+) -> tuple[list[str] | BaseException, list[str]]:
+    """List ids from a tiny aiohttp app; returns (ids or the exception, paths requested)."""
+    seen: list[str] = []
+
+    async def logged(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path_qs)
+        return await handler(request)
+
+    async def run() -> list[str] | BaseException:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", logged)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return [
+                i
+                async for i in list_image_ids_async(
+                    endpoint=f"http://127.0.0.1:{port}", token="s3cr3t-token", **kwargs
+                )
+            ]
+        except BaseException as exc:  # handed back for the test to judge
+            return exc
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(run()), seen
+
+
+def image_list(*ids: str, next_link: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"images": [{"id": i} for i in ids]}
+    if next_link is not None:
+        body["next"] = next_link
+    return web.json_response(body)
+
+
+def test_v1_server_that_repeats_its_page_raises_quickly() -> None:
+    async def same_page(request: web.Request) -> web.Response:
+        return image_list("a", "b", "c")
+
+    started = time.monotonic()
+    result, seen = run_against(same_page, api="v1")
+    assert isinstance(result, FetchError)
+    assert "marker 'c'" in str(result) and "s3cr3t" not in str(result)
+    assert len(seen) == 2 and time.monotonic() - started < 5
+
+
+def test_v2_server_that_repeats_its_next_link_raises_quickly() -> None:
+    async def same_page(request: web.Request) -> web.Response:
+        return image_list("a", "b", next_link="/v2/images?limit=2&marker=b")
+
+    result, seen = run_against(same_page, api="v2")
+    assert isinstance(result, FetchError)
+    assert "same next link" in str(result) and "s3cr3t" not in str(result)
+    assert len(seen) == 2
+
+
+def test_ids_repeated_across_pages_are_yielded_once() -> None:
+    pages = {None: ["a", "b", "c"], "c": ["c", "d"], "d": []}  # the fleet shifted
+
+    async def shifting(request: web.Request) -> web.Response:
+        return image_list(*pages[request.query.get("marker")])
+
+    result, _ = run_against(shifting, api="v1")
+    assert result == ["a", "b", "c", "d"]
+
+
+def test_an_empty_v2_page_ends_the_listing_even_with_a_next_link() -> None:
+    async def empty(request: web.Request) -> web.Response:
+        return image_list(next_link="/v2/images?marker=x")
+
+    result, seen = run_against(empty, api="v2")
+    assert result == [] and len(seen) == 1
+
+
+def test_total_pages_are_bounded(emulator: GlanceEmulator) -> None:
+    with pytest.raises(FetchError, match="max_pages=3"):
+        list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, page_size=10, max_pages=3)
+
+
+def test_next_link_to_another_origin_is_not_followed() -> None:
+    async def elsewhere(request: web.Request) -> web.Response:
+        return image_list("a", next_link="http://attacker.example/v2/images?marker=a")
+
+    result, seen = run_against(elsewhere, api="v2")
+    assert isinstance(result, FetchError) and "another origin" in str(result)
+    assert len(seen) == 1
+
+
+def test_transient_errors_are_retried() -> None:
+    answers = iter([503, 200, 200])
+
+    async def flaky(request: web.Request) -> web.Response:
+        status = next(answers)
+        if status != 200:
+            return web.Response(status=status, headers={"Retry-After": "0"})
+        return image_list() if "marker" in request.query else image_list("a")
+
+    result, seen = run_against(flaky, api="v1")
+    assert result == ["a"] and len(seen) == 3
+
+
+def test_a_client_error_status_stops_with_the_url_and_status() -> None:
+    async def bad(request: web.Request) -> web.Response:
+        return web.Response(status=400, text="marker not found")
+
+    result, _ = run_against(bad, api="v1")
+    assert isinstance(result, FetchError) and result.status == 400
+    assert result.url is not None and "/v1/images/detail" in result.url
+    assert "s3cr3t" not in str(result) and "s3cr3t" not in result.url
+
+
+def test_an_answer_that_is_not_an_image_list_is_a_fetch_error() -> None:
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>login</html>", content_type="text/html")
+
+    result, _ = run_against(html, api="v1")
+    assert isinstance(result, FetchError) and "not a Glance image list" in str(result)
+
+
+def test_an_unreachable_endpoint_is_one_fetch_error_without_the_token() -> None:
+    with pytest.raises(FetchError) as caught:
+        list_image_ids(endpoint="http://127.0.0.1:9", token="s3cr3t-token", retries=0, timeout=2)
+    assert "127.0.0.1:9" in str(caught.value) and "s3cr3t" not in str(caught.value)
+
+
+# --- tokens and API versions ------------------------------------------------------------
+
+
+def test_rejected_static_token_is_an_auth_error_without_the_token(
+    emulator: GlanceEmulator,
+) -> None:
+    with pytest.raises(AuthError) as caught:
+        list_image_ids(endpoint=emulator.url, token="s3cr3t-token")
+    assert caught.value.status == 401 and "s3cr3t" not in str(caught.value)
+    assert "s3cr3t" not in repr(caught.value)
+
+
+def test_expired_token_is_refreshed_and_the_listing_completes(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    issued: list[str] = []
+
+    def fresh_token() -> str:  # each token expires after 3 pages
+        issued.append(emulator.issue_token("admin", admin=True, ttl_requests=3))
+        return issued[-1]
+
+    ids = list_image_ids(endpoint=emulator.url, token=fresh_token, page_size=100)
+    assert set(ids) == live_ids(fleet)
+    assert len(issued) >= 3
+
+
+def test_no_v1_api_raises_no_v1_api_error_and_v2_still_lists(fleet: Fleet) -> None:
+    with GlanceEmulator(fleet, faults=Faults(no_v1=True)) as emu:
+        with pytest.raises(NoV1ApiError, match="api='v2'"):
+            list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN)
+        assert set(list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api="v2")) == live_ids(fleet)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"api": "v3"}, {"page_size": 0}, {"page_size": True}, {"max_pages": 0}],
+)
+def test_bad_arguments_are_config_errors(emulator: GlanceEmulator, kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, **kwargs)
+
+
+# --- the emulator's v2 listing ----------------------------------------------------------
+
+
+def test_emulator_v2_page_has_next_only_when_full(emulator: GlanceEmulator) -> None:
+    headers = {"X-Auth-Token": ADMIN_TOKEN}
+    first = requests.get(
+        f"{emulator.url}/v2/images", params={"limit": 5}, headers=headers, timeout=5
+    ).json()
+    assert len(first["images"]) == 5
+    assert first["next"] == f"/v2/images?limit=5&marker={first['images'][-1]['id']}"
+    assert first["first"] == "/v2/images?limit=5" and first["schema"] == "/v2/schemas/images"
+    image = first["images"][0]
+    assert image["visibility"] in ("public", "private") and image["self"].endswith(image["id"])
+    assert image["created_at"].endswith("Z")
+    everything = requests.get(
+        f"{emulator.url}/v2/images", params={"limit": 5000}, headers=headers, timeout=5
+    ).json()
+    assert len(everything["images"]) < 1000  # clamped to 1000, and the fleet ends first
+    assert "next" not in everything
+
+
+def test_emulator_v2_defaults_to_25_and_rejects_unknown_markers(
+    emulator: GlanceEmulator,
+) -> None:
+    headers = {"X-Auth-Token": ADMIN_TOKEN}
+    page = requests.get(f"{emulator.url}/v2/images", headers=headers, timeout=5).json()
+    assert len(page["images"]) == 25 and "next" in page
+    bad = requests.get(
+        f"{emulator.url}/v2/images", params={"marker": "nope"}, headers=headers, timeout=5
+    )
+    assert bad.status_code == 400
+    assert requests.get(f"{emulator.url}/v2/images", timeout=5).status_code == 401
+
+
+def test_fetch_images_without_ids_reads_every_listable_image() -> None:
+    import imgframe
+    from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+
+    fleet = make_fleet(250, seed=3)
+    listable = {i.id for i in fleet.images if not i.deleted}
+    with GlanceEmulator(fleet, api_limit_max=37) as emu:  # every page clamped short
+        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
+    assert set(df.index) == listable and len(df) == len(listable)
+    assert (df["http_status"] == 200).all()
+
+
+def test_fetch_images_needs_an_endpoint_unless_the_token_knows_it() -> None:
+    import pytest
+
+    import imgframe
+
+    with pytest.raises(imgframe.ConfigError, match="endpoint is required"):
+        imgframe.fetch_images(["a"], token="t")
