@@ -15,14 +15,22 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from imgframe.auth import TokenSource, token_source
-from imgframe.errors import ConfigError, InvalidInputError
-from imgframe.fetch import INVALID_ID, FetchResult, HeadFetcher, RetryPolicy, Timeout, invalid_ids
+from imgframe.errors import ConfigError, InvalidInputError, NoV1ApiError
+from imgframe.fetch import (
+    APIS,
+    INVALID_ID,
+    FetchResult,
+    HeadFetcher,
+    RetryPolicy,
+    Timeout,
+    invalid_ids,
+)
 from imgframe.parse import (
     ParseProblems,
     _Columns,
@@ -176,14 +184,15 @@ class _Collector:
         return frame
 
 
-def _progress_bar(progress: bool | None, total: int) -> Any:
+def _progress_bar(progress: bool | None, total: int, api: str = "v1") -> Any:
     if progress is None:
         progress = _someone_watching()
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="HEAD /v1/images", dynamic_ncols=True)
+    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images"}.get(api, "images")
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
 
 
 def _someone_watching() -> bool:
@@ -226,6 +235,7 @@ async def fetch_images_async(
     verify: bool | str = True,
     max_rps: float | None = None,
     adaptive: bool = True,
+    api: Literal["v1", "v2", "auto"] = "v1",
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
 
@@ -240,16 +250,31 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
+    if api not in APIS:
+        raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
     source = token_source(token)
     if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
         find = getattr(source, "endpoint", None)
         if not callable(find):
             raise ConfigError("endpoint is required (or pass a KeystoneToken, which finds it)")
         endpoint = await find()
-    if ids is None:  # the whole cloud: every image the token may list (Glance v1 listing)
+    if ids is None:  # the whole cloud: every image the token may list
         from imgframe.listing import list_image_ids_async
 
-        ids = [i async for i in list_image_ids_async(endpoint=endpoint, token=source)]
+        async def listed(listing_api: Literal["v1", "v2"]) -> list[str]:
+            return [
+                i
+                async for i in list_image_ids_async(
+                    endpoint=endpoint, token=source, api=listing_api
+                )
+            ]
+
+        try:
+            ids = await listed("v2" if api == "v2" else "v1")
+        except NoV1ApiError:
+            if api != "auto":
+                raise
+            ids = await listed("v2")
     requested = normalize_ids(ids)
     fetcher = HeadFetcher(
         endpoint,
@@ -260,8 +285,9 @@ async def fetch_images_async(
         verify=verify,
         max_rps=max_rps,
         adaptive=adaptive,
+        api=api,
     )
-    collector = _Collector(_progress_bar(progress, len(requested)))
+    collector = _Collector(_progress_bar(progress, len(requested), api))
 
     invalid = invalid_ids(requested)
     for position in np.flatnonzero(invalid).tolist():  # never sent: the row says why
@@ -289,6 +315,7 @@ def fetch_images(
     verify: bool | str = True,
     max_rps: float | None = None,
     adaptive: bool = True,
+    api: Literal["v1", "v2", "auto"] = "v1",
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
@@ -309,6 +336,13 @@ def fetch_images(
     ``concurrency``; changes are logged at debug level on the ``imgframe.fetch`` logger.
     At very low latency even one request in flight can outrun a rate limit: the
     ``Retry-After`` waits then do the throttling, and ``max_rps`` does it more gently.
+
+    ``api`` picks the Glance API: ``"v1"`` (``HEAD /v1/images/{id}``; a cloud without v1
+    raises :class:`~imgframe.NoV1ApiError`), ``"v2"`` (``GET /v2/images/{id}``, mapped
+    into the same columns: ``is_public`` is ``visibility == "public"``, ``deleted``
+    False, custom properties in ``properties``) or ``"auto"`` (v1, switching the whole
+    run to v2 at the first 300 answer). The v2-only columns ``visibility``,
+    ``os_hash_algo``, ``os_hash_value`` and ``tags`` are NA for v1 rows.
 
     Examples
     --------
@@ -331,6 +365,7 @@ def fetch_images(
         verify=verify,
         max_rps=max_rps,
         adaptive=adaptive,
+        api=api,
     )
     return run_sync(coroutine)
 

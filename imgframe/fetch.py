@@ -3,7 +3,9 @@
 :class:`HeadFetcher` sends ``HEAD {endpoint}/v1/images/{id}`` for every id it is given
 and hands one :class:`FetchResult` per id to a callback, whatever happened: the headers
 on a 200, otherwise the final HTTP status and an error sentence. It never decides what a
-row looks like; :mod:`imgframe.api` does.
+row looks like; :mod:`imgframe.api` does. With ``api="v2"`` (or ``"auto"`` after a 300
+for /v1) it sends ``GET /v2/images/{id}`` instead and hands on the JSON document as the
+v1 header pairs it stands for (:func:`imgframe.parse.v2_header_pairs`).
 
 Why it is built this way (DESIGN.md): a fixed pool of workers fed from a bounded queue
 keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
@@ -26,6 +28,7 @@ queues a worker only when the limit is reached.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -48,6 +51,7 @@ from yarl import URL
 
 from imgframe.auth import TokenSource
 from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.parse import v2_header_pairs
 
 __all__ = [
     "FetchResult",
@@ -61,6 +65,8 @@ __all__ = [
 USER_AGENT = "imgframe/0.1 (+aiohttp)"
 TOKEN_CHECK_SECONDS = 5.0  # how often a running fetch asks its token source again
 logger = logging.getLogger("imgframe.fetch")
+APIS = ("v1", "v2", "auto")
+_REQUEST_ID = b"x-openstack-request-id"
 # Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
 THROTTLE_STATUSES = frozenset({429, 503})
 # One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
@@ -276,7 +282,10 @@ class HeadFetcher:
         verify: bool | str = True,
         max_rps: float | None = None,
         adaptive: bool = True,
+        api: str = "v1",
     ) -> None:
+        if api not in APIS:
+            raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
         if not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
             raise ConfigError(
                 f"concurrency must be an integer from 1 to 10000, got {concurrency!r}"
@@ -289,6 +298,11 @@ class HeadFetcher:
             raise ConfigError(f"max_rps must be a positive number or None, got {max_rps!r}")
         self.endpoint = normalize_endpoint(endpoint)
         self._base = self.endpoint + "/v1/images/"
+        self._base_v2 = self.endpoint + "/v2/images/"
+        self.api = api
+        #: True once the run uses ``GET /v2/images/{id}``: from the start with
+        #: ``api="v2"``, after the first 300 for /v1 with ``api="auto"``.
+        self.using_v2 = api == "v2"
         self._origin = _origin(self.endpoint)
         self._tokens = tokens
         self.concurrency = concurrency
@@ -403,7 +417,6 @@ class HeadFetcher:
         image_id: str,
     ) -> FetchResult:
         segment = image_id if _UNRESERVED.fullmatch(image_id) else quote(image_id, safe="")
-        url = URL(self._base + segment, encoded=True)
         attempt = 0
         refreshed = False
         while True:
@@ -439,10 +452,18 @@ class HeadFetcher:
                             await asyncio.sleep(delay)
                     self.requests_sent += 1
                     watchdog.arm(slot)
-                    async with session.head(url, headers=auth, allow_redirects=False) as response:
+                    v2 = self.using_v2
+                    if v2:  # Glance v2 has no metadata HEAD: GET the image document
+                        url = URL(self._base_v2 + segment, encoded=True)
+                        request = session.get(url, headers=auth, allow_redirects=False)
+                    else:
+                        url = URL(self._base + segment, encoded=True)
+                        request = session.head(url, headers=auth, allow_redirects=False)
+                    async with request as response:
                         status = response.status
                         headers = response.headers
                         raw_headers = response.raw_headers
+                        body = await response.read() if v2 and status == 200 else b""
                 finally:
                     if gate is not None:
                         gate.leave()
@@ -466,9 +487,22 @@ class HeadFetcher:
                     elif gate.limit < gate.maximum:  # only counted while throttled
                         gate.answered()
                 if status == 200:
+                    if v2:
+                        try:
+                            raw_headers = _v2_headers(body, raw_headers)
+                        except ValueError as exc:
+                            return FetchResult(
+                                position, image_id, 200, None, f"bad response: {exc}", attempt
+                            )
                     return FetchResult(position, image_id, 200, raw_headers, None, attempt)
                 error = f"HTTP {status} {_reason(status)}".rstrip()
-                if status == 300:
+                if status == 300 and not v2:
+                    if self.api == "auto":
+                        if not self.using_v2:
+                            self.using_v2 = True
+                            logger.info("%s has no Glance v1 API: using v2", self.endpoint)
+                        attempt -= 1  # the 300 was version negotiation, not a failure
+                        continue
                     raise NoV1ApiError(
                         f"{self.endpoint} answered 300 Multiple Choices for /v1: this cloud has "
                         "no Glance v1 API any more (Glance Rocky or later)",
@@ -706,6 +740,21 @@ class _Watchdog:
                 if deadline <= now and not self.cancelled[slot] and task is not None:
                     self.cancelled[slot] = True
                     task.cancel()
+
+
+def _v2_headers(
+    body: bytes, raw_headers: Sequence[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """A v2 image document (JSON) as v1 header pairs, with the answer's request id."""
+    try:
+        image = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("the v2 image document is not JSON") from None
+    if not isinstance(image, dict):
+        raise ValueError("the v2 image document is not a JSON object")
+    pairs = v2_header_pairs(image)
+    pairs.extend(pair for pair in raw_headers if pair[0].lower() == _REQUEST_ID)
+    return pairs
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,13 @@ import pyarrow.compute as pc
 from imgframe.errors import ImgframeParseWarning
 from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind
 
-__all__ = ["ImageRecord", "frame_from_headers", "parse_headers", "repair_text"]
+__all__ = [
+    "ImageRecord",
+    "frame_from_headers",
+    "parse_headers",
+    "repair_text",
+    "v2_header_pairs",
+]
 
 TRUE_SPELLINGS = ("true", "1", "yes", "on", "t", "y")
 FALSE_SPELLINGS = ("false", "0", "no", "off", "f", "n")
@@ -338,6 +345,67 @@ def pack_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
             part.replace(PACK_SEPARATOR, "\ufffd".encode()) for pair in raw_headers for part in pair
         )
     return blob
+
+
+# Glance v2 image attributes that are not custom properties (v2 flattens properties into
+# the top level of the image document, next to these).
+V2_CORE_ATTRIBUTES = frozenset(
+    {f.v2 for f in FIELDS if f.v2 is not None}
+    | {
+        "visibility",
+        "tags",
+        "self",
+        "file",
+        "schema",
+        "direct_url",
+        "locations",
+        "os_hidden",
+        "stores",
+    }
+)
+_V2_HEADERS = tuple((f.v2, f.header.encode()) for f in HEADER_FIELDS if f.v2 is not None)  # type: ignore[union-attr]
+_PROPERTY_PREFIX_BYTES = PROPERTY_PREFIX.encode()
+
+
+def _v2_wire(value: Any) -> bytes:
+    if value.__class__ is str:
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, list | dict):  # tags; a structured custom property
+        return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return str(value).encode()  # ints decimal, booleans True/False, like v1 headers
+
+
+def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A Glance v2 image document as the v1 ``(name, value)`` header pairs it stands for.
+
+    Both APIs then share one parser (:class:`_Columns`): every attribute named by a
+    field's ``v2`` goes to that field's header (the v2-only ones to their pseudo-headers,
+    ``tags`` as a JSON array), ``is_public`` is ``visibility == "public"``, ``deleted`` is
+    False (v2 never shows deleted images) and every other attribute is a custom property.
+    Null attributes are left out, as v1 leaves out null headers.
+
+    Examples
+    --------
+    >>> pairs = v2_header_pairs({"id": "a", "visibility": "shared", "size": None,
+    ...                          "tags": ["gold"], "os_distro": "cirros"})
+    >>> [(k.decode(), v.decode()) for k, v in pairs]  # doctest: +NORMALIZE_WHITESPACE
+    [('x-image-meta-id', 'a'), ('x-imgframe-v2-visibility', 'shared'),
+     ('x-imgframe-v2-tags', '["gold"]'), ('x-image-meta-is_public', 'False'),
+     ('x-image-meta-deleted', 'False'), ('x-image-meta-property-os_distro', 'cirros')]
+    """
+    pairs = [
+        (header, _v2_wire(image[key])) for key, header in _V2_HEADERS if image.get(key) is not None
+    ]
+    pairs.append(
+        (b"x-image-meta-is_public", b"True" if image.get("visibility") == "public" else b"False")
+    )
+    pairs.append((b"x-image-meta-deleted", b"False"))
+    for key, value in image.items():
+        if key not in V2_CORE_ATTRIBUTES and value is not None:
+            pairs.append(
+                (_PROPERTY_PREFIX_BYTES + key.encode("utf-8", "surrogatepass"), _v2_wire(value))
+            )
+    return pairs
 
 
 class _Columns:

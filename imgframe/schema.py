@@ -30,6 +30,7 @@ __all__ = [
     "FIELDS",
     "HEADER_FIELDS",
     "PROPERTY_PREFIX",
+    "V2_PREFIX",
     "Field",
     "Kind",
     "columns",
@@ -40,6 +41,10 @@ __all__ = [
 
 #: Lower-cased prefix of custom-property headers; the rest of the name is the property key.
 PROPERTY_PREFIX = "x-image-meta-property-"
+#: Lower-cased prefix of the pseudo-headers that carry Glance v2-only attributes: a v2
+#: answer is turned into v1-style header pairs (``imgframe.parse.v2_header_pairs``) so
+#: that both APIs go through the same parser. No real server sends these.
+V2_PREFIX = "x-imgframe-v2-"
 
 
 class Kind(enum.Enum):
@@ -89,6 +94,9 @@ class Field:
     header: str | None  # lower-cased response header; None for columns the fetcher fills
     kind: Kind
     description: str
+    #: The Glance v2 image attribute this column is read from (``GET /v2/images/{id}``);
+    #: None when v2 has no such attribute (see ``imgframe.parse.v2_header_pairs``).
+    v2: str | None = None
 
     @property
     def dtype(self) -> Any:
@@ -100,30 +108,49 @@ def _h(name: str) -> str:
     return f"x-image-meta-{name}"
 
 
+def _v1(column: str, kind: Kind, description: str) -> Field:
+    """A column of both APIs: v1 header ``X-Image-Meta-<column>``, v2 attribute ``<column>``."""
+    return Field(column, _h(column), kind, description, v2=column)
+
+
+def _v2only(column: str, kind: Kind, description: str) -> Field:
+    """A Glance v2-only column (NA for v1 answers), carried by a ``V2_PREFIX`` pseudo-header."""
+    return Field(column, V2_PREFIX + column, kind, description, v2=column)
+
+
 # Order is the contract's column order (DESIGN.md); `id` becomes the index.
 FIELDS: tuple[Field, ...] = (
-    Field("id", _h("id"), Kind.TEXT, "image UUID (the index)"),
-    Field("name", _h("name"), Kind.TEXT, "image name; NA when null; may be non-ASCII"),
-    Field("status", _h("status"), Kind.CATEGORY, "queued, saving, active, killed, deleted, ..."),
-    Field("size", _h("size"), Kind.INT, "bytes; NA until data is uploaded"),
-    Field("virtual_size", _h("virtual_size"), Kind.INT, "virtual disk size in bytes"),
-    Field("checksum", _h("checksum"), Kind.TEXT, "MD5 hex of the image data"),
-    Field("container_format", _h("container_format"), Kind.CATEGORY, "bare, ovf, ami, ..."),
-    Field("disk_format", _h("disk_format"), Kind.CATEGORY, "qcow2, raw, vhd, vmdk, iso, ..."),
-    Field("owner", _h("owner"), Kind.CATEGORY, "owning project (tenant) id"),
-    Field("is_public", _h("is_public"), Kind.BOOL, "visible to every project"),
-    Field("protected", _h("protected"), Kind.BOOL, "cannot be deleted"),
-    Field("deleted", _h("deleted"), Kind.BOOL, "soft-deleted (admins only see these)"),
-    Field("min_ram", _h("min_ram"), Kind.INT, "minimum RAM to boot, MB"),
-    Field("min_disk", _h("min_disk"), Kind.INT, "minimum disk to boot, GB"),
-    Field("created_at", _h("created_at"), Kind.TIMESTAMP, "creation time, UTC"),
-    Field("updated_at", _h("updated_at"), Kind.TIMESTAMP, "last update time, UTC"),
+    _v1("id", Kind.TEXT, "image UUID (the index)"),
+    _v1("name", Kind.TEXT, "image name; NA when null; may be non-ASCII"),
+    _v1("status", Kind.CATEGORY, "queued, saving, active, killed, deleted, ..."),
+    _v1("size", Kind.INT, "bytes; NA until data is uploaded"),
+    _v1("virtual_size", Kind.INT, "virtual disk size in bytes"),
+    _v1("checksum", Kind.TEXT, "MD5 hex of the image data"),
+    _v1("container_format", Kind.CATEGORY, "bare, ovf, ami, ..."),
+    _v1("disk_format", Kind.CATEGORY, "qcow2, raw, vhd, vmdk, iso, ..."),
+    _v1("owner", Kind.CATEGORY, "owning project (tenant) id"),
+    # v2 has no is_public/deleted/deleted_at: v2_header_pairs derives the first two.
+    Field("is_public", _h("is_public"), Kind.BOOL, "visible to every project (v2: public)"),
+    _v1("protected", Kind.BOOL, "cannot be deleted"),
+    Field("deleted", _h("deleted"), Kind.BOOL, "soft-deleted (admins only see these; v2: False)"),
+    _v1("min_ram", Kind.INT, "minimum RAM to boot, MB"),
+    _v1("min_disk", Kind.INT, "minimum disk to boot, GB"),
+    _v1("created_at", Kind.TIMESTAMP, "creation time, UTC"),
+    _v1("updated_at", Kind.TIMESTAMP, "last update time, UTC"),
     Field("deleted_at", _h("deleted_at"), Kind.TIMESTAMP, "deletion time, UTC"),
     Field("properties", None, Kind.PROPERTIES, "custom properties, lower-cased keys"),
     Field("http_status", None, Kind.INT, "HTTP status of the final attempt; NA if none"),
     # category, not string: a run has a handful of distinct messages (1 byte/row, not 8+).
     Field("error", None, Kind.CATEGORY, "why the image could not be read; NA when fine"),
     Field("request_id", "x-openstack-request-id", Kind.TEXT, "request id for support tickets"),
+    _v2only("visibility", Kind.CATEGORY, "public, private, shared, community; NA from v1"),
+    _v2only("os_hash_algo", Kind.CATEGORY, "multihash algorithm, e.g. sha512; NA from v1"),
+    # category, not string: NA in every v1 row, where an all-NA string column still costs
+    # 8 bytes/row of offsets (it kept v1 frames over the 250-byte budget); for v2 rows it
+    # costs about what a string column does.
+    _v2only("os_hash_value", Kind.CATEGORY, "multihash hex digest of the data; NA from v1"),
+    # category: a fleet has few distinct tag sets (1 byte/row where text costs 8+).
+    _v2only("tags", Kind.CATEGORY, 'tags as a JSON array, e.g. `["gold"]`; NA from v1'),
 )
 
 _BY_COLUMN = {f.column: f for f in FIELDS}
@@ -154,7 +181,7 @@ def columns() -> list[str]:
 
     Examples
     --------
-    >>> columns()[-3:]
+    >>> columns()[-7:-4]
     ['http_status', 'error', 'request_id']
     """
     return [f.column for f in FIELDS if f.column != "id"]
@@ -185,6 +212,8 @@ def schema_markdown() -> str:
             header = "`X-Image-Meta-Property-*`"
         elif f.header is None:
             header = "(fetcher)"
+        elif f.header.startswith(V2_PREFIX):
+            header = f"(v2 only: `{f.v2}`)"
         else:
             header = f"`{_title(f.header)}`"
         dtype = "dict" if f.kind is Kind.PROPERTIES else str(f.dtype)

@@ -13,8 +13,9 @@ Request pipeline, in the order a real deployment applies it::
     -> X-Auth-Token (401) -> visibility (404) -> 200, possibly with malformed values
 
 Also served: ``GET /v1/images`` and ``GET /v1/images/detail`` (listing), ``GET /v2/images``
-(Glance v2 listing with ``next`` links), ``GET /`` (300) and ``GET /versions`` (200) with
-the versions document.
+(Glance v2 listing with ``next`` links), ``GET /v2/images/{id}`` (the v2 image document,
+also in the "v1 removed" mode ``Faults(no_v1=True)``), ``GET /`` (300) and
+``GET /versions`` (200) with the versions document.
 
 Examples
 --------
@@ -70,6 +71,9 @@ TRANSIENT_KINDS = ("429", "503", "500", "drop")
 _HTML = "text/html; charset=UTF-8"
 _JSON = "application/json"
 _IMAGE_PREFIX = "/v1/images/"
+_V2_IMAGE_PREFIX = "/v2/images/"
+# Tags a v2 image may carry (drawn per image from a hash of its id).
+_V2_TAGS = ("gold", "hardened", "cis-benchmarked", "legacy", "gpu")
 # Applied per id when Faults.malformed_rate picks it: values a lax parser would misread.
 _GARBAGE = (
     ("X-Image-Meta-Size", "12x"),
@@ -402,17 +406,36 @@ def _v2_time(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _v2_draw(image: FleetImage) -> int:
+    return int.from_bytes(hashlib.sha256(f"v2:{image.id}".encode()).digest()[:8], "big")
+
+
+def _v2_visibility(image: FleetImage) -> str:
+    """Public images are "public"; the others mostly "private", some "shared" or
+    "community" (a label only: the emulator's visibility rules are v1's for all)."""
+    if image.is_public:
+        return "public"
+    draw = _v2_draw(image) % 10
+    return "shared" if draw == 0 else "community" if draw == 1 else "private"
+
+
+def _v2_tags(image: FleetImage) -> list[str]:
+    draw = _v2_draw(image) >> 8
+    return [tag for bit, tag in enumerate(_V2_TAGS) if draw >> bit & 1 and draw >> 10 & 1]
+
+
 def _v2_image(image: FleetImage) -> dict[str, Any]:
-    """An image as Glance v2 lists it: custom properties flattened into the top level."""
+    """An image as Glance v2 shows it: custom properties flattened into the top level."""
+    hashed = image.checksum is not None  # Glance computes all hashes once data is uploaded
     body: dict[str, Any] = {
         "id": image.id,
         "name": image.name,
         "status": image.status,
-        "visibility": "public" if image.is_public else "private",
+        "visibility": _v2_visibility(image),
         "protected": image.protected,
         "checksum": image.checksum,
-        "os_hash_algo": None,
-        "os_hash_value": None,
+        "os_hash_algo": "sha512" if hashed else None,
+        "os_hash_value": hashlib.sha512(image.id.encode()).hexdigest() if hashed else None,
         "owner": image.owner,
         "size": image.size,
         "virtual_size": image.virtual_size,
@@ -422,7 +445,7 @@ def _v2_image(image: FleetImage) -> dict[str, Any]:
         "container_format": image.container_format,
         "created_at": _v2_time(image.created_at),
         "updated_at": _v2_time(image.updated_at),
-        "tags": [],
+        "tags": _v2_tags(image),
         "self": f"/v2/images/{image.id}",
         "file": f"/v2/images/{image.id}/file",
         "schema": "/v2/schemas/image",
@@ -761,6 +784,8 @@ class GlanceEmulator:
             status = 200 if path == "/versions" else 300
             body = _versions_document(_base(request), v1=not self.faults.no_v1)
             return _body(status, body, _JSON)
+        if path.startswith(_V2_IMAGE_PREFIX) and path.count("/") == 3 and path[11:]:
+            return await self._image_v2(request, path[len(_V2_IMAGE_PREFIX) :], token)
         if path.rstrip("/") == "/v2/images":
             if request.method not in ("GET", "HEAD"):
                 return web.Response(status=405, headers={"Allow": "GET, HEAD"})
@@ -784,6 +809,24 @@ class GlanceEmulator:
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
         return self._list(request, who, detail=path.rstrip("/").endswith("/detail"))
+
+    async def _image_v2(
+        self, request: web.BaseRequest, image_id: str, token: str | None
+    ) -> web.Response:
+        """``GET /v2/images/{id}``: the image document, or 404 (deleted ones included, for
+        admins too, as v2 does); the same token and visibility rules as v1's HEAD."""
+        is_head = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.delay(image_id, 1))
+        who = self._authenticate(token)
+        if who is None:
+            return _error(401, "This server could not verify that you are authorized.", is_head)
+        image = self._images.get(image_id)
+        if image is None or image.deleted or not _visible(image, who):
+            return _error(404, f"No image found with ID {image_id}", is_head)
+        return _body(200, json.dumps(_v2_image(image)).encode(), _JSON)
 
     def _list(self, request: web.BaseRequest, who: Token, *, detail: bool) -> web.Response:
         is_head = request.method == "HEAD"
