@@ -828,7 +828,11 @@ class GlanceEmulator:
             return _error(404, f"No image found with ID {image_id}", is_head)
         return _body(200, json.dumps(_v2_image(image)).encode(), _JSON)
 
-    def _list(self, request: web.BaseRequest, who: Token, *, detail: bool) -> web.Response:
+    def _page(
+        self, request: web.BaseRequest, who: Token, show_deleted: bool, bad_marker: str
+    ) -> tuple[list[FleetImage], int] | web.Response:
+        """One listing page (v1 and v2 page alike): the images and the clamped limit, or
+        the 400 answer for a bad ``limit`` or ``marker``."""
         is_head = request.method == "HEAD"
         query = request.query
         try:
@@ -838,55 +842,43 @@ class GlanceEmulator:
         if limit < 0:
             return _error(400, "limit param must be positive", is_head)
         limit = min(limit, self.api_limit_max)
-        show_deleted = who.admin and query.get("deleted", "").lower() == "true"
-
         ordered, position = self._ordered()
         start = 0
         marker = query.get("marker")
         if marker is not None:
             index = position.get(marker)
             if index is None or not _listable(ordered[index], who, show_deleted):
-                return _error(400, "marker not found", is_head)
+                return _error(400, bad_marker.format(marker=marker), is_head)
             start = index + 1
-        page: list[dict[str, Any]] = []
-        render = _detail if detail else _summary
+        page: list[FleetImage] = []
         # Index, not a slice: slicing would copy up to a million references per page.
         for index in range(start, len(ordered) if limit else start):
             image = ordered[index]
             if _listable(image, who, show_deleted):
-                page.append(render(image))
+                page.append(image)
                 if len(page) >= limit:
                     break
-        return _body(200, json.dumps({"images": page}).encode(), _JSON)
+        return page, limit
+
+    def _list(self, request: web.BaseRequest, who: Token, *, detail: bool) -> web.Response:
+        show_deleted = who.admin and request.query.get("deleted", "").lower() == "true"
+        found = self._page(request, who, show_deleted, "marker not found")
+        if isinstance(found, web.StreamResponse):
+            return found
+        render = _detail if detail else _summary
+        return _body(200, json.dumps({"images": [render(i) for i in found[0]]}).encode(), _JSON)
 
     def _list_v2(self, request: web.BaseRequest, who: Token) -> web.Response:
-        is_head = request.method == "HEAD"
-        query = request.query
-        try:
-            limit = int(query.get("limit", "25"))
-        except ValueError:
-            return _error(400, "limit param must be an integer", is_head)
-        if limit < 0:
-            return _error(400, "limit param must be positive", is_head)
-        limit = min(limit, self.api_limit_max)
-        ordered, position = self._ordered()
-        start = 0
-        marker = query.get("marker")
-        if marker is not None:
-            index = position.get(marker)
-            if index is None or not _listable(ordered[index], who, False):
-                return _error(400, f"Invalid marker. Image {marker} could not be found.", is_head)
-            start = index + 1
-        page: list[dict[str, Any]] = []
-        for index in range(start, len(ordered) if limit else start):
-            image = ordered[index]
-            if _listable(image, who, False):
-                page.append(_v2_image(image))
-                if len(page) >= limit:
-                    break
+        found = self._page(
+            request, who, False, "Invalid marker. Image {marker} could not be found."
+        )
+        if isinstance(found, web.StreamResponse):
+            return found
+        images, limit = found
+        page = [_v2_image(image) for image in images]
         # Like Glance's serializer: "first" is the query without the marker; "next" is the
         # same query with the last id as marker, present only when the page is full.
-        params = {key: value for key, value in query.items() if key != "marker"}
+        params = {key: value for key, value in request.query.items() if key != "marker"}
         body: dict[str, Any] = {
             "images": page,
             "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
