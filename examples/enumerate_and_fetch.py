@@ -7,10 +7,11 @@ Usage::
 
     python examples/enumerate_and_fetch.py --demo -o fleet.parquet   # offline, bundled emulator
 
-Step 1 pages through ``GET /v1/images/detail?limit=N&marker=LAST_ID``: Glance v1 answers
-``{"images": [...]}`` with no "next" link, and a server may return fewer images than
-asked for (it clamps ``limit`` to its ``api_limit_max``), so a short page does not mean
-the end: the listing ends with the first empty page. Step 2 HEADs every listed id with
+Step 1 is ``imgframe.list_image_ids``, which pages through
+``GET /v1/images/detail?limit=N&marker=LAST_ID``: Glance v1 answers ``{"images": [...]}``
+with no "next" link, and a server may return fewer images than asked for (it clamps
+``limit`` to its ``api_limit_max``), so a short page does not mean the end: the listing
+ends with the first empty page. Step 2 HEADs every listed id with
 ``imgframe.fetch_images`` (the listing lacks nothing the audit needs, but HEAD gives the
 same typed frame as every other imgframe source). ``--deleted`` lists deleted images too
 (admin tokens only). The output format follows the extension (.parquet, .csv, .json).
@@ -19,44 +20,12 @@ same typed frame as every other imgframe source). ``--deleted`` lists deleted im
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import imgframe
 from imgframe.io import write
-
-
-def v1_base(endpoint: str) -> str:
-    """``https://host[/v1][/]`` -> ``https://host/v1``."""
-    base = endpoint.rstrip("/")
-    return base if base.endswith("/v1") else f"{base}/v1"
-
-
-def list_image_ids(
-    endpoint: str, token: str, *, page_size: int = 1000, deleted: bool = False
-) -> Iterator[str]:
-    """Yield the id of every listed image, page by page, until an empty page."""
-    marker: str | None = None
-    while True:
-        query = {"limit": str(page_size)}
-        if marker is not None:
-            query["marker"] = marker
-        if deleted:
-            query["deleted"] = "true"
-        url = f"{v1_base(endpoint)}/images/detail?{urllib.parse.urlencode(query)}"
-        request = urllib.request.Request(url, headers={"X-Auth-Token": token})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            images = json.load(answer)["images"]
-        if not images:  # the only end signal: short pages happen whenever limit is clamped
-            return
-        for image in images:
-            yield image["id"]
-        marker = images[-1]["id"]
 
 
 def enumerate_and_fetch(
@@ -65,7 +34,9 @@ def enumerate_and_fetch(
     """List the cloud's images, HEAD them all and write the frame to ``output``."""
     if not endpoint.startswith(("http://", "https://")):
         raise SystemExit(f"--endpoint must be an http(s) URL, got {endpoint!r}")
-    ids = list(list_image_ids(endpoint, token, page_size=page_size, deleted=deleted))
+    ids = imgframe.list_image_ids(
+        endpoint=endpoint, token=token, page_size=page_size, include_deleted=deleted
+    )
     print(f"listed {len(ids):,} images")
     df = imgframe.fetch_images(ids, endpoint=endpoint, token=token, concurrency=concurrency)
     write(df, output)
