@@ -37,6 +37,7 @@ from imgframe.errors import (
     NoV1ApiError,
 )
 from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.fleet import FleetWarning, Target, fetch_fleet, fetch_fleet_async
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
@@ -54,6 +55,7 @@ __all__ = [
     "CallableToken",
     "ConfigError",
     "FetchError",
+    "FleetWarning",
     "ImageRecord",
     "ImgframeError",
     "ImgframeParseWarning",
@@ -62,6 +64,7 @@ __all__ = [
     "NoV1ApiError",
     "RetryPolicy",
     "StaticToken",
+    "Target",
     "Timeout",
     "TokenSource",
     "audit",
@@ -69,6 +72,8 @@ __all__ = [
     "checksum_duplicates",
     "columns",
     "dtypes",
+    "fetch_fleet",
+    "fetch_fleet_async",
     "fetch_images",
     "fetch_images_async",
     "format_mismatch",

@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 from imgframe.errors import InvalidInputError
-from imgframe.schema import columns
+from imgframe.schema import FLEET_INDEX, columns
 
 __all__ = [
     "FINDING_COLUMNS",
@@ -73,6 +73,7 @@ __all__ = [
     "audit",
     "broken",
     "checksum_duplicates",
+    "finding_columns",
     "format_mismatch",
     "owner_summary",
     "public_unprotected",
@@ -105,6 +106,7 @@ _KERNEL_FORMATS = ("aki", "ari")
 _GONE_STATUSES = ("deleted", "pending_delete")
 _SEVERITY_DTYPE = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
 _STRING = pd.StringDtype("pyarrow")
+_FLEET_COLUMNS = ("cloud", "region", "id")
 
 Timeish = str | datetime | pd.Timestamp | None
 Span = str | pd.Timedelta
@@ -676,21 +678,45 @@ _builtin("medium", _describe_security)(security_properties)
 def _findings(
     rule: str, severity: str, found: pd.DataFrame, details: Any, source: pd.DataFrame
 ) -> pd.DataFrame:
-    ids = found.index
-    if "owner" in found and "name" in found:
-        owner, name = found["owner"], found["name"]
+    keys = found.index
+    fleet = _is_fleet(source)
+    wanted = ["owner", "name", *(_FLEET_COLUMNS if fleet else ())]
+    if all(column in found for column in wanted):
+        columns = {column: found[column] for column in wanted}
     else:  # a user rule may return fewer columns: take them from the audited frame
-        owner, name = source["owner"].reindex(ids), source["name"].reindex(ids)
-    return pd.DataFrame(
-        {
-            "rule": rule,
-            "severity": severity,
-            "image_id": _text(ids),
-            "owner": _text(owner),
-            "name": _text(name),
-            "detail": details if isinstance(details, str) else _text(details),
-        }
-    )
+        columns = {column: source[column].reindex(keys) for column in wanted}
+    out = {
+        "rule": rule,
+        "severity": severity,
+        "image_id": _text(columns["id"] if fleet else keys),
+        "owner": _text(columns["owner"]),
+        "name": _text(columns["name"]),
+        "detail": details if isinstance(details, str) else _text(details),
+    }
+    if fleet:
+        out |= {"cloud": _text(columns["cloud"]), "region": _text(columns["region"])}
+        out[FLEET_INDEX] = _text(keys)
+    return pd.DataFrame(out)
+
+
+def _is_fleet(df: pd.DataFrame) -> bool:
+    """A :func:`imgframe.fetch_fleet` frame: indexed by ``key``, with cloud/region/id."""
+    return df.index.name == FLEET_INDEX and all(c in df.columns for c in _FLEET_COLUMNS)
+
+
+def finding_columns(df: pd.DataFrame) -> list[str]:
+    """The columns :func:`audit` returns for ``df``: :data:`FINDING_COLUMNS`, and for a
+    fleet frame ``cloud`` and ``region`` after ``severity`` and its ``key`` last.
+
+    Examples
+    --------
+    >>> from imgframe.parse import empty_frame
+    >>> finding_columns(empty_frame()) == FINDING_COLUMNS
+    True
+    """
+    if not _is_fleet(df):
+        return FINDING_COLUMNS
+    return ["rule", "severity", "cloud", "region", *FINDING_COLUMNS[2:], FLEET_INDEX]
 
 
 def _fetch_failed(df: pd.DataFrame, failed: np.ndarray) -> pd.DataFrame:
@@ -768,10 +794,12 @@ def audit(
     rule_order = sorted({"fetch_failed", *(rule.name for rule in selected)})
     findings["rule"] = pd.Categorical(findings["rule"], categories=rule_order)
     findings["severity"] = findings["severity"].astype(_SEVERITY_DTYPE)
-    findings = findings.astype(
-        {"image_id": _STRING, "owner": "category", "name": _STRING, "detail": _STRING}
-    )
-    findings = findings.sort_values(["severity", "rule", "image_id"], kind="stable")
+    types = {"image_id": _STRING, "owner": "category", "name": _STRING, "detail": _STRING}
+    order = ["severity", "rule", "image_id"]
+    if _is_fleet(df):
+        types |= {"cloud": "category", "region": "category", FLEET_INDEX: _STRING}
+        order.append(FLEET_INDEX)
+    findings = findings.astype(types).sort_values(order, kind="stable")
     if allow is not None:
         findings = findings[~_allowed(findings.reset_index(drop=True), allow)]
-    return findings.reset_index(drop=True)[FINDING_COLUMNS]
+    return findings.reset_index(drop=True)[finding_columns(df)]

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from imgframe.errors import AuthError, ConfigError
 
@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from keystoneauth1.plugin import BaseAuthPlugin
     from keystoneauth1.session import Session
 
-__all__ = ["CallableToken", "KeystoneToken", "StaticToken", "TokenSource", "token_source"]
+__all__ = [
+    "CallableToken",
+    "KeystoneToken",
+    "StaticToken",
+    "TokenSource",
+    "cloud_regions",
+    "token_source",
+]
 
 TOKEN_ENV = "OS_AUTH_TOKEN"
 OPENSTACK_EXTRA = "pip install 'imgframe[openstack]'"
@@ -241,19 +248,13 @@ class KeystoneToken:
         Traceback (most recent call last):
         imgframe.errors.ConfigError: cloud 'no-such-cloud': Cloud no-such-cloud was not found.
         """
-        try:
-            import openstack.config
-            import openstack.exceptions
-        except ImportError:
-            raise ConfigError(
-                f"reading clouds.yaml needs openstacksdk: {OPENSTACK_EXTRA}"
-            ) from None
         where = f"cloud {cloud!r}" if cloud else "the OS_CLOUD / OS_* configuration"
+        config = _openstack_config(where)
+        import openstack.exceptions
+
         try:
             with warnings.catch_warnings():
-                # openstacksdk 4.x warns about InfluxDB on every load, configured or not.
                 warnings.filterwarnings("ignore", message="Support for InfluxDB")
-                config = openstack.config.OpenStackConfig()
                 region_cfg = config.get_one(cloud=cloud, region_name=region)
             auth = region_cfg.get_auth()
             session = region_cfg.get_session()
@@ -394,6 +395,48 @@ class KeystoneToken:
         parts.append(f"region={self.region!r}")
         parts.append(f"interface={self.interface!r}")
         return self._scrub(f"KeystoneToken({', '.join(parts)})")
+
+
+def cloud_regions(cloud: str) -> list[str | None]:
+    """The regions ``clouds.yaml`` lists for ``cloud`` (``regions:`` or ``region_name``).
+
+    ``[None]`` when it names none (the catalog's only region is then used). Needs the
+    ``openstack`` extra; an unknown cloud is a :class:`~imgframe.ConfigError`.
+
+    Examples
+    --------
+    >>> cloud_regions("no-such-cloud")
+    Traceback (most recent call last):
+    imgframe.errors.ConfigError: cloud 'no-such-cloud': Cloud no-such-cloud was not found.
+    """
+    config = _openstack_config(f"cloud {cloud!r}")
+    import openstack.exceptions
+
+    if cloud not in config.get_cloud_names():
+        raise ConfigError(f"cloud {cloud!r}: Cloud {cloud} was not found.")
+    try:
+        # openstacksdk has no public call for one cloud's regions: get_all() would load
+        # (and validate) every other cloud of the file too.
+        regions = [r.get("name") or None for r in config._get_regions(cloud)]
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"cloud {cloud!r}: {exc}") from None
+    return list(dict.fromkeys(regions)) or [None]
+
+
+def _openstack_config(where: str) -> Any:
+    """openstacksdk's config loader (clouds.yaml, OS_CLOUD, OS_*), or a ConfigError."""
+    try:
+        import openstack.config
+        import openstack.exceptions
+    except ImportError:
+        raise ConfigError(f"reading clouds.yaml needs openstacksdk: {OPENSTACK_EXTRA}") from None
+    try:
+        with warnings.catch_warnings():
+            # openstacksdk 4.x warns about InfluxDB on every load, configured or not.
+            warnings.filterwarnings("ignore", message="Support for InfluxDB")
+            return openstack.config.OpenStackConfig()
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.report_html import report  # the HTML export lives in its own module
-from imgframe.schema import FIELDS, Kind
+from imgframe.schema import FIELDS, FLEET_FIELDS, FLEET_INDEX, Kind
 
 __all__ = [
     "FORMATS",
@@ -62,7 +62,7 @@ __all__ = [
 # image names are chosen by tenants, so they must not reach an auditor's sheet as formulas.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-_KINDS = {f.column: f.kind for f in FIELDS}
+_KINDS = {f.column: f.kind for f in (*FIELDS, *FLEET_FIELDS)} | {FLEET_INDEX: Kind.TEXT}
 _TEXT = Kind.TEXT.dtype
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -280,12 +280,14 @@ _CSV_DTYPES: dict[Kind, Any] = {Kind.INT: Kind.INT.dtype, Kind.BOOL: Kind.BOOL.d
 
 
 def _unflat(flat: pd.DataFrame, source: Path) -> pd.DataFrame:
-    """Undo :func:`_flat`: the ``id`` column becomes the index, each known column gets
-    its contract dtype; columns imgframe does not know are kept as the format gave them."""
+    """Undo :func:`_flat`: the ``id`` column (a fleet frame's ``key``) becomes the index,
+    each known column gets its contract dtype; columns imgframe does not know are kept as
+    the format gave them."""
+    index_column = FLEET_INDEX if FLEET_INDEX in flat.columns else "id"
     data: dict[str, Any] = {}
     for column in flat.columns:
         kind = _KINDS.get(column)
-        if kind is None or column == "id":
+        if kind is None or column == index_column:
             data[column] = flat[column].array
             continue
         try:
@@ -296,9 +298,9 @@ def _unflat(flat: pd.DataFrame, source: Path) -> pd.DataFrame:
                 f"{kind.value} values ({exc})"
             ) from None
     index = None
-    if "id" in flat.columns:
-        data.pop("id")
-        index = pd.Index(_as_text(flat["id"]), name="id")
+    if index_column in flat.columns:
+        data.pop(index_column)
+        index = pd.Index(_as_text(flat[index_column]), name=index_column)
     return pd.DataFrame(data, index=index if index is not None else flat.index)
 
 

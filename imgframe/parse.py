@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgframe.errors import ImgframeParseWarning
-from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind
+from imgframe.schema import FIELDS, FLEET_FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind
 
 __all__ = [
     "ImageRecord",
@@ -632,8 +632,8 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if len(frames) == 1:
         return frames[0]
     frames = list(frames)
-    for f in FIELDS:
-        if f.kind is not Kind.CATEGORY:
+    for f in (*FIELDS, *FLEET_FIELDS):
+        if f.kind is not Kind.CATEGORY or f.column not in frames[0]:
             continue
         # Sorted, like a single astype("category"): the same data always gets the same
         # dtype, whatever the batches were (and read-back from CSV gives it again).

@@ -28,6 +28,8 @@ import pandas as pd
 __all__ = [
     "FETCH_COLUMNS",
     "FIELDS",
+    "FLEET_FIELDS",
+    "FLEET_INDEX",
     "HEADER_FIELDS",
     "PROPERTY_PREFIX",
     "V2_PREFIX",
@@ -161,6 +163,16 @@ HEADER_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.header is not No
 #: Columns the fetcher fills, not the headers.
 FETCH_COLUMNS: tuple[str, ...] = ("http_status", "error")
 
+#: The columns :func:`imgframe.fetch_fleet` puts first, before ``id`` and the contract
+#: columns. A fleet frame's index is :data:`FLEET_INDEX`, not ``id``: the same image id
+#: can answer in two regions (a Glance shared by both), so ``id`` alone is not unique.
+FLEET_FIELDS: tuple[Field, ...] = (
+    Field("cloud", None, Kind.CATEGORY, "fleet frames: the cloud (clouds.yaml name) asked"),
+    Field("region", None, Kind.CATEGORY, "fleet frames: the region asked; NA if none"),
+)
+#: Name of a fleet frame's index: ``"{cloud}/{region}/{id}"``, unique per row.
+FLEET_INDEX = "key"
+
 
 def field(column: str) -> Field:
     """Return the :class:`Field` of ``column``.
@@ -218,6 +230,8 @@ def schema_markdown() -> str:
             header = f"`{_title(f.header)}`"
         dtype = "dict" if f.kind is Kind.PROPERTIES else str(f.dtype)
         rows.append(f"| `{f.column}` | {header} | {dtype} | {f.description} |")
+    for f in FLEET_FIELDS:
+        rows.append(f"| `{f.column}` | (fetch_fleet) | {f.dtype} | {f.description} |")
     return "\n".join(rows)
 
 

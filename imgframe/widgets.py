@@ -84,6 +84,7 @@ import pyarrow.compute as pc
 from imgframe.audits import audit
 from imgframe.io import to_csv
 from imgframe.report_html import human_bytes
+from imgframe.schema import FLEET_INDEX
 
 __all__ = [
     "INSTALL_HINT",
@@ -255,7 +256,9 @@ def filter_images(
         keep &= _known(df["size"].le(c.size_max))
     if c.rules:
         found = audit(df, rules=list(c.rules)) if findings is None else findings
-        ids = found.loc[found["rule"].isin(c.rules).to_numpy(dtype=bool), "image_id"]
+        # A fleet frame's index is its key (cloud/region/id): match findings on it.
+        label = FLEET_INDEX if FLEET_INDEX in found.columns else "image_id"
+        ids = found.loc[found["rule"].isin(c.rules).to_numpy(dtype=bool), label]
         keep &= _ids_in(df.index, ids)
     return df[keep]
 

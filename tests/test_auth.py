@@ -10,151 +10,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiohttp import web
 
 import imgframe
 from imgframe.auth import KeystoneToken, token_source
 from imgframe.errors import AuthError, ConfigError
 from imgframe.testing import Faults, GlanceEmulator, make_fleet
+from imgframe.testing.keystone import APP_SECRET, PASSWORD, FakeKeystone
 
 pytest.importorskip("keystoneauth1")
 
 LIFETIME = 2.0  # seconds a token lives, in Keystone's answer and in the emulator
-PASSWORD = "pw-Sup3r-s3cret-9f1c"
-APP_SECRET = "appcred-S3cret-77aa"
 
 
-class FakeKeystone:
-    """Keystone v3 version discovery and ``POST /v3/auth/tokens`` on 127.0.0.1.
-
-    Password and application-credential logins; every token issued is registered with
-    ``emulator`` (admin, ``LIFETIME`` seconds). The catalog has one ``image`` service:
-    public endpoints in RegionOne (the emulator, registered with a ``/v2`` suffix as some
-    clouds do) and RegionTwo, and an internal one.
-    """
-
-    def __init__(self, emulator: GlanceEmulator) -> None:
-        self.emulator = emulator
-        self.issued: list[str] = []
-        self.failed_logins = 0
-        self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def _version(self) -> dict:
-        return {
-            "id": "v3.14",
-            "status": "stable",
-            "updated": "2020-04-07T00:00:00Z",
-            "links": [{"rel": "self", "href": f"{self.url}/v3/"}],
-            "media-types": [
-                {"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}
-            ],
-        }
-
-    async def _root(self, request: web.Request) -> web.Response:
-        return web.json_response({"versions": {"values": [self._version()]}}, status=300)
-
-    async def _v3(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": self._version()})
-
-    async def _tokens(self, request: web.Request) -> web.Response:
-        identity = (await request.json())["auth"]["identity"]
-        methods = identity["methods"]
-        if methods == ["password"]:
-            ok = identity["password"]["user"].get("password") == PASSWORD
-        elif methods == ["application_credential"]:
-            ok = identity["application_credential"].get("secret") == APP_SECRET
-        else:
-            ok = False
-        if not ok:
-            self.failed_logins += 1
-            body = {"error": {"code": 401, "title": "Unauthorized", "message": "bad credentials"}}
-            return web.json_response(body, status=401)
-        token = self.emulator.issue_token("admin", admin=True, ttl_seconds=LIFETIME)
-        self.issued.append(token)
-        now = datetime.now(UTC)
-        stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
-        endpoint = [
-            ("public", "RegionOne", f"{self.emulator.url}/v2"),
+def fake_keystone(emulator: GlanceEmulator) -> FakeKeystone:
+    """The emulator as RegionOne's public endpoint (registered with a ``/v2`` suffix, as
+    some clouds do), plus a RegionTwo and an internal endpoint that nobody serves."""
+    return FakeKeystone(
+        {"RegionOne": emulator},
+        lifetime=LIFETIME,
+        endpoint_suffix="/v2",
+        extra_endpoints=[
             ("public", "RegionTwo", "http://127.0.0.1:9/region-two"),
             ("internal", "RegionOne", "http://127.0.0.1:9/internal"),
-        ]
-        body = {
-            "token": {
-                "methods": methods,
-                "issued_at": now.strftime(stamp),
-                "expires_at": (now + timedelta(seconds=LIFETIME)).strftime(stamp),
-                "user": {
-                    "id": "u1",
-                    "name": "alice",
-                    "domain": {"id": "default", "name": "Default"},
-                },
-                "project": {
-                    "id": "p1",
-                    "name": "demo",
-                    "domain": {"id": "default", "name": "Default"},
-                },
-                "roles": [{"id": "r1", "name": "admin"}],
-                "catalog": [
-                    {
-                        "type": "image",
-                        "name": "glance",
-                        "id": "s-image",
-                        "endpoints": [
-                            {
-                                "id": f"e{i}",
-                                "interface": iface,
-                                "region": region,
-                                "region_id": region,
-                                "url": url,
-                            }
-                            for i, (iface, region, url) in enumerate(endpoint)
-                        ],
-                    }
-                ],
-            }
-        }
-        return web.json_response(body, status=201, headers={"X-Subject-Token": token})
-
-    def start(self) -> FakeKeystone:
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_get("/", self._root)
-            app.router.add_get("/v3", self._v3)
-            app.router.add_get("/v3/", self._v3)
-            app.router.add_post("/v3/auth/tokens", self._tokens)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +53,7 @@ def emulator(fleet) -> Iterator[GlanceEmulator]:
 
 @pytest.fixture
 def keystone(emulator) -> Iterator[FakeKeystone]:
-    ks = FakeKeystone(emulator).start()
+    ks = fake_keystone(emulator).start()
     yield ks
     ks.stop()
 

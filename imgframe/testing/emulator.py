@@ -659,6 +659,28 @@ class GlanceEmulator:
             self._issued += 1
             raw = f"{self.fleet.seed}:{self._issued}".encode()
             value = "gAAAAA" + hashlib.blake2b(raw, digest_size=24).hexdigest()
+        return self.accept_token(
+            value, project_id, admin=admin, ttl_requests=ttl_requests, ttl_seconds=ttl_seconds
+        )
+
+    def accept_token(
+        self,
+        value: str,
+        project_id: str,
+        *,
+        admin: bool = False,
+        ttl_requests: int | None = None,
+        ttl_seconds: float | None = None,
+    ) -> str:
+        """Accept a token issued elsewhere (one Keystone in front of several regions).
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> GlanceEmulator(make_fleet(1)).accept_token("tok-1", "p1")
+        'tok-1'
+        """
+        with self._lock:
             self._tokens[value] = _TokenState(
                 Token(project_id, admin=admin, ttl_requests=ttl_requests, ttl_seconds=ttl_seconds)
             )

@@ -1,0 +1,301 @@
+"""One frame for many clouds and regions: :func:`fetch_fleet`.
+
+Each cloud/region is a :class:`Target`: a label pair (``cloud``, ``region``), an image
+endpoint and its credentials. Cloud names given as strings are read from ``clouds.yaml``
+(one :class:`~imgframe.KeystoneToken` per region, each finding its own image endpoint in
+the service catalog). All targets run at once in one event loop, each with its own
+:class:`~imgframe.fetch.HeadFetcher` — so ``concurrency`` and ``max_rps`` are per endpoint,
+as a cloud's rate limits are.
+
+The result is the contract frame of :func:`imgframe.fetch_images` with two columns in
+front, ``cloud`` and ``region`` (categories), then ``id`` as a column; the index is
+``key`` = ``"{cloud}/{region}/{id}"``, unique per row even when one image id answers in
+two regions (a Glance shared by both). Rows keep target order, then each target's own
+order. Every audit works on it unchanged; :func:`imgframe.audit` adds the ``cloud`` and
+``region`` of each finding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from imgframe.api import DEFAULT_CONCURRENCY, TokenArg, fetch_images_async, normalize_ids, run_sync
+from imgframe.errors import ConfigError, ImgframeError
+from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
+from imgframe.schema import FLEET_INDEX, Kind
+
+__all__ = ["FleetWarning", "Target", "fetch_fleet", "fetch_fleet_async", "fleet_targets"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One cloud/region to fetch from: labels, an image endpoint and credentials.
+
+    ``endpoint`` None asks ``token`` for it (a :class:`~imgframe.KeystoneToken` reads its
+    service catalog). ``token`` is anything :func:`imgframe.fetch_images` takes; it is
+    never shown in the repr.
+
+    Examples
+    --------
+    >>> Target("prod", "RegionOne", endpoint="https://glance.example.com", token="s3cr3t")
+    Target(cloud='prod', region='RegionOne', endpoint='https://glance.example.com')
+    """
+
+    cloud: str
+    region: str | None = None
+    endpoint: str | None = None
+    token: TokenArg = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cloud, str) or not self.cloud:
+            raise ConfigError(f"a target's cloud must be a non-empty name, got {self.cloud!r}")
+        if self.region is not None and (not isinstance(self.region, str) or not self.region):
+            raise ConfigError(f"a target's region must be a non-empty name or None: {self!r}")
+
+    @property
+    def label(self) -> str:
+        """``cloud/region`` (or just ``cloud``), as messages name the target."""
+        return self.cloud if self.region is None else f"{self.cloud}/{self.region}"
+
+
+def fleet_targets(
+    clouds: Iterable[str | Target], regions: Sequence[str] | None = None
+) -> list[Target]:
+    """The targets :func:`fetch_fleet` runs: one per cloud and region.
+
+    A cloud name (``clouds.yaml``) becomes one target per region: each of ``regions``,
+    or, when None, each region the cloud's configuration lists (``regions:`` or
+    ``region_name``; none at all gives one target with region None). :class:`Target`
+    objects are taken as they are. The same cloud/region twice is a ConfigError.
+
+    Examples
+    --------
+    >>> fleet_targets([Target("a", endpoint="http://127.0.0.1:1"),
+    ...                Target("b", "r1", endpoint="http://127.0.0.1:2")])
+    [Target(cloud='a', region=None, endpoint='http://127.0.0.1:1'), Target(cloud='b', region='r1', endpoint='http://127.0.0.1:2')]
+    """
+    if isinstance(clouds, str | Target):
+        clouds = [clouds]
+    if regions is not None:
+        if isinstance(regions, str):
+            regions = [regions]
+        if not regions or not all(isinstance(r, str) and r for r in regions):
+            raise ConfigError(f"regions must be a list of region names or None, got {regions!r}")
+    targets: list[Target] = []
+    for cloud in clouds:
+        if isinstance(cloud, Target):
+            targets.append(cloud)
+        elif isinstance(cloud, str) and cloud:
+            targets.extend(_cloud_targets(cloud, regions))
+        else:
+            raise ConfigError(
+                f"clouds must be clouds.yaml names or imgframe.Target objects, got {cloud!r}"
+            )
+    if not targets:
+        raise ConfigError("no clouds given: pass clouds=['name', ...] or Target objects")
+    seen: set[tuple[str, str | None]] = set()
+    for target in targets:
+        pair = (target.cloud, target.region)
+        if pair in seen:
+            raise ConfigError(f"{target.label} is given twice")
+        seen.add(pair)
+    return targets
+
+
+def _cloud_targets(cloud: str, regions: Sequence[str] | None) -> list[Target]:
+    from imgframe.auth import KeystoneToken, cloud_regions
+
+    chosen: Sequence[str | None] = regions if regions is not None else cloud_regions(cloud)
+    return [
+        Target(cloud, region, token=KeystoneToken.from_cloud(cloud, region=region))
+        for region in chosen
+    ]
+
+
+async def fetch_fleet_async(
+    clouds: Iterable[str | Target],
+    regions: Sequence[str] | None = None,
+    *,
+    ids: Iterable[Any] | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    progress: bool | None = None,
+    verify: bool | str = True,
+    max_rps: float | None = None,
+    adaptive: bool = True,
+    api: Literal["v1", "v2", "auto"] = "v1",
+    errors: Literal["raise", "warn"] = "raise",
+) -> pd.DataFrame:
+    """Async form of :func:`fetch_fleet` (same arguments, same frame)."""
+    if errors not in ("raise", "warn"):
+        raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
+    targets = fleet_targets(clouds, regions)
+    requested = None if ids is None else normalize_ids(ids)
+
+    async def one(target: Target) -> pd.DataFrame:
+        try:
+            return await fetch_images_async(
+                requested,
+                endpoint=target.endpoint,
+                token=target.token,
+                concurrency=concurrency,
+                timeout=timeout,
+                retries=retries,
+                progress=progress,
+                verify=verify,
+                max_rps=max_rps,
+                adaptive=adaptive,
+                api=api,
+            )
+        except ImgframeError as exc:
+            raise _relabel(exc, target) from None
+
+    if errors == "raise":
+        # A TaskGroup: the first target that fails cancels the others at once.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(target)) for target in targets]
+        except* ImgframeError as failed:
+            raise failed.exceptions[0] from None
+        results: list[pd.DataFrame | BaseException] = [task.result() for task in tasks]
+    else:
+        results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+
+    frames: list[pd.DataFrame] = []
+    failures: list[str] = []
+    for target, result in zip(targets, results, strict=True):
+        if isinstance(result, ImgframeError):
+            failures.append(str(result))
+            if requested is None:
+                continue  # nothing was listed: there are no rows to keep
+            # Nothing lost: each requested id gets a row saying why it was not read.
+            result = _not_fetched(requested, f"not fetched: {result}")
+        elif isinstance(result, BaseException):
+            raise result
+        frames.append(_labelled(result, target))
+    frame = _combine(frames)
+    if failures:
+        frame.attrs["failed_targets"] = failures
+        warnings.warn(
+            f"{len(failures)} of {len(targets)} targets failed: " + "; ".join(failures),
+            FleetWarning,
+            stacklevel=2,
+        )
+    return frame
+
+
+def fetch_fleet(
+    clouds: Iterable[str | Target],
+    regions: Sequence[str] | None = None,
+    *,
+    ids: Iterable[Any] | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float | Timeout = Timeout(),
+    retries: int | RetryPolicy = RetryPolicy(),
+    progress: bool | None = None,
+    verify: bool | str = True,
+    max_rps: float | None = None,
+    adaptive: bool = True,
+    api: Literal["v1", "v2", "auto"] = "v1",
+    errors: Literal["raise", "warn"] = "raise",
+) -> pd.DataFrame:
+    """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
+
+    ``clouds`` are ``clouds.yaml`` names (each expanded into ``regions``, or the regions
+    its configuration lists) and/or :class:`Target` objects for endpoints configured by
+    hand (a static token, Huawei AK/SK...). ``ids`` None lists every image each target can
+    see (:func:`imgframe.list_image_ids`); a list of ids is asked of every target (which
+    regions hold these images?). ``concurrency`` and ``max_rps`` apply to each endpoint;
+    the other options are :func:`imgframe.fetch_images`'s.
+
+    ``errors="raise"`` (default): the first target that cannot be fetched as a whole (a
+    login refused, no v1 API, the listing failing) cancels the others and raises, its
+    message starting with ``cloud/region``. ``errors="warn"``: the other targets are
+    returned, a :class:`FleetWarning` names the failures (also in
+    ``frame.attrs["failed_targets"]``), and with explicit ``ids`` each id of a failed
+    target still gets its row, ``error`` saying why.
+
+    The frame: ``cloud``, ``region``, ``id``, then the contract columns, indexed by
+    ``key`` = ``"{cloud}/{region}/{id}"`` (unique; region empty when None).
+
+    Examples
+    --------
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> east, west = make_fleet(3, seed=2), make_fleet(2, seed=3)
+    >>> with GlanceEmulator(east) as e, GlanceEmulator(west) as w:
+    ...     df = fetch_fleet([Target("lab", "east", endpoint=e.url, token=ADMIN_TOKEN),
+    ...                       Target("lab", "west", endpoint=w.url, token=ADMIN_TOKEN)])
+    >>> df.groupby("region", observed=True).size().to_dict(), df.index.is_unique
+    ({'east': 3, 'west': 2}, True)
+    """
+    return run_sync(
+        fetch_fleet_async(
+            clouds,
+            regions,
+            ids=ids,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+            verify=verify,
+            max_rps=max_rps,
+            adaptive=adaptive,
+            api=api,
+            errors=errors,
+        )
+    )
+
+
+class FleetWarning(UserWarning):
+    """Some targets of :func:`fetch_fleet` failed; the others were returned."""
+
+
+def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:
+    """The same error (type and attributes kept), its message prefixed with the target."""
+    relabelled = copy.copy(exc)
+    relabelled.args = (f"{target.label}: {exc}", *exc.args[1:])
+    return relabelled
+
+
+def _not_fetched(ids: list[str], error: str) -> pd.DataFrame:
+    return build_frame(_Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
+
+
+def _labelled(frame: pd.DataFrame, target: Target) -> pd.DataFrame:
+    """``frame`` with ``cloud``, ``region`` and ``id`` columns in front, indexed by key."""
+    n = len(frame)
+    ids = frame.index.astype("string[pyarrow]")
+    region = "" if target.region is None else target.region
+    key = pd.Index(target.cloud + "/" + region + "/" + ids, name=FLEET_INDEX)
+    front = pd.DataFrame(
+        {
+            "cloud": _repeated(target.cloud, n),
+            "region": _repeated(target.region, n),
+            "id": ids.array,
+        },
+        index=key,
+    )
+    return pd.concat([front, frame.set_axis(key)], axis=1)
+
+
+def _repeated(value: str | None, n: int) -> Any:
+    # Via the string dtype, as the frame builder makes categories: concatenating frames
+    # needs the same categories dtype even when a region is None everywhere.
+    return pd.array([value] * n, dtype=Kind.TEXT.dtype).astype("category")
+
+
+def _combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frame = concat_frames(frames) if frames else _labelled(empty_frame(), Target("-"))
+    if not frame.index.is_unique:  # only a cloud or region name containing "/" can do this
+        dupes = frame.index[frame.index.duplicated()].unique()[:3].tolist()
+        raise ConfigError(f"fleet keys are not unique (a '/' in a cloud or region name?): {dupes}")
+    return frame

@@ -1,0 +1,184 @@
+"""A small Keystone v3 on 127.0.0.1: version discovery and ``POST /v3/auth/tokens``.
+
+Enough of Keystone for keystoneauth1 and openstacksdk to log in with a password or an
+application credential, get a token with an expiry and a service catalog, and find the
+``image`` endpoint of a region. Each token it issues is also accepted by the Glance
+emulators behind it (admin, same lifetime), as one Keystone serves several regions.
+
+Examples
+--------
+>>> from imgframe.testing import GlanceEmulator, make_fleet
+>>> with GlanceEmulator(make_fleet(1)) as glance, FakeKeystone({"RegionOne": glance}) as ks:
+...     ks.url.startswith("http://127.0.0.1:"), ks.catalog[0][1]
+(True, 'RegionOne')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from imgframe.testing.emulator import GlanceEmulator
+
+__all__ = ["FakeKeystone"]
+
+PASSWORD = "pw-Sup3r-s3cret-9f1c"
+APP_SECRET = "appcred-S3cret-77aa"
+_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class FakeKeystone:
+    """Keystone v3 password / application-credential logins for Glance emulators.
+
+    ``regions`` maps a region name to the emulator that plays its Glance (its public
+    ``image`` endpoint); ``extra_endpoints`` adds ``(interface, region, url)`` entries
+    that no emulator serves. Tokens live ``lifetime`` seconds. ``issued`` lists the
+    tokens given out, ``failed_logins`` counts refused logins. Use it as a context
+    manager, or :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        regions: Mapping[str, GlanceEmulator],
+        *,
+        lifetime: float = 3600.0,
+        password: str = PASSWORD,
+        app_secret: str = APP_SECRET,
+        endpoint_suffix: str = "",
+        extra_endpoints: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
+        self.regions = dict(regions)
+        self.lifetime = lifetime
+        self.password = password
+        self.app_secret = app_secret
+        self.endpoint_suffix = endpoint_suffix
+        self.extra_endpoints = list(extra_endpoints)
+        self.issued: list[str] = []
+        self.failed_logins = 0
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def catalog(self) -> list[tuple[str, str, str]]:
+        """The ``image`` endpoints as ``(interface, region, url)``."""
+        served = [
+            ("public", region, emulator.url + self.endpoint_suffix)
+            for region, emulator in self.regions.items()
+        ]
+        return served + self.extra_endpoints
+
+    def _version(self) -> dict[str, Any]:
+        return {
+            "id": "v3.14",
+            "status": "stable",
+            "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{self.url}/v3/"}],
+            "media-types": [
+                {"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}
+            ],
+        }
+
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.json_response({"versions": {"values": [self._version()]}}, status=300)
+
+    async def _v3(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self._version()})
+
+    async def _tokens(self, request: web.Request) -> web.Response:
+        identity = (await request.json())["auth"]["identity"]
+        methods = identity["methods"]
+        if methods == ["password"]:
+            ok = identity["password"]["user"].get("password") == self.password
+        elif methods == ["application_credential"]:
+            ok = identity["application_credential"].get("secret") == self.app_secret
+        else:
+            ok = False
+        if not ok:
+            self.failed_logins += 1
+            body = {"error": {"code": 401, "title": "Unauthorized", "message": "bad credentials"}}
+            return web.json_response(body, status=401)
+        seed = f"{self.url}:{len(self.issued)}".encode()
+        token = "gAAAAK" + hashlib.blake2b(seed, digest_size=24).hexdigest()
+        for emulator in self.regions.values():
+            emulator.accept_token(token, "admin", admin=True, ttl_seconds=self.lifetime)
+        self.issued.append(token)
+        now = datetime.now(UTC)
+        endpoints = [
+            {"id": f"e{i}", "interface": iface, "region": region, "region_id": region, "url": url}
+            for i, (iface, region, url) in enumerate(self.catalog)
+        ]
+        body = {
+            "token": {
+                "methods": methods,
+                "issued_at": now.strftime(_STAMP),
+                "expires_at": (now + timedelta(seconds=self.lifetime)).strftime(_STAMP),
+                "user": {"id": "u1", "name": "alice", "domain": {"id": "default"}},
+                "project": {"id": "p1", "name": "demo", "domain": {"id": "default"}},
+                "roles": [{"id": "r1", "name": "admin"}],
+                "catalog": [
+                    {"type": "image", "name": "glance", "id": "s-image", "endpoints": endpoints}
+                ],
+            }
+        }
+        return web.json_response(body, status=201, headers={"X-Subject-Token": token})
+
+    def auth(self) -> dict[str, str]:
+        """The ``auth`` section of a clouds.yaml entry that logs in here with a password."""
+        return {
+            "auth_url": f"{self.url}/v3",
+            "username": "alice",
+            "password": self.password,
+            "project_name": "demo",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+
+    def start(self) -> FakeKeystone:
+        """Serve on a free 127.0.0.1 port from a thread of its own."""
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            app = web.Application()
+            app.router.add_get("/", self._root)
+            app.router.add_get("/v3", self._v3)
+            app.router.add_get("/v3/", self._v3)
+            app.router.add_post("/v3/auth/tokens", self._tokens)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await runner.cleanup()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fake Keystone did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeKeystone:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
