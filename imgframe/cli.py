@@ -22,6 +22,7 @@ from imgframe import __version__
 from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
 from imgframe.errors import ImgframeError, ImgframeParseWarning
 from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.fleet import FleetWarning
 from imgframe.io import to_csv, write
 
 __all__ = ["main"]
@@ -38,7 +39,8 @@ def _read_ids(stream: TextIO) -> Iterator[str]:
             yield text
 
 
-def _ids_from_args(args: argparse.Namespace) -> list[str]:
+def _ids_from_args(args: argparse.Namespace) -> list[str] | None:
+    """The ids asked for, or None with ``--all`` (list every image the cloud shows)."""
     ids = list(args.ids)
     if args.ids_file == "-":
         ids += _read_ids(sys.stdin)
@@ -50,10 +52,17 @@ def _ids_from_args(args: argparse.Namespace) -> list[str]:
             raise ImgframeError(f"cannot read ids file {args.ids_file!r}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ImgframeError(f"ids file {args.ids_file!r} is not UTF-8 text") from None
-    elif not ids and not sys.stdin.isatty():
+    elif not ids and not args.all and not sys.stdin.isatty():
         ids += _read_ids(sys.stdin)
+    if args.all:
+        if ids:
+            raise ImgframeError("give image ids or --all, not both")
+        return None
     if not ids:
-        raise ImgframeError("no image ids: give them as arguments, with --ids-file, or on stdin")
+        raise ImgframeError(
+            "no image ids: give them as arguments, with --ids-file, on stdin, "
+            "or use --all to list every image"
+        )
     return ids
 
 
@@ -84,19 +93,36 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    if args.cloud and args.endpoint:
+        raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
+    if args.region and not args.cloud:
+        raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
+    if not args.cloud and not args.endpoint:
+        raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
     ids = _ids_from_args(args)
-    verify: bool | str = args.ca_bundle or not args.insecure
+    options = {
+        "concurrency": args.concurrency,
+        "timeout": Timeout(total=args.timeout),
+        "retries": RetryPolicy(attempts=args.retries + 1),
+        "progress": args.progress,
+        "verify": args.ca_bundle or not args.insecure,
+        "max_rps": args.max_rps,
+        "api": args.api,
+    }
     started = time.perf_counter()
-    df = fetch_images(
-        ids,
-        endpoint=args.endpoint,
-        token=args.token or os.environ.get("OS_AUTH_TOKEN"),
-        concurrency=args.concurrency,
-        timeout=Timeout(total=args.timeout),
-        retries=RetryPolicy(attempts=args.retries + 1),
-        progress=args.progress,
-        verify=verify,
-    )
+    if args.cloud:
+        from imgframe.fleet import fetch_fleet
+
+        df = fetch_fleet(
+            args.cloud,
+            args.region or None,
+            ids=ids,
+            errors="warn" if args.keep_going else "raise",
+            **options,  # type: ignore[arg-type]
+        )
+    else:
+        token = args.token or os.environ.get("OS_AUTH_TOKEN")
+        df = fetch_images(ids, endpoint=args.endpoint, token=token, **options)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     if args.output:
         path = write(df, args.output)
@@ -146,7 +172,10 @@ def findings_table(findings: pd.DataFrame, limit: int = 20) -> str:
     ]
     by_rule = findings.groupby(["rule", "severity"], observed=True).size()
     lines += [f"  {rule} ({severity}): {count:,}" for (rule, severity), count in by_rule.items()]
-    shown = findings.head(limit)[["severity", "rule", "image_id", "owner", "name", "detail"]]
+    where = [c for c in ("cloud", "region") if c in findings.columns]
+    shown = findings.head(limit)[
+        ["severity", "rule", *where, "image_id", "owner", "name", "detail"]
+    ]
     lines += ["", shown.to_string(index=False, justify="left")]
     if len(findings) > limit:
         lines.append(f"... and {len(findings) - limit:,} more (use --format csv or -o FILE)")
@@ -280,17 +309,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser(
         "fetch",
-        help="HEAD many image ids and write a table",
-        description="HEAD /v1/images/{id} for every id; one row per id, failures included.",
-        epilog="example: OS_AUTH_TOKEN=... imgframe fetch --endpoint https://ims.example.com "
-        "--ids-file ids.txt -o fleet.parquet",
+        help="HEAD many image ids (or every image) and write a table",
+        description="HEAD /v1/images/{id} for every id; one row per id, failures included.\n"
+        "Where: --endpoint with a token, or --cloud names from clouds.yaml (Keystone login,\n"
+        "image endpoint from the service catalog). Several clouds and regions run at once\n"
+        "and the table gains cloud and region columns.",
+        epilog="examples:\n"
+        "  OS_AUTH_TOKEN=... imgframe fetch --endpoint https://ims.example.com "
+        "--ids-file ids.txt -o fleet.parquet\n"
+        "  imgframe fetch --cloud prod --cloud staging --all --api auto -o fleet.parquet\n"
+        "  imgframe fetch --cloud prod --region RegionOne --region RegionTwo --all -o f.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
     fetch.add_argument("--ids-file", metavar="FILE", help="file with one id per line ('-' = stdin)")
-    fetch.add_argument("--endpoint", required=True, help="Glance/IMS URL, with or without /v1")
     fetch.add_argument(
+        "--all", action="store_true", help="list every image the credentials can see, then HEAD"
+    )
+    where = fetch.add_argument_group("where and who")
+    where.add_argument("--endpoint", help="Glance/IMS URL, with or without /v1")
+    where.add_argument(
         "--token",
-        help="X-Auth-Token (default: $OS_AUTH_TOKEN, which other users cannot see in ps)",
+        help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN, which others cannot see in ps)",
+    )
+    where.add_argument(
+        "--cloud",
+        action="append",
+        metavar="NAME",
+        help="a clouds.yaml cloud (repeat for several); needs imgframe[openstack]",
+    )
+    where.add_argument(
+        "--region",
+        action="append",
+        metavar="NAME",
+        help="regions of each --cloud (repeat; default: the regions clouds.yaml lists)",
+    )
+    where.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="with several clouds/regions: report one that fails and keep the others",
+    )
+    fetch.add_argument(
+        "--api",
+        choices=("v1", "v2", "auto"),
+        default="v1",
+        help="v1: HEAD /v1/images/{id}; v2: GET /v2/images/{id}; auto: v1, then v2 if the "
+        "cloud has no v1 (default v1)",
+    )
+    fetch.add_argument(
+        "--max-rps",
+        type=float,
+        metavar="N",
+        help="at most N requests per second per endpoint (default: no cap; 429/503 answers "
+        "shrink the requests in flight anyway)",
     )
     fetch.add_argument(
         "--concurrency",
@@ -378,9 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "retries" else 1):
             parser.error(f"--{name} must be {'>= 0' if name == 'retries' else '>= 1'}")
+    if getattr(args, "max_rps", None) is not None and not args.max_rps > 0:
+        parser.error("--max-rps must be > 0")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ImgframeParseWarning)
+            warnings.simplefilter("always", FleetWarning)
             status = int(args.run(args))
         for warning in caught:
             print(f"imgframe: warning: {warning.message}", file=sys.stderr)
@@ -391,6 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgframe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `imgframe ... | head`: the reader has gone, which is not an error worth a line.
+        # Point stdout at devnull so that Python's exit-time flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except OSError as exc:  # output file not writable, port in use...
         print(f"imgframe: error: {exc}", file=sys.stderr)
         return 2

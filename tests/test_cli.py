@@ -109,6 +109,11 @@ def test_failed_ids_are_rows_in_the_output(fleet, emulator, tmp_path) -> None:
         ),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9"], "OS_AUTH_TOKEN"),
         (["fetch", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "no image ids"),
+        (["fetch", "x", "--all", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "not both"),
+        (["fetch", "x"], "--endpoint URL"),
+        (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--cloud", "c"], "not both"),
+        (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--region", "r"], "add --cloud"),
+        (["fetch", "x", "--cloud", "no-such-cloud-here"], "no-such-cloud-here"),
     ],
 )
 def test_user_errors_print_one_line_without_traceback(tmp_path, args, message) -> None:
@@ -250,3 +255,33 @@ def test_audit_of_a_csv_that_is_not_an_images_table_is_one_line(tmp_path) -> Non
     bogus.write_text("a,b\n1,2\n")
     result = run("audit", str(bogus))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_fetch_all_lists_then_fetches_every_image(fleet, emulator, tmp_path) -> None:
+    out = tmp_path / "all.csv"
+    result = run(
+        "fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    listed = {i.id for i in fleet.images if not i.deleted}
+    assert set(pd.read_csv(out)["id"]) == listed
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> None:
+    # `imgframe fetch ... | head -1`: far more CSV than a pipe buffer holds, reader gone.
+    ids = [i.id for i in fleet.images] + [f"missing-{n:05d}" for n in range(3000)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "imgframe", "fetch", "--endpoint", emulator.url, "--ids-file", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OS_AUTH_TOKEN": ADMIN_TOKEN},
+    ) as process:
+        process.stdin.write("\n".join(ids).encode())
+        process.stdin.close()
+        assert process.stdout.readline().startswith(b"id,")
+        process.stdout.close()
+        process.wait(timeout=120)
+        stderr = process.stderr.read().decode()
+    assert process.returncode == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr, stderr

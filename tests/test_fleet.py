@@ -265,3 +265,26 @@ def test_a_login_refused_in_one_region_is_an_auth_error_with_its_label(
     with pytest.raises(AuthError, match=r"^lab/east: ") as info:
         fetch_fleet(["lab"], progress=False)
     assert "wrong-password-123" not in str(info.value)
+
+
+def test_cli_fetches_clouds_and_regions_and_audits_the_file(
+    clouds_yaml, fleets, tmp_path, capsys
+) -> None:
+    from imgframe.cli import main
+
+    east, west = fleets
+    out = tmp_path / "fleet.parquet"
+    status = main(["fetch", "--cloud", "lab", "--all", "--api", "auto", "-o", str(out)])
+    assert status == 0, capsys.readouterr().err
+    df = imgframe.read(out)
+    assert df.index.name == "key" and set(df["region"].astype(str)) == {"east", "west"}
+    assert len(df) == len(listed(east)) + len(listed(west))
+
+    capsys.readouterr()
+    assert main(["audit", str(out), "--rules", "public_unprotected"]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("severity"))
+    assert header.split()[:4] == ["severity", "rule", "cloud", "region"]
+
+    status = main(["fetch", "--cloud", "lab", "--region", "west", "--all", "-o", str(out)])
+    assert status == 0 and set(imgframe.read(out)["region"].astype(str)) == {"west"}
