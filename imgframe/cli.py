@@ -84,7 +84,9 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    ids = _ids_from_args(args)
+    if args.all and (args.ids or args.ids_file):
+        raise ImgframeError("--all lists the ids itself: give no ids or --ids-file with it")
+    ids = None if args.all else _ids_from_args(args)
     verify: bool | str = args.ca_bundle or not args.insecure
     started = time.perf_counter()
     df = fetch_images(
@@ -287,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
     fetch.add_argument("--ids-file", metavar="FILE", help="file with one id per line ('-' = stdin)")
+    fetch.add_argument(
+        "--all",
+        action="store_true",
+        help="every image the token can list (the listing streams into the fetch)",
+    )
     fetch.add_argument("--endpoint", required=True, help="Glance/IMS URL, with or without /v1")
     fetch.add_argument(
         "--token",

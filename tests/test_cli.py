@@ -64,6 +64,19 @@ def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, 
         assert [r["id"] for r in json.loads(out.read_text())] == ids
 
 
+def test_fetch_all_lists_the_cloud_and_fetches_every_image(fleet, emulator, tmp_path) -> None:
+    out = tmp_path / "cloud.csv"
+    result = run(
+        "fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    listed = {i.id for i in fleet.images if not i.deleted}
+    assert set(pd.read_csv(out)["id"]) == listed
+    assert f"{len(listed)} image ids: {len(listed)} fetched" in result.stderr
+    both = run("fetch", "--all", "x", "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    assert both.returncode != 0 and "--all" in both.stderr
+
+
 def test_fetch_reads_ids_from_file_and_stdin(fleet, emulator, tmp_path) -> None:
     ids = [i.id for i in fleet.images[:4]]
     ids_file = tmp_path / "ids.txt"

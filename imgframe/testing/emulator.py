@@ -173,6 +173,11 @@ class Faults:
     worth (at least 1), counts every request on arrival, whatever its path; a request
     that finds it empty is answered 429 (after ``latency``) and uses no token.
 
+    ``list_fail_from`` is the other one, for a listing that breaks midway: counting the
+    listing requests (``GET /v1/images[/detail]``, ``GET /v2/images``) since the start
+    or :meth:`GlanceEmulator.reset_log`, request number ``list_fail_from`` and every
+    later one (retries included) are answered ``list_fail_status`` (after ``latency``).
+
     Examples
     --------
     >>> faults = Faults(transient_rate=0.5, seed=1)
@@ -193,6 +198,8 @@ class Faults:
     malformed_rate: float = 0.0
     no_v1: bool = False
     rate_limit: float | None = None
+    list_fail_from: int | None = None
+    list_fail_status: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -210,6 +217,8 @@ class Faults:
             raise ValueError(f"latency must be >= 0 (and low <= high), got {self.latency}")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 requests/s or None, got {self.rate_limit}")
+        if self.list_fail_from is not None and self.list_fail_from < 1:
+            raise ValueError(f"list_fail_from must be >= 1 or None, got {self.list_fail_from}")
 
     @property
     def has_image_faults(self) -> bool:
@@ -540,6 +549,7 @@ class GlanceEmulator:
             self._tokens[value] = _TokenState(token)
         self._issued = 0
         self._bucket: _TokenBucket | None = None  # made on first use, for Faults.rate_limit
+        self._list_requests = 0  # for Faults.list_fail_from
         self._log: list[tuple[float, str, str, str | None, int, str | None]] = []
         self._attempts: dict[str, int] = {}
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
@@ -684,6 +694,7 @@ class GlanceEmulator:
         which re-arms transient faults)."""
         with self._lock:
             self._log.clear()
+            self._list_requests = 0
             if attempts:
                 self._attempts.clear()
 
@@ -794,6 +805,8 @@ class GlanceEmulator:
                 return web.Response(status=405, headers={"Allow": "GET, HEAD"})
             if self.faults.latency:
                 await asyncio.sleep(self.faults.delay(path, 0))
+            if self._listing_fails():
+                return _error(self.faults.list_fail_status, "Listing failed.", is_head)
             who = self._authenticate(token)
             if who is None:
                 return _error(401, "This server could not verify that you are authorized.", is_head)
@@ -808,10 +821,20 @@ class GlanceEmulator:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if self.faults.latency:
             await asyncio.sleep(self.faults.delay(path, 0))
+        if self._listing_fails():
+            return _error(self.faults.list_fail_status, "Listing failed.", is_head)
         who = self._authenticate(token)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
         return self._list(request, who, detail=path.rstrip("/").endswith("/detail"))
+
+    def _listing_fails(self) -> bool:
+        """Count this listing request; True when Faults.list_fail_from says it fails."""
+        with self._lock:
+            self._list_requests += 1
+            number = self._list_requests
+        fail_from = self.faults.list_fail_from
+        return fail_from is not None and number >= fail_from
 
     async def _image_v2(
         self, request: web.BaseRequest, image_id: str, token: str | None
