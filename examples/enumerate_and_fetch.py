@@ -14,7 +14,8 @@ with no "next" link, and a server may return fewer images than asked for (it cla
 ends with the first empty page. Step 2 HEADs every listed id with
 ``imgframe.fetch_images`` (the listing lacks nothing the audit needs, but HEAD gives the
 same typed frame as every other imgframe source). ``--deleted`` lists deleted images too
-(admin tokens only). The output format follows the extension (.parquet, .csv, .json).
+(all of them for an admin token, its own and public ones for a project token). The output
+format follows the extension (.parquet, .csv, .json).
 """
 
 from __future__ import annotations

@@ -3,18 +3,29 @@
 :func:`fetch_images` (blocking, notebook-safe) and :func:`fetch_images_async` return the
 contract frame of DESIGN.md: one row per distinct requested id, in input order, indexed
 by ``id``, failures included with ``http_status`` and ``error``.
+
+With ``ids=None`` the cloud's listing is streamed into the fetch: a producer task reads
+the listing page by page into an :class:`~imgframe.fetch.IdFeed` and the workers send
+HEADs as soon as the first page arrives. Listed ids get their positions in listing
+order, are checked (``invalid_ids``) page by page and deduplicated by the listing, so
+the frame is the one ``list_image_ids`` followed by ``fetch_images`` gives. At most
+``LISTING_PAGES_AHEAD`` pages wait in the feed (~3,000 ids with the default page size):
+memory stays flat however large the cloud. A listing that fails midway ends the whole
+call with its error (which names the listing URL); the rows fetched so far are not
+returned, since a frame missing an unknown part of the cloud would look complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import math
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +38,7 @@ from imgframe.fetch import (
     INVALID_ID,
     FetchResult,
     HeadFetcher,
+    IdFeed,
     RetryPolicy,
     Timeout,
     invalid_ids,
@@ -44,6 +56,11 @@ __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
 DEFAULT_CONCURRENCY = 32
 BATCH_SIZE = 10_000
+# ids=None: listing pages asked for, and how many may wait in the feed before the
+# listing pauses (a page is drained in well under a second at usual concurrency, so
+# three pages keep the workers fed across a slow listing page without hoarding ids).
+LISTING_PAGE_SIZE = 1000
+LISTING_PAGES_AHEAD = 3
 
 TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
 
@@ -147,6 +164,12 @@ class _Collector:
         if len(self.ids) >= BATCH_SIZE:
             self.flush()
 
+    def expect(self, more: int) -> None:
+        """``more`` rows are on their way (a listing page): grow the bar's total."""
+        if self._bar is not None and more:
+            self._bar.total = (self._bar.total or 0) + more
+            self._bar.refresh()
+
     def _flush_bar(self, now: float) -> None:
         self._bar.update(self._pending_bar)
         self._bar.set_postfix(self.counts, refresh=False)
@@ -184,7 +207,7 @@ class _Collector:
         return frame
 
 
-def _progress_bar(progress: bool | None, total: int, api: str = "v1") -> Any:
+def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> Any:
     if progress is None:
         progress = _someone_watching()
     if not progress:
@@ -258,24 +281,7 @@ async def fetch_images_async(
         if not callable(find):
             raise ConfigError("endpoint is required (or pass a KeystoneToken, which finds it)")
         endpoint = await find()
-    if ids is None:  # the whole cloud: every image the token may list
-        from imgframe.listing import list_image_ids_async
-
-        async def listed(listing_api: Literal["v1", "v2"]) -> list[str]:
-            return [
-                i
-                async for i in list_image_ids_async(
-                    endpoint=endpoint, token=source, api=listing_api
-                )
-            ]
-
-        try:
-            ids = await listed("v2" if api == "v2" else "v1")
-        except NoV1ApiError:
-            if api != "auto":
-                raise
-            ids = await listed("v2")
-    requested = normalize_ids(ids)
+    requested = None if ids is None else normalize_ids(ids)
     fetcher = HeadFetcher(
         endpoint,
         source,
@@ -287,8 +293,27 @@ async def fetch_images_async(
         adaptive=adaptive,
         api=api,
     )
-    collector = _Collector(_progress_bar(progress, len(requested), api))
+    if requested is None:  # the whole cloud: every image the token may list
+        collector = _Collector(_progress_bar(progress, None, api))
+        pages = _listed_pages(
+            fetcher,
+            collector,
+            endpoint=endpoint,
+            tokens=source,
+            api=api,
+            verify=verify,
+            timeout=timeout,
+            retries=retries,
+        )
+        try:
+            await fetcher.run(IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD), collector.add)
+        finally:
+            collector.close()
+        frame = collector.frame()
+        collector.problems.warn(stacklevel=2)
+        return frame
 
+    collector = _Collector(_progress_bar(progress, len(requested), api))
     invalid = invalid_ids(requested)
     for position in np.flatnonzero(invalid).tolist():  # never sent: the row says why
         collector.add(FetchResult(position, requested[position], None, None, INVALID_ID, 0))
@@ -301,6 +326,60 @@ async def fetch_images_async(
     frame = collector.frame()
     collector.problems.warn(stacklevel=2)
     return frame
+
+
+async def _listed_pages(
+    fetcher: HeadFetcher,
+    collector: _Collector,
+    *,
+    endpoint: str,
+    tokens: TokenSource,
+    api: str,
+    verify: bool | str,
+    timeout: float | Timeout,
+    retries: int | RetryPolicy,
+) -> AsyncIterator[Iterable[tuple[int, str]]]:
+    """Each listing page as the ``(position, image_id)`` pairs to send, in listing order.
+
+    Invalid ids become their rows here and are not sent. With ``api="auto"`` a v1
+    listing answering 300 switches the listing and ``fetcher`` to v2 before any id.
+    """
+    from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
+
+    listing_api = "v2" if api == "v2" else "v1"
+    position = 0
+    while True:
+        # Listed ids are taken as sent (not stripped): the listing dedupes them, and an
+        # id with spaces is invalid and reported as such rather than silently changed.
+        pages = _Lister(
+            endpoint,
+            tokens,
+            api=listing_api,
+            page_size=LISTING_PAGE_SIZE,
+            verify=verify,
+            include_deleted=False,
+            timeout=timeout,
+            retries=retries,
+            max_pages=DEFAULT_MAX_PAGES,
+        ).pages()
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    invalid = invalid_ids(page)
+                    collector.expect(len(page))
+                    for index in np.flatnonzero(invalid).tolist():
+                        collector.add(
+                            FetchResult(position + index, page[index], None, None, INVALID_ID, 0)
+                        )
+                    numbered = zip(itertools.count(position), page, strict=False)
+                    position += len(page)
+                    yield itertools.compress(numbered, (~invalid).tolist())
+            return
+        except NoV1ApiError:
+            if api != "auto" or listing_api == "v2" or position:
+                raise
+            listing_api = "v2"
+            fetcher.use_v2("its v1 listing answered 300")
 
 
 def fetch_images(
@@ -319,7 +398,9 @@ def fetch_images(
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
-    ``ids`` None lists every image the token may see first (:func:`imgframe.list_image_ids`).
+    ``ids`` None fetches every image the token may list (:func:`imgframe.list_image_ids`),
+    streaming the listing into the fetch; the rows are in listing order (newest first).
+    A listing that fails midway raises its error and returns no rows.
     ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
     from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
     is a string, a :class:`~imgframe.auth.TokenSource` or a function returning a token;

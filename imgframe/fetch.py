@@ -12,6 +12,13 @@ keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
 ``ClientSession`` reuses keep-alive connections; retries back off exponentially with
 jitter and honour ``Retry-After``.
 
+Where the ids come from: a sync iterable that all workers share (the fast path: no
+queue, no hand-off per id), or an :class:`IdFeed` filled page by page from an async
+source such as a listing while the workers already send requests. The workers drain a
+feed's pages with the same shared sync iteration and wait only when no page is left;
+the feed holds at most ``max_pages_ahead`` pages nobody has started, so a fast listing
+never runs far ahead of a slow fetch.
+
 Throttling (issue 5), both shared by all workers of one fetcher, i.e. per endpoint:
 
 - ``max_rps`` caps the request rate with :class:`_Pacer`, which gives each request the
@@ -36,7 +43,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -50,12 +57,13 @@ import pyarrow.compute as pc
 from yarl import URL
 
 from imgframe.auth import TokenSource
-from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.errors import AuthError, ConfigError, ImgframeError, NoV1ApiError
 from imgframe.parse import v2_header_pairs
 
 __all__ = [
     "FetchResult",
     "HeadFetcher",
+    "IdFeed",
     "RetryPolicy",
     "Timeout",
     "image_id_problem",
@@ -255,6 +263,98 @@ def _reason(status: int) -> str:
         return ""
 
 
+class IdFeed:
+    """``(position, image_id)`` pages from an async source, for :meth:`HeadFetcher.run`.
+
+    The run starts :meth:`fill` as one more task next to its workers: it appends each
+    page the source yields and wakes the idle workers. A worker iterates the current
+    page (one iterator shared by all, as for a list), takes the next page when it is
+    exhausted and waits only when none is left; all of them return once the source is
+    done and every page drained. ``fill`` waits while ``max_pages_ahead`` pages are
+    queued and not yet started, so the source is never more than that many pages, plus
+    the one being drained and the one it is producing, ahead of the requests. An error
+    in the source ends the run with that error (the run's task group cancels the
+    workers); cancelling the run cancels ``fill``, which closes the source.
+
+    Examples
+    --------
+    >>> async def pages():
+    ...     yield [(0, "a"), (1, "b")]
+    ...     yield [(2, "c")]
+    >>> async def drain(feed: IdFeed) -> list[str]:
+    ...     filling = asyncio.create_task(feed.fill())
+    ...     ids, page = [], feed.current
+    ...     while page is not None:
+    ...         ids += [image_id for _, image_id in page]
+    ...         page = await feed.next_page(page)
+    ...     await filling
+    ...     return ids
+    >>> asyncio.run(drain(IdFeed(pages())))
+    ['a', 'b', 'c']
+    """
+
+    def __init__(
+        self, pages: AsyncIterable[Iterable[tuple[int, str]]], *, max_pages_ahead: int = 3
+    ) -> None:
+        if not isinstance(max_pages_ahead, int) or max_pages_ahead < 1:
+            raise ConfigError(f"max_pages_ahead must be an integer >= 1, got {max_pages_ahead!r}")
+        self._pages = pages
+        self.max_pages_ahead = max_pages_ahead
+        #: The page the workers are draining now (shared: each item goes to one worker).
+        self.current: Iterator[tuple[int, str]] = iter(())
+        self._queued: deque[Iterator[tuple[int, str]]] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+        self._room: asyncio.Future[None] | None = None
+        self._done = False
+        #: Pages received from the source so far.
+        self.pages_received = 0
+
+    async def fill(self) -> None:
+        """Move the source's pages into the feed, pausing while it is full."""
+        loop = asyncio.get_running_loop()
+        pages = self._pages
+        try:
+            async for page in pages:
+                while len(self._queued) >= self.max_pages_ahead:
+                    self._room = loop.create_future()
+                    await self._room
+                self._queued.append(iter(page))
+                self.pages_received += 1
+                self._wake_idle()
+            self._done = True
+            self._wake_idle()
+        finally:
+            # Closes a listing's session whether it ended, failed or was cancelled.
+            aclose = getattr(pages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def next_page(
+        self, finished: Iterator[tuple[int, str]]
+    ) -> Iterator[tuple[int, str]] | None:
+        """The page to drain after ``finished`` is exhausted; None when all are done."""
+        while True:
+            if self.current is not finished:  # another worker already moved on
+                return self.current
+            if self._queued:
+                self.current = self._queued.popleft()
+                room = self._room
+                if room is not None and not room.done():
+                    room.set_result(None)
+                return self.current
+            if self._done:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            await waiter
+
+    def _wake_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for waiter in idle:
+            if not waiter.done():  # skip workers cancelled while waiting
+                waiter.set_result(None)
+
+
 class HeadFetcher:
     """HEADs many image ids concurrently and reports one :class:`FetchResult` each.
 
@@ -330,15 +430,25 @@ class HeadFetcher:
         """How many requests may be in flight now (``concurrency`` unless throttled)."""
         return self.concurrency if self._gate is None else self._gate.limit
 
+    def use_v2(self, why: str) -> None:
+        """Send ``GET /v2/images/{id}`` from now on (``api="auto"`` found no v1)."""
+        if self.api != "auto":
+            raise ConfigError(f"only api='auto' may switch to v2, this fetcher has {self.api!r}")
+        if not self.using_v2:
+            self.using_v2 = True
+            logger.info("%s has no Glance v1 API (%s): using v2", self.endpoint, why)
+
     async def run(
         self,
-        items: Iterable[tuple[int, str]],
+        items: Iterable[tuple[int, str]] | IdFeed,
         on_result: Callable[[FetchResult], Any],
     ) -> None:
         """HEAD each ``(position, image_id)`` and call ``on_result`` once per item.
 
-        Raises :class:`~imgframe.NoV1ApiError` on a 300 answer and
-        :class:`~imgframe.AuthError` when no first token can be had.
+        ``items`` is a sync iterable, or an :class:`IdFeed` whose source is read while
+        the requests go out. Raises :class:`~imgframe.NoV1ApiError` on a 300 answer,
+        :class:`~imgframe.AuthError` when no first token can be had, and whatever
+        error a feed's source raises (nothing is reported for the items not yet done).
         """
         self._refresh_lock = asyncio.Lock()
         try:
@@ -363,8 +473,10 @@ class HeadFetcher:
         )
         # The workers share one iterator: the event loop runs one task at a time, so each
         # item goes to exactly one worker, and a worker pulls the next id only when it is
-        # free -- a queue with no producer task and no hand-off per id.
-        shared = iter(items)
+        # free -- a queue with no producer task and no hand-off per id. A feed hands out
+        # one such iterator per page.
+        feed = items if isinstance(items, IdFeed) else None
+        shared = items.current if feed is not None else iter(items)
         watchdog = _Watchdog(self.concurrency, self.timeout.total)
         # None when off, so that the unthrottled path pays one `is not None` test each.
         pacer = None if self.max_rps is None else _Pacer(self.max_rps)
@@ -376,18 +488,25 @@ class HeadFetcher:
 
         async def work(slot: int) -> None:
             watchdog.tasks[slot] = asyncio.current_task()  # type: ignore[assignment]
-            for position, image_id in shared:
-                on_result(
-                    await self._fetch_one(session, watchdog, gate, pacer, slot, position, image_id)
-                )
+            page: Iterator[tuple[int, str]] | None = shared
+            while page is not None:
+                for position, image_id in page:
+                    on_result(
+                        await self._fetch_one(
+                            session, watchdog, gate, pacer, slot, position, image_id
+                        )
+                    )
+                page = None if feed is None else await feed.next_page(page)
 
         watching = asyncio.create_task(watchdog.watch())
         renewing = asyncio.create_task(self._keep_token_fresh())
         try:
             async with asyncio.TaskGroup() as group:
+                if feed is not None:
+                    group.create_task(feed.fill())
                 for slot in range(self.concurrency):
                     group.create_task(work(slot))
-        except* FetchError as errors:
+        except* ImgframeError as errors:
             raise errors.exceptions[0] from None
         finally:
             watching.cancel()

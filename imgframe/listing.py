@@ -14,6 +14,22 @@ Paging rules, and why:
 * A marker (or v2 ``next`` link) seen before means the server is going round in circles:
   :class:`~imgframe.FetchError`, never an endless loop. ``max_pages`` bounds the rest.
 * An id listed twice (the fleet changed between pages) is yielded once.
+
+Killed images and v1's ``changes-since`` (Glance Queens, read from its source):
+the v1 API passes on only its ``SUPPORTED_FILTERS`` (``glance/api/v1/__init__.py``;
+``deleted`` is not one of them, so ``deleted=true`` is silently dropped). The registry
+(``glance/registry/api/v1/images.py`` ``Controller._get_filters``) then sets
+``deleted=False`` unless ``changes-since`` was given, and the database
+(``glance/db/sqlalchemy/api.py`` ``_make_conditions_from_filters``) answers
+``deleted=False`` with "not deleted **and status is not killed**". So a default v1
+listing hides killed images -- exactly the broken uploads an audit looks for -- and a
+``status=killed`` filter does not bring them back (it is ANDed with that rule). Only
+``changes-since`` skips both conditions: it lists killed *and* deleted images (also a
+project token's own and public deleted ones). imgframe therefore always lists v1 with
+``changes-since=1970-01-01T00:00:00`` and drops the images whose detail says
+``"deleted": true`` on the client, unless ``include_deleted=True``. The marker is still
+the last id of the raw page, deleted or not (Glance looks markers up with
+``force_show_deleted`` when ``changes-since`` is set).
 """
 
 from __future__ import annotations
@@ -64,12 +80,14 @@ async def list_image_ids_async(
     ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``); ``token`` is what
     :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``); a 401 asks the
     token source for a fresh token once per page. ``api="v1"`` pages ``/v1/images/detail``
-    with ``is_public=None``, without which Glance v1 shows an admin only public images;
-    ``api="v2"`` follows ``/v2/images`` ``next`` links (v2's default listing: public,
-    own and shared images; never deleted ones). ``page_size`` is the ``limit`` asked for
-    (the server may clamp it). ``include_deleted`` (v1, admin tokens) also lists
-    soft-deleted images. Transient failures (429, 5xx, timeouts) are retried like
-    :func:`imgframe.fetch_images` does.
+    with ``is_public=None``, without which Glance v1 shows an admin only public images,
+    and ``changes-since``, without which it hides killed images (see the module
+    docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links (v2's default
+    listing: public, own and shared images; never deleted ones). ``page_size`` is the
+    ``limit`` asked for (the server may clamp it). ``include_deleted`` (v1) also lists
+    soft-deleted images: all of them for an admin, a project's own and public ones for
+    a project token (whose HEADs of them then answer 404). Transient failures (429,
+    5xx, timeouts) are retried like :func:`imgframe.fetch_images` does.
 
     Raises :class:`~imgframe.NoV1ApiError` when v1 answers 300, :class:`~imgframe.AuthError`
     when the token is rejected and cannot be refreshed, and :class:`~imgframe.FetchError`
@@ -154,10 +172,16 @@ def list_image_ids(
     return result
 
 
+# v1 listings ask for everything changed since the epoch: the only way Glance v1 lists
+# killed images (module docstring). Deleted ones come too and are dropped client-side.
+V1_CHANGES_SINCE = "1970-01-01T00:00:00"
+
+
 @dataclass(frozen=True, slots=True)
 class _Page:
     ids: list[str]
     next_path: str | None  # v2 only: the server's ``next`` link
+    deleted: frozenset[str] = frozenset()  # v1 detail: ids whose "deleted" is true
 
 
 class _Lister:
@@ -204,6 +228,14 @@ class _Lister:
         self._pages = 0
 
     async def ids(self) -> AsyncIterator[str]:
+        pages = self.pages()
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for image_id in page:
+                    yield image_id
+
+    async def pages(self) -> AsyncIterator[list[str]]:
+        """The ids of each page not listed before (never an empty list), page by page."""
         try:
             self._token = await self._tokens.token()
         except AuthError:
@@ -220,38 +252,33 @@ class _Lister:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         async with session:
-            if self.api == "v2":
-                passes = [self._v2_pages(session)]
-            else:
-                # Glance v1 reads deleted=true as "only deleted ones" (the emulator as
-                # "deleted ones too"): a second pass is right for both.
-                passes = [self._v1_pages(session, deleted=False)]
-                if self.include_deleted:
-                    passes.append(self._v1_pages(session, deleted=True))
-            for pages in passes:
-                async with contextlib.aclosing(pages):
-                    async for page in pages:
-                        for image_id in page:
-                            if image_id not in seen:
-                                seen.add(image_id)
-                                yield image_id
+            pages = self._v2_pages(session) if self.api == "v2" else self._v1_pages(session)
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    fresh = [i for i in dict.fromkeys(page) if i not in seen]
+                    if fresh:
+                        seen.update(fresh)
+                        yield fresh
 
-    async def _v1_pages(
-        self, session: aiohttp.ClientSession, *, deleted: bool
-    ) -> AsyncIterator[list[str]]:
+    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncIterator[list[str]]:
         # is_public=None: without it Glance v1 lists only public images to an admin
         # (registry _get_is_public); other tokens see their own, shared and public
-        # images either way.
-        params = {"is_public": "None", "limit": str(self.page_size)}
-        if deleted:
-            params["deleted"] = "true"
+        # images either way. changes-since: see V1_CHANGES_SINCE.
+        params = {
+            "is_public": "None",
+            "changes-since": V1_CHANGES_SINCE,
+            "limit": str(self.page_size),
+        }
         markers: set[str] = set()
         while True:
             page = await self._get(session, "/v1/images/detail?" + urlencode(params))
-            if not page.ids:
+            if not page.ids:  # only an empty raw page ends it, not one of deleted images
                 return
-            yield page.ids
-            marker = page.ids[-1]
+            if page.deleted and not self.include_deleted:
+                yield [i for i in page.ids if i not in page.deleted]
+            else:
+                yield page.ids
+            marker = page.ids[-1]  # deleted or not: the server pages by the raw listing
             if marker in markers:
                 raise FetchError(
                     f"{self.endpoint} repeated the page ending at marker {marker!r}: "
@@ -368,7 +395,16 @@ class _Lister:
         next_path = None
         if self.api == "v2" and ids:  # an empty page ends the listing whatever it links to
             next_path = self._next_path(url, document.get("next"))
-        return _Page(ids, next_path)
+        deleted: frozenset[str] = frozenset()
+        if self.api == "v1":
+            # Glance v1's detail sends "deleted" as a JSON boolean for every image; a
+            # missing flag (a summary listing, another server) counts as not deleted.
+            deleted = frozenset(
+                image["id"]
+                for image in images
+                if isinstance(image, dict) and image.get("deleted") is True
+            )
+        return _Page(ids, next_path, deleted)
 
     def _next_path(self, url: str, link: object) -> str | None:
         if link is None:

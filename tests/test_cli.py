@@ -64,6 +64,19 @@ def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, 
         assert [r["id"] for r in json.loads(out.read_text())] == ids
 
 
+def test_fetch_all_lists_the_cloud_and_fetches_every_image(fleet, emulator, tmp_path) -> None:
+    out = tmp_path / "cloud.csv"
+    result = run(
+        "fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    listed = {i.id for i in fleet.images if not i.deleted}
+    assert set(pd.read_csv(out)["id"]) == listed
+    assert f"{len(listed)} image ids: {len(listed)} fetched" in result.stderr
+    both = run("fetch", "--all", "x", "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    assert both.returncode != 0 and "--all" in both.stderr
+
+
 def test_fetch_reads_ids_from_file_and_stdin(fleet, emulator, tmp_path) -> None:
     ids = [i.id for i in fleet.images[:4]]
     ids_file = tmp_path / "ids.txt"
@@ -255,16 +268,6 @@ def test_audit_of_a_csv_that_is_not_an_images_table_is_one_line(tmp_path) -> Non
     bogus.write_text("a,b\n1,2\n")
     result = run("audit", str(bogus))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-
-
-def test_fetch_all_lists_then_fetches_every_image(fleet, emulator, tmp_path) -> None:
-    out = tmp_path / "all.csv"
-    result = run(
-        "fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out)
-    )
-    assert result.returncode == 0, result.stderr
-    listed = {i.id for i in fleet.images if not i.deleted}
-    assert set(pd.read_csv(out)["id"]) == listed
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> None:

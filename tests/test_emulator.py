@@ -397,9 +397,15 @@ def test_versions_document_is_served_at_the_root(emulator: GlanceEmulator) -> No
 # --- listing ----------------------------------------------------------------------------
 
 
-def list_all(emu: GlanceEmulator, token: str, limit: int, path: str = "/v1/images") -> list[dict]:
+def list_all(
+    emu: GlanceEmulator,
+    token: str,
+    limit: int,
+    path: str = "/v1/images",
+    query: dict[str, str] | None = None,
+) -> list[dict]:
     images: list[dict] = []
-    params: dict[str, str | int] = {"limit": limit}
+    params: dict[str, str | int] = {"limit": limit, **(query or {})}
     with requests.Session() as session:
         while True:
             response = session.get(
@@ -422,20 +428,78 @@ def test_listing_pages_cover_every_visible_id_exactly_once(
     project = fleet.projects[1]
     token = emulator.issue_token(project)
     listed = [image["id"] for image in list_all(emulator, token, limit)]
-    visible = {i.id for i in fleet.images if not i.deleted and (i.is_public or i.owner == project)}
+    visible = {
+        i.id
+        for i in fleet.images
+        if not i.deleted and i.status != "killed" and (i.is_public or i.owner == project)
+    }
     assert len(listed) == len(set(listed))
     assert set(listed) == visible
 
 
-def test_listing_is_newest_first_and_excludes_deleted(
+def test_listing_is_newest_first_and_excludes_deleted_and_killed_images(
     emulator: GlanceEmulator, fleet: Fleet
 ) -> None:
     listed = list_all(emulator, ADMIN_TOKEN, 40, "/v1/images/detail")
     by_id = fleet.by_id()
     keys = [(by_id[image["id"]].created_at, image["id"]) for image in listed]
     assert keys == sorted(keys, reverse=True)
-    assert {image["id"] for image in listed} == {i.id for i in fleet.images if not i.deleted}
+    assert {image["id"] for image in listed} == {
+        i.id for i in fleet.images if not i.deleted and i.status != "killed"
+    }
+    assert any(i.status == "killed" for i in fleet.images)  # so that hiding them is tested
     assert {"properties", "is_public", "protected", "owner"} <= set(listed[0])
+
+
+def test_changes_since_lists_killed_and_deleted_images_too(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    since = {"changes-since": "1970-01-01T00:00:00"}
+    listed = list_all(emulator, ADMIN_TOKEN, 70, "/v1/images/detail", since)
+    assert [image["id"] for image in listed] == [
+        image["id"] for image in list_all(emulator, ADMIN_TOKEN, 1000, "/v1/images/detail", since)
+    ]  # deleted markers page on like the others
+    assert {image["id"] for image in listed} == {i.id for i in fleet.images}
+    assert any(image["deleted"] for image in listed)
+    assert any(image["status"] == "killed" and not image["deleted"] for image in listed)
+
+
+def test_changes_since_lists_the_images_updated_after_it(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    cut = sorted(image.updated_at for image in fleet.images)[len(fleet.images) // 2]
+    listed = list_all(
+        emulator, ADMIN_TOKEN, 100, "/v1/images/detail", {"changes-since": cut.isoformat() + "Z"}
+    )
+    assert {image["id"] for image in listed} == {i.id for i in fleet.images if i.updated_at > cut}
+
+
+def test_changes_since_shows_a_project_token_its_own_deleted_images(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    project = fleet.projects[0]
+    token = emulator.issue_token(project)
+    since = {"changes-since": "1970-01-01T00:00:00"}
+    listed = {image["id"] for image in list_all(emulator, token, 100, "/v1/images", since)}
+    assert listed == {i.id for i in fleet.images if i.is_public or i.owner == project}
+    assert any(i.deleted and i.owner == project for i in fleet.images if i.id in listed)
+
+
+def test_the_deleted_parameter_is_ignored_as_glance_v1s_api_drops_it(
+    emulator: GlanceEmulator,
+) -> None:
+    plain = list_all(emulator, ADMIN_TOKEN, 500)
+    assert list_all(emulator, ADMIN_TOKEN, 500, query={"deleted": "true"}) == plain
+
+
+def test_a_bad_changes_since_is_a_400(emulator: GlanceEmulator) -> None:
+    response = requests.get(
+        f"{emulator.url}/v1/images",
+        params={"changes-since": "last tuesday"},
+        headers=ADMIN,
+        timeout=5,
+    )
+    assert response.status_code == 400 and b"changes-since" in response.content
 
 
 def test_listing_limit_is_clamped_to_api_limit_max(fleet: Fleet) -> None:

@@ -99,13 +99,69 @@ def test_include_deleted_lists_soft_deleted_images_for_an_admin(
     assert set(ids) == {image.id for image in fleet.images}
 
 
-def test_include_deleted_shows_a_project_token_no_deleted_images(
+def test_include_deleted_shows_a_project_token_the_deleted_images_it_can_see(
     emulator: GlanceEmulator, fleet: Fleet
 ) -> None:
+    # Glance v1's changes-since listing applies visibility, not the deleted flag.
     project = fleet.projects[1]
     token = emulator.issue_token(project)
     ids = list_image_ids(endpoint=emulator.url, token=token, page_size=300, include_deleted=True)
-    assert set(ids) == visible_to(fleet, project)
+    assert set(ids) == {i.id for i in fleet.images if i.is_public or i.owner == project}
+    assert set(ids) > visible_to(fleet, project)
+
+
+# --- killed images (hidden by a default Glance v1 listing) ------------------------------
+
+
+def killed_ids(fleet: Fleet) -> set[str]:
+    return {image.id for image in fleet.images if image.status == "killed"}
+
+
+def test_v1_listing_includes_killed_images_and_excludes_deleted_ones(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    ids = list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, page_size=90)
+    assert killed_ids(fleet) and killed_ids(fleet) <= set(ids)
+    assert not any(image.deleted for image in fleet.images if image.id in set(ids))
+    assert set(ids) == live_ids(fleet) and len(ids) == len(set(ids))
+
+
+def test_v1_listing_with_include_deleted_has_killed_and_deleted_images(
+    emulator: GlanceEmulator, fleet: Fleet
+) -> None:
+    ids = set(
+        list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, page_size=90, include_deleted=True)
+    )
+    assert killed_ids(fleet) <= ids
+    assert {image.id for image in fleet.images if image.deleted} <= ids
+
+
+def test_a_page_of_deleted_images_only_does_not_end_the_v1_listing() -> None:
+    pages = {
+        None: [{"id": "a", "deleted": False}, {"id": "b", "deleted": True}],
+        "b": [{"id": "c", "deleted": True}],
+        "c": [{"id": "d", "deleted": False, "status": "killed"}],
+        "d": [],
+    }
+
+    async def listing(request: web.Request) -> web.Response:
+        assert request.query["changes-since"] == "1970-01-01T00:00:00"
+        return web.json_response({"images": pages[request.query.get("marker")]})
+
+    result, seen = run_against(listing, api="v1")
+    assert result == ["a", "d"] and len(seen) == 4
+    result, _ = run_against(listing, api="v1", include_deleted=True)
+    assert result == ["a", "b", "c", "d"]
+
+
+def test_broken_audit_finds_killed_images_of_a_listed_cloud(fleet: Fleet) -> None:
+    import imgframe
+    from imgframe.audits import broken
+
+    with GlanceEmulator(fleet) as emu:
+        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
+    problems = broken(df)
+    assert set(problems.index[problems["problem"] == "killed"]) == killed_ids(fleet)
 
 
 def test_include_deleted_with_v2_is_refused(emulator: GlanceEmulator) -> None:

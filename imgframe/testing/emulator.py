@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
@@ -173,6 +173,11 @@ class Faults:
     worth (at least 1), counts every request on arrival, whatever its path; a request
     that finds it empty is answered 429 (after ``latency``) and uses no token.
 
+    ``list_fail_from`` is the other one, for a listing that breaks midway: counting the
+    listing requests (``GET /v1/images[/detail]``, ``GET /v2/images``) since the start
+    or :meth:`GlanceEmulator.reset_log`, request number ``list_fail_from`` and every
+    later one (retries included) are answered ``list_fail_status`` (after ``latency``).
+
     Examples
     --------
     >>> faults = Faults(transient_rate=0.5, seed=1)
@@ -193,6 +198,8 @@ class Faults:
     malformed_rate: float = 0.0
     no_v1: bool = False
     rate_limit: float | None = None
+    list_fail_from: int | None = None
+    list_fail_status: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -210,6 +217,8 @@ class Faults:
             raise ValueError(f"latency must be >= 0 (and low <= high), got {self.latency}")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 requests/s or None, got {self.rate_limit}")
+        if self.list_fail_from is not None and self.list_fail_from < 1:
+            raise ValueError(f"list_fail_from must be >= 1 or None, got {self.list_fail_from}")
 
     @property
     def has_image_faults(self) -> bool:
@@ -494,12 +503,15 @@ class GlanceEmulator:
     ``api_limit_max``) and ``marker`` (the last id of the previous page; unknown or
     invisible -> 400). Like real v1 the body is only ``{"images": [...]}`` with no
     ``next`` link: a client asks for the next page with the last id as marker until it
-    gets an empty page. Deleted images are listed only for admins passing
-    ``deleted=true``. ``GET /v2/images`` lists the same images in the same order like
-    Glance v2: the same ``limit`` and ``marker`` rules, the body
-    ``{"images", "first", "schema"}`` plus ``next`` (the query with the last id as
-    ``marker``) when the page is full, so more may follow; deleted images are never
-    listed in v2. Faults apply to ``HEAD /v1/images/{id}``; ``latency`` also to lists.
+    gets an empty page. Like Glance v1 (Queens) the default listing hides deleted *and
+    killed* images, and ``changes-since=<ISO time>`` lists the images updated after it,
+    deleted and killed ones included (seen by the same visibility rules as the rest);
+    a ``deleted`` parameter is ignored, as Glance's v1 API drops it. ``GET /v2/images``
+    lists the same images in the same order like Glance v2: the same ``limit`` and
+    ``marker`` rules, the body ``{"images", "first", "schema"}`` plus ``next`` (the
+    query with the last id as ``marker``) when the page is full, so more may follow;
+    deleted images are never listed in v2. Faults apply to ``HEAD /v1/images/{id}``;
+    ``latency`` also to lists.
 
     Examples
     --------
@@ -537,6 +549,7 @@ class GlanceEmulator:
             self._tokens[value] = _TokenState(token)
         self._issued = 0
         self._bucket: _TokenBucket | None = None  # made on first use, for Faults.rate_limit
+        self._list_requests = 0  # for Faults.list_fail_from
         self._log: list[tuple[float, str, str, str | None, int, str | None]] = []
         self._attempts: dict[str, int] = {}
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
@@ -703,6 +716,7 @@ class GlanceEmulator:
         which re-arms transient faults)."""
         with self._lock:
             self._log.clear()
+            self._list_requests = 0
             if attempts:
                 self._attempts.clear()
 
@@ -813,6 +827,8 @@ class GlanceEmulator:
                 return web.Response(status=405, headers={"Allow": "GET, HEAD"})
             if self.faults.latency:
                 await asyncio.sleep(self.faults.delay(path, 0))
+            if self._listing_fails():
+                return _error(self.faults.list_fail_status, "Listing failed.", is_head)
             who = self._authenticate(token)
             if who is None:
                 return _error(401, "This server could not verify that you are authorized.", is_head)
@@ -827,10 +843,20 @@ class GlanceEmulator:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if self.faults.latency:
             await asyncio.sleep(self.faults.delay(path, 0))
+        if self._listing_fails():
+            return _error(self.faults.list_fail_status, "Listing failed.", is_head)
         who = self._authenticate(token)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
         return self._list(request, who, detail=path.rstrip("/").endswith("/detail"))
+
+    def _listing_fails(self) -> bool:
+        """Count this listing request; True when Faults.list_fail_from says it fails."""
+        with self._lock:
+            self._list_requests += 1
+            number = self._list_requests
+        fail_from = self.faults.list_fail_from
+        return fail_from is not None and number >= fail_from
 
     async def _image_v2(
         self, request: web.BaseRequest, image_id: str, token: str | None
@@ -851,10 +877,16 @@ class GlanceEmulator:
         return _body(200, json.dumps(_v2_image(image)).encode(), _JSON)
 
     def _page(
-        self, request: web.BaseRequest, who: Token, show_deleted: bool, bad_marker: str
+        self,
+        request: web.BaseRequest,
+        who: Token,
+        show_deleted: bool,
+        bad_marker: str,
+        keep: Callable[[FleetImage], bool] | None = None,
     ) -> tuple[list[FleetImage], int] | web.Response:
         """One listing page (v1 and v2 page alike): the images and the clamped limit, or
-        the 400 answer for a bad ``limit`` or ``marker``."""
+        the 400 answer for a bad ``limit`` or ``marker``. ``keep`` filters the listed
+        images further; a marker need only be visible (Glance looks it up by id)."""
         is_head = request.method == "HEAD"
         query = request.query
         try:
@@ -876,15 +908,34 @@ class GlanceEmulator:
         # Index, not a slice: slicing would copy up to a million references per page.
         for index in range(start, len(ordered) if limit else start):
             image = ordered[index]
-            if _listable(image, who, show_deleted):
+            if _listable(image, who, show_deleted) and (keep is None or keep(image)):
                 page.append(image)
                 if len(page) >= limit:
                     break
         return page, limit
 
     def _list(self, request: web.BaseRequest, who: Token, *, detail: bool) -> web.Response:
-        show_deleted = who.admin and request.query.get("deleted", "").lower() == "true"
-        found = self._page(request, who, show_deleted, "marker not found")
+        # Glance v1 (Queens): the API drops a ``deleted`` parameter (not one of its
+        # SUPPORTED_FILTERS); the registry then filters deleted=False, which the database
+        # reads as "not deleted and not killed", unless ``changes-since`` is given, which
+        # lists everything updated after it, deleted and killed images included.
+        keep: Callable[[FleetImage], bool]
+        since_text = request.query.get("changes-since")
+        if since_text is None:
+            show_deleted = False
+
+            def keep(image: FleetImage) -> bool:
+                return image.status != "killed"
+        else:
+            since = _parse_changes_since(since_text)
+            if since is None:
+                return _error(400, "Unrecognized changes-since value", request.method == "HEAD")
+            show_deleted = True
+
+            def keep(image: FleetImage) -> bool:
+                return image.updated_at > since
+
+        found = self._page(request, who, show_deleted, "marker not found", keep)
         if isinstance(found, web.StreamResponse):
             return found
         render = _detail if detail else _summary
@@ -946,9 +997,28 @@ def _visible(image: FleetImage, who: Token) -> bool:
 
 
 def _listable(image: FleetImage, who: Token, show_deleted: bool) -> bool:
-    if image.deleted:
-        return show_deleted
+    if image.deleted and not show_deleted:
+        return False
     return who.admin or image.is_public or image.owner == who.project_id
+
+
+def _parse_changes_since(text: str) -> datetime | None:
+    """A ``changes-since`` value as naive UTC (how the fleet keeps time), None if bad.
+
+    Examples
+    --------
+    >>> _parse_changes_since("1970-01-01T00:00:00Z")
+    datetime.datetime(1970, 1, 1, 0, 0)
+    >>> _parse_changes_since("yesterday") is None
+    True
+    """
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when
 
 
 # --- foreground helpers (CLI, benchmarks) -----------------------------------------------
