@@ -26,7 +26,14 @@ from imgframe.audits import (
     stale,
     unregister_rule,
 )
-from imgframe.auth import CallableToken, KeystoneToken, StaticToken, TokenSource
+from imgframe.auth import (
+    CallableToken,
+    HuaweiAkSk,
+    KeystoneToken,
+    RequestSigner,
+    StaticToken,
+    TokenSource,
+)
 from imgframe.errors import (
     AuthError,
     ConfigError,
@@ -54,12 +61,14 @@ __all__ = [
     "CallableToken",
     "ConfigError",
     "FetchError",
+    "HuaweiAkSk",
     "ImageRecord",
     "ImgframeError",
     "ImgframeParseWarning",
     "InvalidInputError",
     "KeystoneToken",
     "NoV1ApiError",
+    "RequestSigner",
     "RetryPolicy",
     "StaticToken",
     "Timeout",

@@ -14,13 +14,13 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from imgframe.auth import TokenSource, token_source
+from imgframe.auth import TokenArg, token_source
 from imgframe.errors import ConfigError, InvalidInputError, NoV1ApiError
 from imgframe.fetch import (
     APIS,
@@ -44,8 +44,6 @@ __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
 DEFAULT_CONCURRENCY = 32
 BATCH_SIZE = 10_000
-
-TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
 
 
 def normalize_ids(ids: Iterable[Any]) -> list[str]:
@@ -322,8 +320,9 @@ def fetch_images(
     ``ids`` None lists every image the token may see first (:func:`imgframe.list_image_ids`).
     ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
     from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
-    is a string, a :class:`~imgframe.auth.TokenSource` or a function returning a token;
-    None reads ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
+    is a string, a :class:`~imgframe.auth.TokenSource`, a function returning a token, or
+    a :class:`~imgframe.auth.HuaweiAkSk` access key that signs each request; None reads
+    ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
     (raise it for high-latency clouds). ``retries`` counts retries of transient
     failures. ``progress`` None shows a bar only in a notebook or on a terminal.
     ``verify`` is True, False or a CA bundle path. Works inside Jupyter's running event
