@@ -26,7 +26,14 @@ from imgframe.audits import (
     stale,
     unregister_rule,
 )
-from imgframe.auth import CallableToken, KeystoneToken, StaticToken, TokenSource
+from imgframe.auth import (
+    CallableToken,
+    HuaweiAkSk,
+    KeystoneToken,
+    RequestSigner,
+    StaticToken,
+    TokenSource,
+)
 from imgframe.errors import (
     AuthError,
     ConfigError,
@@ -56,12 +63,14 @@ __all__ = [
     "ConfigError",
     "FetchError",
     "FleetWarning",
+    "HuaweiAkSk",
     "ImageRecord",
     "ImgframeError",
     "ImgframeParseWarning",
     "InvalidInputError",
     "KeystoneToken",
     "NoV1ApiError",
+    "RequestSigner",
     "RetryPolicy",
     "StaticToken",
     "Target",

@@ -25,13 +25,13 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from imgframe.auth import TokenSource, token_source
+from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
 from imgframe.errors import ConfigError, InvalidInputError, NoV1ApiError
 from imgframe.fetch import (
     APIS,
@@ -61,8 +61,6 @@ BATCH_SIZE = 10_000
 # three pages keep the workers fed across a slow listing page without hoarding ids).
 LISTING_PAGE_SIZE = 1000
 LISTING_PAGES_AHEAD = 3
-
-TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
 
 
 def normalize_ids(ids: Iterable[Any]) -> list[str]:
@@ -333,7 +331,7 @@ async def _listed_pages(
     collector: _Collector,
     *,
     endpoint: str,
-    tokens: TokenSource,
+    tokens: TokenSource | RequestSigner,
     api: str,
     verify: bool | str,
     timeout: float | Timeout,
@@ -403,8 +401,9 @@ def fetch_images(
     A listing that fails midway raises its error and returns no rows.
     ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
     from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
-    is a string, a :class:`~imgframe.auth.TokenSource` or a function returning a token;
-    None reads ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
+    is a string, a :class:`~imgframe.auth.TokenSource`, a function returning a token, or
+    a :class:`~imgframe.auth.HuaweiAkSk` access key that signs each request; None reads
+    ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
     (raise it for high-latency clouds). ``retries`` counts retries of transient
     failures. ``progress`` None shows a bar only in a notebook or on a terminal.
     ``verify`` is True, False or a CA bundle path. Works inside Jupyter's running event

@@ -8,7 +8,7 @@ One root, a few precise children; each carries what a user needs to act on it
     ├── InvalidInputError (ValueError) the ids argument cannot be read as image ids
     └── FetchError                     the run as a whole could not go on
         ├── NoV1ApiError               the cloud answered 300: Glance v1 is gone (Rocky+)
-        └── AuthError                  no usable token could be had from the token source
+        └── AuthError                  no usable token could be had, or a signature was refused
 
     ImgframeParseWarning (UserWarning) header values that could not be parsed became NA
 
@@ -59,7 +59,7 @@ class NoV1ApiError(FetchError):
 
 
 class AuthError(FetchError):
-    """The token source could not produce a usable token."""
+    """No usable token could be had, or the server refused an access key signature."""
 
 
 class ImgframeParseWarning(UserWarning):

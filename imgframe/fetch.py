@@ -43,10 +43,11 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -56,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from yarl import URL
 
-from imgframe.auth import TokenSource
+from imgframe.auth import RequestSigner, TokenSource
 from imgframe.errors import AuthError, ConfigError, ImgframeError, NoV1ApiError
 from imgframe.parse import v2_header_pairs
 
@@ -84,6 +85,16 @@ _UNSAFE_ID = r"[/\\?#\x{00}-\x{20}\x{7f}-\x{9f}\p{Z}]|\.\.|^\.$"
 MAX_ID_LENGTH = 255
 # RFC 3986 unreserved characters: such an id (every UUID) needs no percent-encoding.
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
+# What a signer adds its headers to: the session's own (User-Agent) are not signed.
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+TOKEN_REJECTED = "HTTP 401 Unauthorized: the token was rejected and could not be refreshed"
+TOKEN_NOT_SENT = "not requested: the token was rejected (401) and the token source had no fresh one"
+SIGNATURE_REJECTED = (
+    "HTTP 401 Unauthorized: the access key signature was rejected (clock skew or wrong key)"
+)
+SIGNATURE_NOT_SENT = (
+    "not requested: the access key signature was rejected (401): clock skew or wrong key"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +369,11 @@ class IdFeed:
 class HeadFetcher:
     """HEADs many image ids concurrently and reports one :class:`FetchResult` each.
 
+    ``tokens`` is a :class:`~imgframe.auth.TokenSource` (an ``X-Auth-Token`` on every
+    request, refreshed once after a 401) or a :class:`~imgframe.auth.RequestSigner`,
+    which signs each request (every retry too) with the exact URL sent; a 401 for a
+    signed request stops the sending, since no fresh signature would do better.
+
     ``max_rps`` caps the requests per second sent to this endpoint (retries included);
     None sends as fast as ``concurrency`` allows. ``adaptive`` lets 429 and 503 answers
     shrink the number of requests in flight (halved, at most once per round of requests)
@@ -374,7 +390,7 @@ class HeadFetcher:
     def __init__(
         self,
         endpoint: str,
-        tokens: TokenSource,
+        tokens: TokenSource | RequestSigner,
         *,
         concurrency: int = 32,
         timeout: Timeout = Timeout(),
@@ -404,7 +420,13 @@ class HeadFetcher:
         #: ``api="v2"``, after the first 300 for /v1 with ``api="auto"``.
         self.using_v2 = api == "v2"
         self._origin = _origin(self.endpoint)
-        self._tokens = tokens
+        # A signer signs each request; a token source gives one header dict per token.
+        self._signer: RequestSigner | None = None
+        self._tokens: TokenSource | None = None
+        if isinstance(tokens, RequestSigner):
+            self._signer = tokens
+        else:
+            self._tokens = tokens
         self.concurrency = concurrency
         self.timeout = timeout
         self.retry = retry
@@ -451,13 +473,14 @@ class HeadFetcher:
         error a feed's source raises (nothing is reported for the items not yet done).
         """
         self._refresh_lock = asyncio.Lock()
-        try:
-            self._token = await self._tokens.token()
-            self._auth = {"X-Auth-Token": self._token}
-        except AuthError:
-            raise
-        except Exception as exc:  # a token source's own failure, translated once here
-            raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
+        if self._tokens is not None:
+            try:
+                self._token = await self._tokens.token()
+                self._auth = {"X-Auth-Token": self._token}
+            except AuthError:
+                raise
+            except Exception as exc:  # a token source's own failure, translated once here
+                raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
         connector = aiohttp.TCPConnector(
             limit=self.concurrency, ssl=self._ssl, ttl_dns_cache=300, enable_cleanup_closed=True
         )
@@ -499,7 +522,10 @@ class HeadFetcher:
                 page = None if feed is None else await feed.next_page(page)
 
         watching = asyncio.create_task(watchdog.watch())
-        renewing = asyncio.create_task(self._keep_token_fresh())
+        # A signer has no token to renew.
+        renewing = (
+            asyncio.create_task(self._keep_token_fresh()) if self._tokens is not None else None
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 if feed is not None:
@@ -510,12 +536,14 @@ class HeadFetcher:
             raise errors.exceptions[0] from None
         finally:
             watching.cancel()
-            renewing.cancel()
+            if renewing is not None:
+                renewing.cancel()
             await session.close()
 
     async def _keep_token_fresh(self, every: float = TOKEN_CHECK_SECONDS) -> None:
         """Ask the token source again now and then, so a source that renews before expiry
         (Keystone) is used before the server says 401; workers never wait for it."""
+        assert self._tokens is not None
         while True:
             await asyncio.sleep(every)
             try:
@@ -536,6 +564,7 @@ class HeadFetcher:
         image_id: str,
     ) -> FetchResult:
         segment = image_id if _UNRESERVED.fullmatch(image_id) else quote(image_id, safe="")
+        signer = self._signer
         attempt = 0
         refreshed = False
         while True:
@@ -545,13 +574,11 @@ class HeadFetcher:
                     image_id,
                     None,
                     None,
-                    "not requested: the token was rejected (401) "
-                    "and the token source had no fresh one",
+                    TOKEN_NOT_SENT if signer is None else SIGNATURE_NOT_SENT,
                     attempt,
                 )
             attempt += 1
             token, auth = self._token, self._auth
-            assert token is not None
             retry_after: float | None = None
             epoch = 0
             if gate is not None:
@@ -572,11 +599,19 @@ class HeadFetcher:
                     self.requests_sent += 1
                     watchdog.arm(slot)
                     v2 = self.using_v2
+                    # encoded=True: yarl sends the string as it is, so a signer signs
+                    # exactly the path on the wire.
                     if v2:  # Glance v2 has no metadata HEAD: GET the image document
-                        url = URL(self._base_v2 + segment, encoded=True)
+                        target = self._base_v2 + segment
+                        if signer is not None:
+                            auth = signer.sign("GET", target, NO_HEADERS)
+                        url = URL(target, encoded=True)
                         request = session.get(url, headers=auth, allow_redirects=False)
                     else:
-                        url = URL(self._base + segment, encoded=True)
+                        target = self._base + segment
+                        if signer is not None:
+                            auth = signer.sign("HEAD", target, NO_HEADERS)
+                        url = URL(target, encoded=True)
                         request = session.head(url, headers=auth, allow_redirects=False)
                     async with request as response:
                         status = response.status
@@ -629,19 +664,18 @@ class HeadFetcher:
                         status=300,
                     )
                 if status == 401:
+                    if signer is not None:  # a new signature would be refused all the same
+                        self._token_dead = True
+                        return FetchResult(
+                            position, image_id, 401, None, SIGNATURE_REJECTED, attempt
+                        )
                     if not refreshed:
                         refreshed = True
+                        assert token is not None
                         if await self._refresh(token):
                             continue
                     self._token_dead = True
-                    return FetchResult(
-                        position,
-                        image_id,
-                        401,
-                        None,
-                        "HTTP 401 Unauthorized: the token was rejected and could not be refreshed",
-                        attempt,
-                    )
+                    return FetchResult(position, image_id, 401, None, TOKEN_REJECTED, attempt)
                 if 300 < status < 400:
                     target = _origin(response.headers.get("Location", ""))
                     where = "another origin" if target != self._origin else "same origin"
@@ -663,7 +697,7 @@ class HeadFetcher:
 
     async def _refresh(self, rejected: str) -> bool:
         """Get a fresh token once for all workers that saw ``rejected`` fail."""
-        assert self._refresh_lock is not None
+        assert self._refresh_lock is not None and self._tokens is not None
         async with self._refresh_lock:
             if self._token != rejected:  # another worker already refreshed it
                 return True

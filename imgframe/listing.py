@@ -37,16 +37,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+from yarl import URL
 
-from imgframe.auth import TokenSource, token_source
+from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
 from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
 from imgframe.fetch import (
+    NO_HEADERS,
+    SIGNATURE_REJECTED,
+    TOKEN_REJECTED,
     USER_AGENT,
     RetryPolicy,
     Timeout,
@@ -58,7 +62,6 @@ from imgframe.fetch import (
 
 __all__ = ["list_image_ids", "list_image_ids_async"]
 
-TokenArg = str | TokenSource | Callable[[], str] | Callable[[], Awaitable[str]] | None
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_MAX_PAGES = 100_000
 
@@ -79,7 +82,9 @@ async def list_image_ids_async(
 
     ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``); ``token`` is what
     :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``); a 401 asks the
-    token source for a fresh token once per page. ``api="v1"`` pages ``/v1/images/detail``
+    token source for a fresh token once per page. A :class:`~imgframe.HuaweiAkSk` (any
+    :class:`~imgframe.auth.RequestSigner`) signs each page's URL, query string included.
+    ``api="v1"`` pages ``/v1/images/detail``
     with ``is_public=None``, without which Glance v1 shows an admin only public images,
     and ``changes-since``, without which it hides killed images (see the module
     docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links (v2's default
@@ -190,7 +195,7 @@ class _Lister:
     def __init__(
         self,
         endpoint: str,
-        tokens: TokenSource,
+        tokens: TokenSource | RequestSigner,
         *,
         api: str,
         page_size: int,
@@ -220,7 +225,8 @@ class _Lister:
         self.page_size = page_size
         self.include_deleted = include_deleted
         self.max_pages = max_pages
-        self._tokens = tokens
+        self._signer = tokens if isinstance(tokens, RequestSigner) else None
+        self._tokens = None if isinstance(tokens, RequestSigner) else tokens
         self._timeout = _as_timeout(timeout)
         self._retry = _as_retry(retries)
         self._ssl = _ssl_option(verify)
@@ -236,12 +242,13 @@ class _Lister:
 
     async def pages(self) -> AsyncIterator[list[str]]:
         """The ids of each page not listed before (never an empty list), page by page."""
-        try:
-            self._token = await self._tokens.token()
-        except AuthError:
-            raise
-        except Exception as exc:  # a token source's own failure, translated once here
-            raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
+        if self._tokens is not None:
+            try:
+                self._token = await self._tokens.token()
+            except AuthError:
+                raise
+            except Exception as exc:  # a token source's own failure, translated once here
+                raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
         seen: set[str] = set()
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1, ssl=self._ssl),
@@ -318,17 +325,21 @@ class _Lister:
                 url=self.endpoint + path,
             )
         url = self.endpoint + path
+        # Signed as yarl will send it (a server's next link may need quoting).
+        wire = URL(url)
         attempt = 0
         refreshed = False
         while True:
             attempt += 1
-            assert self._token is not None
             token = self._token
+            if self._signer is not None:
+                headers = self._signer.sign("GET", str(wire), NO_HEADERS)
+            else:
+                assert token is not None
+                headers = {"X-Auth-Token": token}
             retry_after: str | None = None
             try:
-                async with session.get(
-                    url, headers={"X-Auth-Token": token}, allow_redirects=False
-                ) as response:
+                async with session.get(wire, headers=headers, allow_redirects=False) as response:
                     status = response.status
                     if status == 200:
                         body = await response.read()
@@ -351,16 +362,12 @@ class _Lister:
                     status=300,
                 )
             if status == 401:
-                if not refreshed:
+                if not refreshed and token is not None:
                     refreshed = True
                     if await self._refresh(token):
                         continue
-                raise AuthError(
-                    f"listing {url} failed: HTTP 401 Unauthorized: the token was rejected "
-                    "and could not be refreshed",
-                    url=url,
-                    status=401,
-                )
+                rejected = TOKEN_REJECTED if self._signer is None else SIGNATURE_REJECTED
+                raise AuthError(f"listing {url} failed: {rejected}", url=url, status=401)
             if status is not None and status not in self._retry.statuses:
                 raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
             if attempt >= self._retry.attempts:
@@ -372,6 +379,7 @@ class _Lister:
             await asyncio.sleep(self._retry.delay(attempt, _retry_after(retry_after)))
 
     async def _refresh(self, rejected: str) -> bool:
+        assert self._tokens is not None
         try:
             fresh = await self._tokens.refresh(rejected)
         except Exception:  # a failing token source is a rejected token, not a crash

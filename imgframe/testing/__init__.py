@@ -22,6 +22,7 @@ from imgframe.testing.fleet import FLEET_NOW, Fleet, FleetImage, PlantedAnswers,
 if TYPE_CHECKING:
     from imgframe.testing.emulator import (
         ADMIN_TOKEN,
+        AccessKey,
         Faults,
         GlanceEmulator,
         LoggedRequest,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADMIN_TOKEN",
     "FLEET_NOW",
+    "AccessKey",
     "Faults",
     "Fleet",
     "FleetImage",

@@ -10,12 +10,17 @@ Request pipeline, in the order a real deployment applies it::
     rate limit (429 above Faults.rate_limit requests/s, any path)
     -> version negotiation (300 when Faults.no_v1)
     -> latency -> hang / transient fault (a load balancer or rate limiter, before auth)
-    -> X-Auth-Token (401) -> visibility (404) -> 200, possibly with malformed values
+    -> X-Auth-Token or AK/SK signature (401) -> visibility (404) -> 200, possibly with
+       malformed values
 
 Also served: ``GET /v1/images`` and ``GET /v1/images/detail`` (listing), ``GET /v2/images``
 (Glance v2 listing with ``next`` links), ``GET /v2/images/{id}`` (the v2 image document,
 also in the "v1 removed" mode ``Faults(no_v1=True)``), ``GET /`` (300) and
 ``GET /versions`` (200) with the versions document.
+
+With ``access_keys=`` it also accepts Huawei Cloud AK/SK signed requests
+(``SDK-HMAC-SHA256``), checked by :mod:`imgframe.testing.apisign`, an implementation of
+Huawei's published algorithm that shares no code with the SDK that signs.
 
 Examples
 --------
@@ -53,10 +58,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from imgframe.testing.apisign import AccessKey, access_key_of, verify
 from imgframe.testing.fleet import Fleet, FleetImage, make_fleet
 
 __all__ = [
     "ADMIN_TOKEN",
+    "AccessKey",
     "Faults",
     "GlanceEmulator",
     "LoggedRequest",
@@ -307,6 +314,7 @@ class LoggedRequest:
     image_id: str | None
     status: int
     token: str | None
+    access_key: str | None = None  # the AK of an AK/SK signed request
 
 
 class _TokenState:
@@ -513,6 +521,13 @@ class GlanceEmulator:
     deleted images are never listed in v2. Faults apply to ``HEAD /v1/images/{id}``;
     ``latency`` also to lists.
 
+    ``access_keys`` maps Huawei access key ids (AK) to an :class:`AccessKey` (or a
+    ``(secret, project_id)`` pair, a non-admin key): a request without ``X-Auth-Token``
+    that is validly signed with one of them (``SDK-HMAC-SHA256``, a signed
+    ``X-Project-Id`` naming the key's project, ``X-Sdk-Date`` within 15 minutes) is
+    served as a token of that project would be, admin keys as ``ADMIN_TOKEN``; anything
+    else is 401, and why is appended to :attr:`signature_rejections`. Tokens keep working.
+
     Examples
     --------
     >>> from imgframe.testing import make_fleet
@@ -530,6 +545,7 @@ class GlanceEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         api_limit_max: int = 1000,
+        access_keys: Mapping[str, AccessKey | tuple[str, str]] | None = None,
     ) -> None:
         _check_loopback(host)
         if api_limit_max < 1:
@@ -548,9 +564,19 @@ class GlanceEmulator:
         ).items():
             self._tokens[value] = _TokenState(token)
         self._issued = 0
+        self._access_keys = {
+            ak: key if isinstance(key, AccessKey) else AccessKey(*key)
+            for ak, key in (access_keys or {}).items()
+        }
+        # One Token per access key: what a signed request is served as.
+        self._key_tokens = {
+            id(key): Token(key.project_id, admin=key.admin) for key in self._access_keys.values()
+        }
+        #: Why each rejected AK/SK request was refused, oldest first.
+        self.signature_rejections: list[str] = []
         self._bucket: _TokenBucket | None = None  # made on first use, for Faults.rate_limit
         self._list_requests = 0  # for Faults.list_fail_from
-        self._log: list[tuple[float, str, str, str | None, int, str | None]] = []
+        self._log: list[tuple[float, str, str, str | None, int, str | None, str | None]] = []
         self._attempts: dict[str, int] = {}
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
         self._rendered: dict[str, list[tuple[str, str]]] = {}
@@ -747,8 +773,11 @@ class GlanceEmulator:
                 request.transport.abort()
             return web.Response(status=500)
         finally:
+            access = None
+            if token is None and self._access_keys:
+                access = access_key_of(request.headers.get("Authorization"))
             with self._lock:
-                self._log.append((arrived, request.method, path, image_id, status, token))
+                self._log.append((arrived, request.method, path, image_id, status, token, access))
 
     def _within_rate(self, arrived: float) -> bool:
         rate = self.faults.rate_limit
@@ -793,7 +822,7 @@ class GlanceEmulator:
                     if kind != "500" and faults.retry_after is not None:
                         extra.append(("Retry-After", format(faults.retry_after, "g")))
                     return _empty(int(kind), extra)
-        who = self._authenticate(token)
+        who = self._authenticate(token, request)
         if who is None:
             return _empty(401)
         image = self._images.get(image_id)
@@ -829,7 +858,7 @@ class GlanceEmulator:
                 await asyncio.sleep(self.faults.delay(path, 0))
             if self._listing_fails():
                 return _error(self.faults.list_fail_status, "Listing failed.", is_head)
-            who = self._authenticate(token)
+            who = self._authenticate(token, request)
             if who is None:
                 return _error(401, "This server could not verify that you are authorized.", is_head)
             return self._list_v2(request, who)
@@ -845,7 +874,7 @@ class GlanceEmulator:
             await asyncio.sleep(self.faults.delay(path, 0))
         if self._listing_fails():
             return _error(self.faults.list_fail_status, "Listing failed.", is_head)
-        who = self._authenticate(token)
+        who = self._authenticate(token, request)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
         return self._list(request, who, detail=path.rstrip("/").endswith("/detail"))
@@ -868,7 +897,7 @@ class GlanceEmulator:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if self.faults.latency:
             await asyncio.sleep(self.faults.delay(image_id, 1))
-        who = self._authenticate(token)
+        who = self._authenticate(token, request)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
         image = self._images.get(image_id)
@@ -969,9 +998,9 @@ class GlanceEmulator:
             self._listing_pos = {image.id: i for i, image in enumerate(self._listing)}
         return self._listing, self._listing_pos
 
-    def _authenticate(self, token: str | None) -> Token | None:
+    def _authenticate(self, token: str | None, request: web.BaseRequest) -> Token | None:
         if token is None:
-            return None
+            return self._verify_signature(request) if self._access_keys else None
         with self._lock:
             state = self._tokens.get(token)
             if state is None or state.expired:
@@ -984,6 +1013,24 @@ class GlanceEmulator:
                 state.expired = True
                 return None
             return state.token
+
+    def _verify_signature(self, request: web.BaseRequest) -> Token | None:
+        if request.body_exists:  # only GET and HEAD are emulated: no body to hash
+            problem, key = "a signed request with a body", None
+        else:
+            key, problem = verify(
+                request.method,
+                request.raw_path.partition("?")[0],
+                request.query.items(),
+                request.headers,
+                b"",
+                self._access_keys,
+            )
+        if key is None:
+            with self._lock:
+                self.signature_rejections.append(problem)
+            return None
+        return self._key_tokens[id(key)]
 
 
 def _base(request: web.BaseRequest) -> str:
