@@ -277,7 +277,10 @@ async def fetch_images_async(
     if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
         find = getattr(source, "endpoint", None)
         if not callable(find):
-            raise ConfigError("endpoint is required (or pass a KeystoneToken, which finds it)")
+            raise ConfigError(
+                "endpoint is required: the Glance/IMS URL (only a KeystoneToken can find it "
+                "in its service catalog)"
+            )
         endpoint = await find()
     requested = None if ids is None else normalize_ids(ids)
     fetcher = HeadFetcher(

@@ -95,6 +95,8 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
 def _fetch(args: argparse.Namespace) -> int:
     if args.cloud and args.endpoint:
         raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
+    if args.aksk and (args.token or args.cloud):
+        raise ImgframeError("--aksk signs requests to --endpoint instead of a token or --cloud")
     if args.region and not args.cloud:
         raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
     if not args.cloud and not args.endpoint:
@@ -121,7 +123,11 @@ def _fetch(args: argparse.Namespace) -> int:
             **options,  # type: ignore[arg-type]
         )
     else:
-        token = args.token or os.environ.get("OS_AUTH_TOKEN")
+        token: object = args.token or os.environ.get("OS_AUTH_TOKEN")
+        if args.aksk:
+            from imgframe.auth import HuaweiAkSk
+
+            token = HuaweiAkSk.from_env()
         df = fetch_images(ids, endpoint=args.endpoint, token=token, **options)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     if args.output:
@@ -318,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  OS_AUTH_TOKEN=... imgframe fetch --endpoint https://ims.example.com "
         "--ids-file ids.txt -o fleet.parquet\n"
         "  imgframe fetch --cloud prod --cloud staging --all --api auto -o fleet.parquet\n"
-        "  imgframe fetch --cloud prod --region RegionOne --region RegionTwo --all -o f.csv",
+        "  imgframe fetch --cloud prod --region RegionOne --region RegionTwo --all -o f.csv\n"
+        "  imgframe fetch --endpoint https://ims.cn-north-4.myhuaweicloud.com --aksk --all "
+        "-o f.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
@@ -331,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--token",
         help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN, which others cannot see in ps)",
+    )
+    where.add_argument(
+        "--aksk",
+        action="store_true",
+        help="sign requests to --endpoint with a Huawei Cloud access key (AK/SK) from "
+        "$HUAWEICLOUD_SDK_AK, _SK, _PROJECT_ID (+ _SECURITY_TOKEN); needs imgframe[huawei]",
     )
     where.add_argument(
         "--cloud",

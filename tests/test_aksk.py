@@ -7,7 +7,10 @@ Every request goes over real HTTP to the emulator on 127.0.0.1.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -354,3 +357,41 @@ def test_without_the_sdk_the_error_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "huaweicloudsdkcore", None)
     with pytest.raises(ConfigError, match=r"pip install 'imgframe\[huawei\]'"):
         imgframe.HuaweiAkSk(ADMIN_AK, ADMIN_SK)
+
+
+def test_cli_signs_with_the_key_from_the_environment(emu, fleet) -> None:
+    env = {
+        **os.environ,
+        "HUAWEICLOUD_SDK_AK": ADMIN_AK,
+        "HUAWEICLOUD_SDK_SK": ADMIN_SK,
+        "HUAWEICLOUD_SDK_PROJECT_ID": ADMIN_PROJECT,
+    }
+    env.pop("OS_AUTH_TOKEN", None)
+    ids = ids_of(fleet)[:20]
+    done = subprocess.run(
+        [sys.executable, "-m", "imgframe", "fetch", "--endpoint", emu.url, "--aksk", *ids],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ADMIN_SK not in done.stdout + done.stderr
+    frame = imgframe.read_csv(io.StringIO(done.stdout))
+    assert frame.index.tolist() == ids and (frame["http_status"] == 200).all()
+    assert {r.access_key for r in emu.request_log} == {ADMIN_AK}
+
+
+def test_a_fleet_target_can_sign_with_an_access_key(emu, fleet) -> None:
+    df = imgframe.fetch_fleet(
+        [
+            imgframe.Target("huawei", "cn-north-4", endpoint=emu.url, token=admin_key()),
+            imgframe.Target("token", endpoint=emu.url, token=ADMIN_TOKEN),
+        ],
+        ids=ids_of(fleet)[:10],
+        progress=False,
+    )
+    signed = df[df["cloud"] == "huawei"].set_index("id")
+    plain = df[df["cloud"] == "token"].set_index("id")
+    assert (signed["http_status"] == 200).all()
+    pd.testing.assert_series_equal(signed["checksum"], plain["checksum"])
