@@ -58,7 +58,7 @@ import pyarrow.compute as pc
 from yarl import URL
 
 from imgframe.auth import RequestSigner, TokenSource
-from imgframe.errors import AuthError, ConfigError, ImgframeError, NoV1ApiError
+from imgframe.errors import AuthError, ConfigError, FetchError, ImgframeError, NoV1ApiError
 from imgframe.parse import v2_header_pairs
 
 __all__ = [
@@ -265,6 +265,14 @@ def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load CA bundle {verify!r}: {exc}") from None
     raise ConfigError("verify must be True, False or a CA bundle path")
+
+
+def tls_refused(endpoint: str, exc: aiohttp.ClientConnectorCertificateError) -> str:
+    """The message for a server certificate that did not verify."""
+    return (
+        f"the TLS certificate of {endpoint} was not accepted ({exc.certificate_error}): "
+        "pass verify='/path/to/ca.pem' (the CA that signed it) or, on a lab cloud, verify=False"
+    )
 
 
 def _reason(status: int) -> str:
@@ -627,6 +635,9 @@ class HeadFetcher:
                 status, error = None, f"timed out after {self.timeout.total:g} s"
             except TimeoutError as exc:  # aiohttp's sock_connect limit on a new connection
                 status, error = None, f"timed out: {_describe(exc)}"
+            except aiohttp.ClientConnectorCertificateError as exc:
+                # Every request would fail the same way: a setting to fix, not 1M rows.
+                raise FetchError(tls_refused(self.endpoint, exc), url=self.endpoint) from None
             except aiohttp.ClientConnectionError as exc:
                 status, error = None, f"connection failed: {_describe(exc)}"
             except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help

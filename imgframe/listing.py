@@ -58,6 +58,7 @@ from imgframe.fetch import (
     _retry_after,
     _ssl_option,
     normalize_endpoint,
+    tls_refused,
 )
 
 __all__ = ["list_image_ids", "list_image_ids_async"]
@@ -347,6 +348,8 @@ class _Lister:
                     retry_after = response.headers.get("Retry-After")
                     await response.read()  # keep the connection reusable
                 problem = f"HTTP {status} {_reason(status)}".rstrip()
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise FetchError(tls_refused(self.endpoint, exc), url=url) from None
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 status, problem = None, f"{type(exc).__name__}: {exc}".rstrip(": ")
             except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help

@@ -45,6 +45,7 @@ import ipaddress
 import json
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -528,6 +529,9 @@ class GlanceEmulator:
     served as a token of that project would be, admin keys as ``ADMIN_TOKEN``; anything
     else is 401, and why is appended to :attr:`signature_rejections`. Tokens keep working.
 
+    ``ssl_context`` (a server-side :class:`ssl.SSLContext` with a certificate loaded)
+    serves HTTPS instead of HTTP; :attr:`url` then starts with ``https://``.
+
     Examples
     --------
     >>> from imgframe.testing import make_fleet
@@ -546,8 +550,10 @@ class GlanceEmulator:
         port: int = 0,
         api_limit_max: int = 1000,
         access_keys: Mapping[str, AccessKey | tuple[str, str]] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         _check_loopback(host)
+        self.ssl_context = ssl_context
         if api_limit_max < 1:
             raise ValueError("api_limit_max must be >= 1")
         self.fleet = fleet
@@ -594,7 +600,8 @@ class GlanceEmulator:
         if self._bound_port is None:
             raise RuntimeError("the emulator is not running; call start() first")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{host}:{self._bound_port}"
 
     def start(self) -> GlanceEmulator:
         """Serve from a daemon thread; returns once the socket is bound."""
@@ -666,7 +673,7 @@ class GlanceEmulator:
         runner = web.ServerRunner(server, shutdown_timeout=0.2)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._port)
+            site = web.TCPSite(runner, self.host, self._port, ssl_context=self.ssl_context)
             await site.start()
             self._bound_port = runner.addresses[0][1]
             if on_ready is not None:
