@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import itertools
 import math
 import sys
@@ -205,6 +206,13 @@ class _Collector:
         return frame
 
 
+#: Put in front of the progress bar's description; :func:`imgframe.fetch_fleet` sets it
+#: to ``cloud/region`` in each target's task (a context variable: each task has its own).
+PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "imgframe_progress_label", default=None
+)
+
+
 def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> Any:
     if progress is None:
         progress = _someone_watching()
@@ -213,6 +221,9 @@ def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> 
     from tqdm.auto import tqdm
 
     desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images"}.get(api, "images")
+    label = PROGRESS_LABEL.get()
+    if label:
+        desc = f"{label}: {desc}"
     return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
 
 

@@ -26,7 +26,14 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from imgframe.api import DEFAULT_CONCURRENCY, TokenArg, fetch_images_async, normalize_ids, run_sync
+from imgframe.api import (
+    DEFAULT_CONCURRENCY,
+    PROGRESS_LABEL,
+    TokenArg,
+    fetch_images_async,
+    normalize_ids,
+    run_sync,
+)
 from imgframe.errors import ConfigError, ImgframeError
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
@@ -142,6 +149,7 @@ async def fetch_fleet_async(
     requested = None if ids is None else normalize_ids(ids)
 
     async def one(target: Target) -> pd.DataFrame:
+        PROGRESS_LABEL.set(target.label)  # this task's own context: one label per bar
         try:
             return await fetch_images_async(
                 requested,

@@ -288,3 +288,21 @@ def test_cli_fetches_clouds_and_regions_and_audits_the_file(
 
     status = main(["fetch", "--cloud", "lab", "--region", "west", "--all", "-o", str(out)])
     assert status == 0 and set(imgframe.read(out)["region"].astype(str)) == {"west"}
+
+
+def test_each_target_has_its_own_labelled_progress_bar(regions, fleets, capsys) -> None:
+    east_glance, west_glance, _ = regions
+    fetch_fleet(
+        [
+            Target("lab", "east", endpoint=east_glance.url, token=ADMIN_TOKEN),
+            Target("lab", "west", endpoint=west_glance.url, token=ADMIN_TOKEN),
+        ],
+        progress=True,
+    )
+    bars = capsys.readouterr().err
+    assert "lab/east: HEAD /v1/images" in bars and "lab/west: HEAD /v1/images" in bars
+    # The label lives in each target's task only: a plain fetch afterwards has none.
+    imgframe.fetch_images(
+        ids=[fleets[0].images[0].id], endpoint=east_glance.url, token=ADMIN_TOKEN, progress=True
+    )
+    assert "lab/" not in capsys.readouterr().err
