@@ -201,8 +201,13 @@ class _Collector:
         self.flush()
         self.close()
         frame = concat_frames(self.frames)
+        # Drop the batches before reordering: otherwise batches, their concatenation and
+        # the reordered copy are all alive at once (bench_million's peak, 2.6x the frame).
+        self.frames.clear()
         if self.positions:
-            frame = frame.iloc[np.argsort(np.concatenate(self.positions), kind="stable")]
+            order = np.argsort(np.concatenate(self.positions), kind="stable")
+            self.positions.clear()
+            frame = frame.iloc[order]
         return frame
 
 

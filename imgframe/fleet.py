@@ -142,7 +142,17 @@ async def fetch_fleet_async(
     api: Literal["v1", "v2", "auto"] = "v1",
     errors: Literal["raise", "warn"] = "raise",
 ) -> pd.DataFrame:
-    """Async form of :func:`fetch_fleet` (same arguments, same frame)."""
+    """Async form of :func:`fetch_fleet` (same arguments, same frame).
+
+    Examples
+    --------
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> with GlanceEmulator(make_fleet(2, seed=3)) as emu:
+    ...     lab = Target("lab", endpoint=emu.url, token=ADMIN_TOKEN)
+    ...     df = asyncio.run(fetch_fleet_async([lab]))
+    >>> df.index.tolist() == ["lab//" + i for i in df["id"]]
+    True
+    """
     if errors not in ("raise", "warn"):
         raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
     targets = fleet_targets(clouds, regions)
@@ -172,7 +182,7 @@ async def fetch_fleet_async(
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(one(target)) for target in targets]
-        except* ImgframeError as failed:
+        except* Exception as failed:  # one error, not a group: the first target's
             raise failed.exceptions[0] from None
         results: list[pd.DataFrame | BaseException] = [task.result() for task in tasks]
     else:
