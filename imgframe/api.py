@@ -201,14 +201,12 @@ class _Collector:
         self.flush()
         self.close()
         frame = concat_frames(self.frames)
-        # Drop the batches before reordering: otherwise batches, their concatenation and
-        # the reordered copy are all alive at once (bench_million's peak, 2.6x the frame).
         self.frames.clear()
-        if self.positions:
-            order = np.argsort(np.concatenate(self.positions), kind="stable")
-            self.positions.clear()
-            frame = frame.iloc[order]
-        return frame
+        if not self.positions:
+            return frame
+        order = np.argsort(np.concatenate(self.positions), kind="stable")
+        self.positions.clear()
+        return _reordered(frame, order)
 
 
 #: Put in front of the progress bar's description; :func:`imgframe.fetch_fleet` sets it
@@ -216,6 +214,20 @@ class _Collector:
 PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "imgframe_progress_label", default=None
 )
+
+
+def _reordered(frame: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
+    """``frame.iloc[order]``, one column at a time, each old column freed once copied.
+
+    ``iloc`` on the whole frame holds the old and the new frame at once (the arrow string
+    columns of the concatenation still share the batches' buffers): at a million rows that
+    was the peak of a fetch, 2.6x the final frame's memory (benchmarks/bench_million.py).
+    """
+    index = frame.index.take(order)
+    columns: dict[str, Any] = {}
+    for name in list(frame.columns):
+        columns[name] = frame.pop(name).array.take(order)
+    return pd.DataFrame(columns, index=index, copy=False)
 
 
 def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> Any:
