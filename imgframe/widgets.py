@@ -27,6 +27,8 @@ class                          widget
 =============================  ==========================================================
 ``imgframe-picker``            the root box
 ``imgframe-count``             Label: "1,234 of 50,000 images, 3.1 TiB"
+``imgframe-cloud``             SelectMultiple of clouds (fleet frames only, see below)
+``imgframe-region``            SelectMultiple of regions (fleet frames only)
 ``imgframe-owner``             SelectMultiple of owners (label "owner (count)", value id)
 ``imgframe-status``            SelectMultiple of statuses (same label form)
 ``imgframe-disk-format``       SelectMultiple of disk formats
@@ -113,12 +115,25 @@ def _names(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+#: The PickerFilter fields that hold a set of names, and the column each one filters.
+_SET_COLUMNS: dict[str, str] = {
+    "owners": "owner",
+    "statuses": "status",
+    "disk_formats": "disk_format",
+    "container_formats": "container_format",
+    "clouds": "cloud",
+    "regions": "region",
+}
+_SET_FIELDS = (*_SET_COLUMNS, "rules")
+
+
 @dataclass(frozen=True)
 class PickerFilter:
     """What the picker keeps; every field left at its default keeps every row.
 
-    ``owners``, ``statuses``, ``disk_formats``, ``container_formats``: keep rows whose
-    value is one of these (empty: any). ``is_public``, ``protected``, ``deleted``:
+    ``owners``, ``statuses``, ``disk_formats``, ``container_formats``, and for a
+    :func:`imgframe.fetch_fleet` frame ``clouds`` and ``regions``: keep rows whose value
+    is one of these (empty: any). ``is_public``, ``protected``, ``deleted``:
     tri-state, ``None`` any, ``True``/``False`` keep rows known to be so (NA is neither).
     ``name_contains``: case-insensitive substring of the name, not a regex (surrounding
     whitespace ignored). ``created_from``/``created_to``: inclusive bounds on
@@ -139,6 +154,8 @@ class PickerFilter:
 
     owners: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
+    clouds: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
     disk_formats: tuple[str, ...] = ()
     container_formats: tuple[str, ...] = ()
     is_public: bool | None = None
@@ -152,7 +169,7 @@ class PickerFilter:
     rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("owners", "statuses", "disk_formats", "container_formats", "rules"):
+        for name in _SET_FIELDS:
             object.__setattr__(self, name, _names(getattr(self, name)))
         for name in ("is_public", "protected", "deleted"):
             value = getattr(self, name)
@@ -230,14 +247,13 @@ def filter_images(
     """
     c = PickerFilter() if criteria is None else criteria
     keep = np.ones(len(df), dtype=bool)
-    for column, chosen in (
-        ("owner", c.owners),
-        ("status", c.statuses),
-        ("disk_format", c.disk_formats),
-        ("container_format", c.container_formats),
-    ):
-        if chosen:
-            keep &= df[column].isin(chosen).to_numpy(dtype=bool)
+    for name, column in _SET_COLUMNS.items():
+        chosen = getattr(c, name)
+        if not chosen:
+            continue
+        if column not in df.columns:  # clouds/regions asked of a single-cloud frame
+            raise ValueError(f"{name} filters a fleet frame (imgframe.fetch_fleet); no {column!r}")
+        keep &= df[column].isin(chosen).to_numpy(dtype=bool)
     for column in ("is_public", "protected", "deleted"):
         wanted = getattr(c, column)
         if wanted is not None:
@@ -405,7 +421,8 @@ def _counted_options(values: pd.Series) -> list[tuple[str, str]]:
 def _page_table(page: pd.DataFrame) -> str:
     """One page as an escaped HTML table of the key columns, readable values."""
     shown = pd.DataFrame(index=page.index)
-    for column in TABLE_COLUMNS:
+    fleet = [c for c in ("cloud", "region") if c in page.columns]
+    for column in (*fleet, *TABLE_COLUMNS):
         values = page[column]
         if column == "size":
             shown[column] = [human_bytes(v) for v in values]
@@ -457,6 +474,12 @@ class Picker:
             box.add_class(css)
             return box
 
+        # Only a fleet frame has clouds and regions to choose from (empty lists otherwise).
+        self._fleet = all(column in df.columns for column in ("cloud", "region"))
+        self.clouds = choose("imgframe-cloud", _counted_options(df["cloud"]) if self._fleet else [])
+        self.regions = choose(
+            "imgframe-region", _counted_options(df["region"]) if self._fleet else []
+        )
         self.owners = choose("imgframe-owner", _counted_options(df["owner"]))
         self.statuses = choose("imgframe-status", _counted_options(df["status"]))
         self.disk_formats = choose("imgframe-disk-format", _counted_options(df["disk_format"]))
@@ -532,6 +555,11 @@ class Picker:
             [
                 w.HBox(
                     [
+                        *(
+                            [titled("cloud", self.clouds), titled("region", self.regions)]
+                            if self._fleet
+                            else []
+                        ),
                         titled("owner", self.owners),
                         titled("status", self.statuses),
                         titled("disk format", self.disk_formats),
@@ -598,6 +626,8 @@ class Picker:
         criteria = PickerFilter(
             owners=self.owners.value,
             statuses=self.statuses.value,
+            clouds=self.clouds.value,
+            regions=self.regions.value,
             disk_formats=self.disk_formats.value,
             container_formats=self.container_formats.value,
             is_public=_TRI_VALUE[self.is_public.value],
@@ -632,7 +662,7 @@ class Picker:
 
     def set_filter(self, criteria: PickerFilter) -> None:
         """Set every widget from ``criteria`` (one refresh per widget that changes)."""
-        for name in ("owners", "statuses", "disk_formats", "container_formats", "rules"):
+        for name in _SET_FIELDS:
             getattr(self, name).value = getattr(criteria, name)
         for name in ("is_public", "protected", "deleted"):
             getattr(self, name).value = _TRI_LABEL[getattr(criteria, name)]
@@ -666,6 +696,8 @@ class Picker:
 
     def _filter_controls(self) -> list[Any]:
         return [
+            self.clouds,
+            self.regions,
             self.owners,
             self.statuses,
             self.disk_formats,

@@ -306,3 +306,19 @@ def test_each_target_has_its_own_labelled_progress_bar(regions, fleets, capsys) 
         ids=[fleets[0].images[0].id], endpoint=east_glance.url, token=ADMIN_TOKEN, progress=True
     )
     assert "lab/" not in capsys.readouterr().err
+
+
+def test_the_picker_filters_a_fleet_by_cloud_and_region(clouds_yaml, fleets) -> None:
+    pytest.importorskip("ipywidgets")
+    df = fetch_fleet(["lab"], progress=False)
+    picker = imgframe.picker(df)
+    assert sorted(value for _, value in picker.regions.options) == ["east", "west"]
+    assert [value for _, value in picker.clouds.options] == ["lab"]
+    picker.regions.value = ("west",)
+    assert set(picker.filtered["region"].astype(str)) == {"west"}
+    assert len(picker.filtered) == (df["region"] == "west").sum()
+    assert "<th>region</th>" in picker.table.value
+    assert picker.criteria.regions == ("west",)
+    with pytest.raises(ValueError, match="fleet frame"):
+        single = df.drop(columns=["cloud", "region"]).set_index("id")
+        filter_images(single, PickerFilter(regions=["west"]))
