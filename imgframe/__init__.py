@@ -40,6 +40,7 @@ from imgframe.errors import (
     FetchError,
     ImgframeError,
     ImgframeParseWarning,
+    IncompleteListingWarning,
     InvalidInputError,
     NoV1ApiError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ImageRecord",
     "ImgframeError",
     "ImgframeParseWarning",
+    "IncompleteListingWarning",
     "InvalidInputError",
     "KeystoneToken",
     "NoV1ApiError",

@@ -20,7 +20,7 @@ import pandas as pd
 
 from imgframe import __version__
 from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
-from imgframe.errors import ImgframeError, ImgframeParseWarning
+from imgframe.errors import ImgframeError, ImgframeParseWarning, IncompleteListingWarning
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.fleet import FleetWarning
 from imgframe.io import to_csv, write
@@ -469,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ImgframeParseWarning)
             warnings.simplefilter("always", FleetWarning)
+            warnings.simplefilter("always", IncompleteListingWarning)
             status = int(args.run(args))
         for warning in caught:
             print(f"imgframe: warning: {warning.message}", file=sys.stderr)

@@ -11,6 +11,7 @@ One root, a few precise children; each carries what a user needs to act on it
         └── AuthError                  no usable token could be had, or a signature was refused
 
     ImgframeParseWarning (UserWarning) header values that could not be parsed became NA
+    IncompleteListingWarning (UserWarning) a listing may miss images (killed ones)
 
 A single image that fails (404, 403, a timeout after all retries, ...) is never an
 exception: it is a row with ``http_status`` and ``error`` filled. Exceptions are for
@@ -25,6 +26,7 @@ __all__ = [
     "FetchError",
     "ImgframeError",
     "ImgframeParseWarning",
+    "IncompleteListingWarning",
     "InvalidInputError",
     "NoV1ApiError",
 ]
@@ -64,3 +66,8 @@ class AuthError(FetchError):
 
 class ImgframeParseWarning(UserWarning):
     """Some header values could not be parsed; they became NA (the rows are kept)."""
+
+
+class IncompleteListingWarning(UserWarning):
+    """A listing could not use what makes it complete (v1 ``changes-since``): it may miss
+    images, killed ones above all."""

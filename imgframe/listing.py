@@ -29,7 +29,9 @@ project token's own and public deleted ones). imgframe therefore always lists v1
 ``changes-since=1970-01-01T00:00:00`` and drops the images whose detail says
 ``"deleted": true`` on the client, unless ``include_deleted=True``. The marker is still
 the last id of the raw page, deleted or not (Glance looks markers up with
-``force_show_deleted`` when ``changes-since`` is set).
+``force_show_deleted`` when ``changes-since`` is set). A server that answers 400 to the
+first page with ``changes-since`` (an IMS deployment that is not Glance, say) is listed
+without it, and an :class:`~imgframe.IncompleteListingWarning` says killed images may lack.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,7 +50,13 @@ import aiohttp
 from yarl import URL
 
 from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
-from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.errors import (
+    AuthError,
+    ConfigError,
+    FetchError,
+    IncompleteListingWarning,
+    NoV1ApiError,
+)
 from imgframe.fetch import (
     NO_HEADERS,
     SIGNATURE_REJECTED,
@@ -62,6 +72,8 @@ from imgframe.fetch import (
 )
 
 __all__ = ["list_image_ids", "list_image_ids_async"]
+
+logger = logging.getLogger("imgframe.listing")
 
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_MAX_PAGES = 100_000
@@ -278,8 +290,26 @@ class _Lister:
             "limit": str(self.page_size),
         }
         markers: set[str] = set()
+        refused = False
         while True:
-            page = await self._get(session, "/v1/images/detail?" + urlencode(params))
+            try:
+                page = await self._get(session, "/v1/images/detail?" + urlencode(params))
+            except FetchError as exc:
+                if exc.status != 400 or "marker" in params or "changes-since" not in params:
+                    raise
+                # A server that refuses changes-since (not every IMS deployment is Glance
+                # Queens): list without it rather than not at all, and say what may lack.
+                del params["changes-since"]
+                refused = True
+                continue
+            if refused:  # said only once the listing without it works
+                refused = False
+                message = (
+                    f"{self.endpoint} refused changes-since in its v1 listing (HTTP 400): "
+                    "listed without it, so killed (and deleted) images may be missing"
+                )
+                logger.warning("%s", message)
+                warnings.warn(message, IncompleteListingWarning, stacklevel=2)
             if not page.ids:  # only an empty raw page ends it, not one of deleted images
                 return
             if page.deleted and not self.include_deleted:

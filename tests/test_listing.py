@@ -164,6 +164,25 @@ def test_broken_audit_finds_killed_images_of_a_listed_cloud(fleet: Fleet) -> Non
     assert set(problems.index[problems["problem"] == "killed"]) == killed_ids(fleet)
 
 
+def test_a_server_refusing_changes_since_is_listed_without_it_and_says_so(fleet: Fleet) -> None:
+    import imgframe
+    from imgframe.errors import IncompleteListingWarning
+
+    with (
+        GlanceEmulator(fleet, faults=Faults(no_changes_since=True)) as emu,
+        pytest.warns(IncompleteListingWarning, match="killed"),
+    ):
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, page_size=90)
+    # What such a server shows: live images, without the killed ones it hides.
+    assert set(ids) == live_ids(fleet) - killed_ids(fleet)
+    with (
+        GlanceEmulator(fleet, faults=Faults(no_changes_since=True)) as emu,
+        pytest.warns(IncompleteListingWarning),
+    ):
+        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, progress=False)
+    assert set(df.index) == set(ids)
+
+
 def test_include_deleted_with_v2_is_refused(emulator: GlanceEmulator) -> None:
     with pytest.raises(ConfigError, match="v2 never lists deleted"):
         list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, api="v2", include_deleted=True)

@@ -186,6 +186,9 @@ class Faults:
     or :meth:`GlanceEmulator.reset_log`, request number ``list_fail_from`` and every
     later one (retries included) are answered ``list_fail_status`` (after ``latency``).
 
+    ``no_changes_since`` plays a v1 server that does not take ``changes-since`` in a
+    listing (answers 400 to it), which imgframe cannot rule out for every IMS deployment.
+
     Examples
     --------
     >>> faults = Faults(transient_rate=0.5, seed=1)
@@ -208,6 +211,7 @@ class Faults:
     rate_limit: float | None = None
     list_fail_from: int | None = None
     list_fail_status: int = 500
+    no_changes_since: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -963,6 +967,8 @@ class GlanceEmulator:
             def keep(image: FleetImage) -> bool:
                 return image.status != "killed"
         else:
+            if self.faults.no_changes_since:
+                return _error(400, "Unsupported filter: changes-since", request.method == "HEAD")
             since = _parse_changes_since(since_text)
             if since is None:
                 return _error(400, "Unrecognized changes-since value", request.method == "HEAD")
