@@ -19,6 +19,7 @@ key.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import os
@@ -190,6 +191,20 @@ def _secret_values(sources: Iterable[object]) -> frozenset[str]:
     return frozenset(found)
 
 
+class _Login:
+    """One Keystone login: the token, its catalog, when to renew it, and how often it was got."""
+
+    __slots__ = ("access", "count", "lock", "renew_at", "token")
+
+    def __init__(self) -> None:
+        # A thread lock, not asyncio.Lock: the login may serve several event loops.
+        self.lock = threading.RLock()
+        self.token: str | None = None
+        self.access: AccessInfo | None = None
+        self.renew_at = 0.0  # time.time() after which token() asks keystoneauth again
+        self.count = 0
+
+
 class KeystoneToken:
     """A Keystone token from a keystoneauth1 plugin, renewed before expiry and after a 401.
 
@@ -249,13 +264,11 @@ class KeystoneToken:
         self.cloud = cloud
         self.refresh_before = float(refresh_before)
         self._endpoint = endpoint
+        self._endpoint_given = endpoint is not None
         self._secrets = _secret_values([auth]) | {s for s in secrets if s and len(s) >= 4}
-        # A thread lock, not asyncio.Lock: the object may serve several event loops.
-        self._lock = threading.RLock()
-        self._token: str | None = None
-        self._access: AccessInfo | None = None
-        self._renew_at = 0.0  # time.time() after which token() asks keystoneauth again
-        self.logins = 0  # how many times a token was obtained from keystoneauth
+        # The login (token, catalog, renewal time) is its own object so that the
+        # KeystoneTokens of several regions (for_region) share one login.
+        self._shared = _Login()
 
     @classmethod
     def from_cloud(
@@ -316,8 +329,8 @@ class KeystoneToken:
 
     async def token(self) -> str:
         """The current token; asks Keystone (in a thread) only when it nears expiry."""
-        token = self._token
-        if token is not None and time.time() < self._renew_at:
+        token = self._shared.token
+        if token is not None and time.time() < self._shared.renew_at:
             return token
         return await asyncio.to_thread(self._renew, None)
 
@@ -339,13 +352,72 @@ class KeystoneToken:
             self._endpoint = await asyncio.to_thread(self._catalog_endpoint)
         return self._endpoint
 
+    @property
+    def endpoint_override(self) -> str | None:
+        """The image endpoint given (``endpoint=``, clouds.yaml ``image_endpoint_override``),
+        or None when it comes from the catalog."""
+        return self._endpoint if self._endpoint_given else None
+
+    @property
+    def logins(self) -> int:
+        """How many tokens were got from keystoneauth (shared by :meth:`for_region` copies)."""
+        return self._shared.count
+
+    def for_region(self, region: str | None, *, endpoint: str | None = None) -> KeystoneToken:
+        """The same login (one token, one renewal) for another region's image endpoint.
+
+        Examples
+        --------
+        >>> from keystoneauth1.identity import v3
+        >>> kt = KeystoneToken(v3.Token(auth_url="https://keystone.example.com/v3", token="t"))
+        >>> kt.for_region("RegionTwo")._shared is kt._shared
+        True
+        """
+        twin = copy.copy(self)
+        twin.region = region
+        twin._endpoint = endpoint
+        twin._endpoint_given = endpoint is not None
+        return twin
+
+    async def catalog_regions(self) -> list[str]:
+        """The regions with an ``image`` endpoint of this interface in the service catalog
+        (logs in first if needed), in catalog order.
+
+        Examples
+        --------
+        >>> from keystoneauth1.identity import v3
+        >>> kt = KeystoneToken(v3.Token(auth_url="http://127.0.0.1:9/v3", token="t"))
+        >>> asyncio.run(kt.catalog_regions())
+        Traceback (most recent call last):
+        imgframe.errors.AuthError: Keystone login failed: ConnectFailure: ...
+        """
+        return await asyncio.to_thread(self._catalog_regions)
+
     # -- blocking keystoneauth calls, always run in a worker thread --
 
+    def _catalog_regions(self) -> list[str]:
+        with self._shared.lock:
+            if self._shared.token is None:
+                self._renew(None)  # the catalog comes with the first token
+            access = self._shared.access
+        if access is None:
+            return []
+        try:
+            found = access.service_catalog.get_endpoints_data(
+                service_type="image", interface=self.interface
+            )
+        except Exception as exc:
+            raise AuthError(
+                self._scrub(f"could not read the service catalog: {_describe(exc)}")
+            ) from None
+        regions = [e.region_name for group in found.values() for e in group if e.region_name]
+        return list(dict.fromkeys(regions))
+
     def _renew(self, rejected: str | None) -> str:
-        with self._lock:
+        with self._shared.lock:
             now = time.time()
-            current = self._token
-            if current is not None and current != rejected and now < self._renew_at:
+            current = self._shared.token
+            if current is not None and current != rejected and now < self._shared.renew_at:
                 return current  # another caller renewed it meanwhile
             try:
                 if current is not None:
@@ -359,10 +431,12 @@ class KeystoneToken:
                 raise AuthError(self._scrub(f"Keystone login failed: {_describe(exc)}")) from None
             if not token:
                 raise AuthError("Keystone returned no token")
-            self._token = token
-            self._renew_at = self._next_renewal(time.time(), expires)
-            self.logins += 1
-            log.debug("got a Keystone token for %r (renewal in %.0f s)", self, self._renew_at - now)
+            self._shared.token = token
+            self._shared.renew_at = self._next_renewal(time.time(), expires)
+            self._shared.count += 1
+            log.debug(
+                "got a Keystone token for %r (renewal in %.0f s)", self, self._shared.renew_at - now
+            )
             return token
 
     def _login(self) -> tuple[str | None, float | None]:
@@ -370,7 +444,7 @@ class KeystoneToken:
 
         if isinstance(self._auth, BaseIdentityPlugin):
             access = self._auth.get_access(self._session)
-            self._access = access  # the catalog that came with this token
+            self._shared.access = access  # the catalog that came with this token
             expires = access.expires.timestamp() if access.expires is not None else None
             return access.auth_token, expires
         return self._session.get_token(auth=self._auth), None
@@ -385,12 +459,12 @@ class KeystoneToken:
 
     def _catalog_endpoint(self) -> str:
         where = f"region {self.region!r}" if self.region else "any region"
-        with self._lock:
-            if self._token is None:
+        with self._shared.lock:
+            if self._shared.token is None:
                 self._renew(None)  # the catalog comes with the first token
             try:
-                if self._access is not None:
-                    url = self._access.service_catalog.url_for(
+                if self._shared.access is not None:
+                    url = self._shared.access.service_catalog.url_for(
                         service_type="image", interface=self.interface, region_name=self.region
                     )
                 else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
@@ -414,7 +488,7 @@ class KeystoneToken:
         return _VERSION_SUFFIX.sub("", url.rstrip("/"))
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets | ({self._token} if self._token else set()):
+        for secret in self._secrets | ({self._shared.token} if self._shared.token else set()):
             text = text.replace(secret, "***")
         return text
 
@@ -441,6 +515,13 @@ def cloud_regions(cloud: str) -> list[str | None]:
     Traceback (most recent call last):
     imgframe.errors.ConfigError: cloud 'no-such-cloud': Cloud no-such-cloud was not found.
     """
+    regions = [entry.get("name") or None for entry in region_entries(cloud)]
+    return list(dict.fromkeys(regions)) or [None]
+
+
+def region_entries(cloud: str) -> list[dict[str, Any]]:
+    """``clouds.yaml``'s region entries of ``cloud``: ``{"name": ..., "values": {...}}``
+    each (``values`` are settings that differ in that region)."""
     config = _openstack_config(f"cloud {cloud!r}")
     import openstack.exceptions
 
@@ -449,10 +530,9 @@ def cloud_regions(cloud: str) -> list[str | None]:
     try:
         # openstacksdk has no public call for one cloud's regions: get_all() would load
         # (and validate) every other cloud of the file too.
-        regions = [r.get("name") or None for r in config._get_regions(cloud)]
+        return list(config._get_regions(cloud))
     except openstack.exceptions.ConfigException as exc:
         raise ConfigError(f"cloud {cloud!r}: {exc}") from None
-    return list(dict.fromkeys(regions)) or [None]
 
 
 def _openstack_config(where: str) -> Any:

@@ -108,23 +108,55 @@ def fleet_targets(
             )
     if not targets:
         raise ConfigError("no clouds given: pass clouds=['name', ...] or Target objects")
+    _check_unique(targets)
+    return targets
+
+
+def _check_unique(targets: list[Target]) -> None:
     seen: set[tuple[str, str | None]] = set()
     for target in targets:
         pair = (target.cloud, target.region)
         if pair in seen:
             raise ConfigError(f"{target.label} is given twice")
         seen.add(pair)
-    return targets
 
 
 def _cloud_targets(cloud: str, regions: Sequence[str] | None) -> list[Target]:
-    from imgframe.auth import KeystoneToken, cloud_regions
+    from imgframe.auth import KeystoneToken, region_entries
 
-    chosen: Sequence[str | None] = regions if regions is not None else cloud_regions(cloud)
-    return [
-        Target(cloud, region, token=KeystoneToken.from_cloud(cloud, region=region))
-        for region in chosen
-    ]
+    entries = region_entries(cloud)
+    listed = [entry.get("name") or None for entry in entries]
+    chosen: list[str | None] = list(regions) if regions is not None else listed or [None]
+    first = KeystoneToken.from_cloud(cloud, region=chosen[0])
+    # One login for all regions (a token is scoped to a project, not a region), unless
+    # clouds.yaml gives a region settings of its own or pins the image endpoint.
+    shared = not any(entry.get("values") for entry in entries) and first.endpoint_override is None
+    targets = [Target(cloud, chosen[0], token=first)]
+    for region in chosen[1:]:
+        token = (
+            first.for_region(region) if shared else KeystoneToken.from_cloud(cloud, region=region)
+        )
+        targets.append(Target(cloud, region, token=token))
+    return targets
+
+
+async def _catalog_targets(target: Target) -> list[Target]:
+    """A Keystone target without a region: one target per region of its catalog."""
+    from imgframe.auth import KeystoneToken
+
+    token = target.token
+    if (
+        target.region is not None
+        or target.endpoint is not None
+        or not isinstance(token, KeystoneToken)
+        or token.region is not None
+        or token.endpoint_override is not None
+    ):
+        return [target]
+    regions = await token.catalog_regions()
+    if not regions:
+        return [target]  # its endpoint() will say what the catalog lacks
+    return [Target(target.cloud, r, token=token.for_region(r)) for r in regions]
 
 
 async def fetch_fleet_async(
@@ -177,20 +209,34 @@ async def fetch_fleet_async(
         except ImgframeError as exc:
             raise _relabel(exc, target) from None
 
+    # Keystone targets without a region become one per region of their catalog (a login
+    # first): what a cloud name without regions in clouds.yaml means.
+    expanded: list[Target] = []
+    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = []
+    for target in targets:
+        try:
+            expanded.extend(await _catalog_targets(target))
+        except ImgframeError as exc:
+            if errors == "raise":
+                raise _relabel(exc, target) from None
+            outcomes.append((target, _relabel(exc, target)))
+    _check_unique(expanded)
+
     if errors == "raise":
         # A TaskGroup: the first target that fails cancels the others at once.
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(target)) for target in targets]
+                tasks = [group.create_task(one(target)) for target in expanded]
         except* Exception as failed:  # one error, not a group: the first target's
             raise failed.exceptions[0] from None
-        results: list[pd.DataFrame | BaseException] = [task.result() for task in tasks]
+        outcomes += [(t, task.result()) for t, task in zip(expanded, tasks, strict=True)]
     else:
-        results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        results = await asyncio.gather(*(one(t) for t in expanded), return_exceptions=True)
+        outcomes += list(zip(expanded, results, strict=True))
 
     frames: list[pd.DataFrame] = []
     failures: list[str] = []
-    for target, result in zip(targets, results, strict=True):
+    for target, result in outcomes:
         if isinstance(result, ImgframeError):
             failures.append(str(result))
             if requested is None:
@@ -204,7 +250,7 @@ async def fetch_fleet_async(
     if failures:
         frame.attrs["failed_targets"] = failures
         warnings.warn(
-            f"{len(failures)} of {len(targets)} targets failed: " + "; ".join(failures),
+            f"{len(failures)} of {len(outcomes)} targets failed: " + "; ".join(failures),
             FleetWarning,
             stacklevel=2,
         )
@@ -229,8 +275,10 @@ def fetch_fleet(
     """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
 
     ``clouds`` are ``clouds.yaml`` names (each expanded into ``regions``, or the regions
-    its configuration lists) and/or :class:`Target` objects for endpoints configured by
-    hand (a static token, Huawei AK/SK...). ``ids`` None lists every image each target can
+    its configuration lists, or, when it lists none, every region with an ``image``
+    endpoint in its service catalog; the regions of one cloud share one Keystone login)
+    and/or :class:`Target` objects for endpoints configured by hand (a static token,
+    Huawei AK/SK...). ``ids`` None lists every image each target can
     see (:func:`imgframe.list_image_ids`); a list of ids is asked of every target (which
     regions hold these images?). ``concurrency`` and ``max_rps`` apply to each endpoint;
     the other options are :func:`imgframe.fetch_images`'s.

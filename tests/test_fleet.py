@@ -74,6 +74,11 @@ def clouds_yaml(tmp_path, regions, monkeypatch) -> str:
         "clouds": {
             "lab": {"auth": keystone.auth(), "regions": ["east", "west"]},
             "lab-east": {"auth": keystone.auth(), "region_name": "east"},
+            "lab-all": {"auth": keystone.auth()},  # no region: every region of the catalog
+            "lab-own": {  # a region with settings of its own: its own login
+                "auth": keystone.auth(),
+                "regions": ["east", {"name": "west", "values": {"interface": "public"}}],
+            },
         }
     }
     path = tmp_path / "clouds.yaml"
@@ -322,3 +327,29 @@ def test_the_picker_filters_a_fleet_by_cloud_and_region(clouds_yaml, fleets) -> 
     with pytest.raises(ValueError, match="fleet frame"):
         single = df.drop(columns=["cloud", "region"]).set_index("id")
         filter_images(single, PickerFilter(regions=["west"]))
+
+
+def test_the_regions_of_a_cloud_share_one_keystone_login(clouds_yaml, regions, fleets) -> None:
+    keystone = regions[2]
+    before = len(keystone.issued)
+    df = fetch_fleet(["lab"], progress=False)
+    assert set(df["region"].astype(str)) == {"east", "west"}
+    assert len(keystone.issued) - before == 1
+
+
+def test_a_cloud_without_regions_is_every_region_of_its_catalog(clouds_yaml, regions, fleets):
+    east, west = fleets
+    keystone = regions[2]
+    before = len(keystone.issued)
+    df = fetch_fleet(["lab-all"], progress=False)
+    by_region = {r: set(g["id"]) for r, g in df.groupby("region", observed=True)}
+    assert by_region == {"east": listed(east), "west": listed(west)}
+    assert len(keystone.issued) - before == 1
+
+
+def test_a_region_with_its_own_settings_logs_in_on_its_own(clouds_yaml, regions) -> None:
+    keystone = regions[2]
+    before = len(keystone.issued)
+    df = fetch_fleet(["lab-own"], progress=False)
+    assert set(df["region"].astype(str)) == {"east", "west"}
+    assert len(keystone.issued) - before == 2
