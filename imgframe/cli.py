@@ -143,6 +143,10 @@ def _emulator(args: argparse.Namespace) -> int:
     from imgframe.testing import make_fleet, run_forever
     from imgframe.testing.emulator import ADMIN_TOKEN, Faults
 
+    if args.regions:
+        return _emulated_cloud(args)
+    if args.clouds_yaml:
+        raise ImgframeError("--clouds-yaml describes a cloud of --regions; add --regions A,B")
     fleet = make_fleet(args.images, seed=args.seed)
 
     def ready(url: str) -> None:
@@ -151,6 +155,49 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"  try: imgframe fetch --endpoint {url} --token {ADMIN_TOKEN} <id>", flush=True)
 
     run_forever(fleet, port=args.port, faults=Faults(latency=args.latency), on_ready=ready)
+    return 0
+
+
+def _emulated_cloud(args: argparse.Namespace) -> int:
+    """A cloud of several regions: one emulator per region behind one small Keystone,
+    and a clouds.yaml for it, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from imgframe.testing import make_fleet
+    from imgframe.testing.emulator import Faults, GlanceEmulator
+    from imgframe.testing.keystone import FakeKeystone
+
+    names = [name.strip() for name in args.regions.split(",") if name.strip()]
+    if len(set(names)) != len(names):
+        raise ImgframeError(f"--regions names a region twice: {args.regions!r}")
+    clouds_yaml = Path(args.clouds_yaml or "clouds.yaml")
+    emulators: dict[str, GlanceEmulator] = {}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        for n, name in enumerate(names):
+            fleet = make_fleet(args.images, seed=args.seed + n)
+            emulators[name] = GlanceEmulator(fleet, faults=Faults(latency=args.latency)).start()
+        with FakeKeystone(emulators) as keystone:
+            config = {"clouds": {args.cloud_name: {"auth": keystone.auth(), "regions": names}}}
+            clouds_yaml.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+            print(f"Keystone v3 at {keystone.url}/v3 (password login, test credentials)")
+            for name, emulator in emulators.items():
+                print(f"  region {name}: {len(emulator.fleet):,} images at {emulator.url}")
+            print(f"wrote {clouds_yaml} (cloud {args.cloud_name!r}); Ctrl-C stops it all")
+            print(
+                f"  try: OS_CLIENT_CONFIG_FILE={clouds_yaml} imgframe fetch "
+                f"--cloud {args.cloud_name} --all -o fleet.csv",
+                flush=True,
+            )
+            while not stop.wait(0.5):  # wakes for Ctrl-C (KeyboardInterrupt) and SIGTERM
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for emulator in emulators.values():
+            emulator.stop()
     return 0
 
 
@@ -404,6 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--seed", type=int, default=0, help="fleet seed (0)")
     emulator.add_argument("--port", type=int, default=9292, help="port (9292; 0 = any free)")
     emulator.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    emulator.add_argument(
+        "--regions",
+        metavar="A,B",
+        help="a cloud of these regions instead: one emulator each (free ports, fleets of "
+        "--images with seeds --seed, --seed+1, ...) behind one Keystone, and a clouds.yaml",
+    )
+    emulator.add_argument(
+        "--clouds-yaml",
+        metavar="FILE",
+        help="with --regions: where to write the clouds.yaml (default ./clouds.yaml)",
+    )
+    emulator.add_argument(
+        "--cloud-name", default="lab", help="with --regions: the cloud's name (lab)"
+    )
     emulator.set_defaults(run=_emulator)
 
     audit = sub.add_parser(

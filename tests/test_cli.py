@@ -288,3 +288,41 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> No
         stderr = process.stderr.read().decode()
     assert process.returncode == 141, stderr
     assert "error" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_path) -> None:
+    import signal
+
+    pytest.importorskip("openstack.config")
+    clouds_yaml = tmp_path / "lab.yaml"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgframe", "emulator", "--images", "30", "--regions",
+         "east,west", "--clouds-yaml", str(clouds_yaml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for _ in range(10):  # bounded: the banner is five lines
+            lines.append(process.stdout.readline())  # type: ignore[union-attr]
+            if lines[-1].lstrip().startswith("try:") or not lines[-1]:
+                break
+        assert "region east" in "".join(lines) and clouds_yaml.exists(), lines
+        out = tmp_path / "fleet.csv"
+        env = {name: value for name, value in os.environ.items() if not name.startswith("OS_")} | {
+            "OS_CLIENT_CONFIG_FILE": str(clouds_yaml)
+        }
+        result = run("fetch", "--cloud", "lab", "--all", "-o", str(out), env=env)
+        assert result.returncode == 0, result.stderr
+        frame = pd.read_csv(out)
+        assert set(frame["region"]) == {"east", "west"}
+        expected = sum(
+            1 for seed in (0, 1) for image in make_fleet(30, seed=seed).images if not image.deleted
+        )
+        assert len(frame) == expected and frame["key"].is_unique
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
