@@ -79,6 +79,10 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
     """
     ok = df["http_status"].eq(200).fillna(False)  # NA: never sent (invalid id), so failed
     lines = [f"{len(df):,} image ids: {int(ok.sum()):,} fetched, {int((~ok).sum()):,} failed"]
+    if "cloud" in df.columns and "region" in df.columns:  # a fetch_fleet frame
+        cloud, region = (df[c].astype("string").fillna("-") for c in ("cloud", "region"))
+        counts = (cloud + "/" + region).value_counts(sort=False).sort_index()
+        lines.append("by cloud/region: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     statuses = df.loc[ok, "status"].value_counts(dropna=False)
     if len(statuses):
         lines.append("by status: " + ", ".join(f"{k} {v:,}" for k, v in statuses.items() if v))

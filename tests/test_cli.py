@@ -321,6 +321,10 @@ def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_pat
             1 for seed in (0, 1) for image in make_fleet(30, seed=seed).images if not image.deleted
         )
         assert len(frame) == expected and frame["key"].is_unique
+        counts = frame["region"].value_counts()
+        assert f"by cloud/region: lab/east {counts['east']:,}, lab/west {counts['west']:,}" in (
+            result.stderr
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
