@@ -263,8 +263,10 @@ class KeystoneToken:
         self.interface = interface
         self.cloud = cloud
         self.refresh_before = float(refresh_before)
-        self._endpoint = endpoint
-        self._endpoint_given = endpoint is not None
+        #: The image endpoint given (``endpoint=``, clouds.yaml ``image_endpoint_override``),
+        #: or None when it comes from the service catalog.
+        self.endpoint_override = endpoint
+        self._catalog_url: str | None = None  # the catalog's answer, once asked
         self._secrets = _secret_values([auth]) | {s for s in secrets if s and len(s) >= 4}
         # The login (token, catalog, renewal time) is its own object so that the
         # KeystoneTokens of several regions (for_region) share one login.
@@ -348,15 +350,11 @@ class KeystoneToken:
 
         A trailing API version (``/v2``) is removed: the fetcher adds ``/v1`` itself.
         """
-        if self._endpoint is None:
-            self._endpoint = await asyncio.to_thread(self._catalog_endpoint)
-        return self._endpoint
-
-    @property
-    def endpoint_override(self) -> str | None:
-        """The image endpoint given (``endpoint=``, clouds.yaml ``image_endpoint_override``),
-        or None when it comes from the catalog."""
-        return self._endpoint if self._endpoint_given else None
+        if self.endpoint_override is not None:
+            return self.endpoint_override
+        if self._catalog_url is None:
+            self._catalog_url = await asyncio.to_thread(self._catalog_endpoint)
+        return self._catalog_url
 
     @property
     def logins(self) -> int:
@@ -375,8 +373,8 @@ class KeystoneToken:
         """
         twin = copy.copy(self)
         twin.region = region
-        twin._endpoint = endpoint
-        twin._endpoint_given = endpoint is not None
+        twin.endpoint_override = endpoint
+        twin._catalog_url = None
         return twin
 
     async def catalog_regions(self) -> list[str]:
@@ -395,11 +393,19 @@ class KeystoneToken:
 
     # -- blocking keystoneauth calls, always run in a worker thread --
 
-    def _catalog_regions(self) -> list[str]:
+    def _catalog_access(self) -> AccessInfo | None:
+        """The login's AccessInfo (its service catalog), logging in first if needed; None
+        for a plugin without a catalog of its own."""
         with self._shared.lock:
             if self._shared.token is None:
                 self._renew(None)  # the catalog comes with the first token
-            access = self._shared.access
+            return self._shared.access
+
+    def _catalog_error(self, exc: Exception) -> AuthError:
+        return AuthError(self._scrub(f"could not read the service catalog: {_describe(exc)}"))
+
+    def _catalog_regions(self) -> list[str]:
+        access = self._catalog_access()
         if access is None:
             return []
         try:
@@ -407,9 +413,7 @@ class KeystoneToken:
                 service_type="image", interface=self.interface
             )
         except Exception as exc:
-            raise AuthError(
-                self._scrub(f"could not read the service catalog: {_describe(exc)}")
-            ) from None
+            raise self._catalog_error(exc) from None
         regions = [e.region_name for group in found.values() for e in group if e.region_name]
         return list(dict.fromkeys(regions))
 
@@ -459,27 +463,23 @@ class KeystoneToken:
 
     def _catalog_endpoint(self) -> str:
         where = f"region {self.region!r}" if self.region else "any region"
-        with self._shared.lock:
-            if self._shared.token is None:
-                self._renew(None)  # the catalog comes with the first token
-            try:
-                if self._shared.access is not None:
-                    url = self._shared.access.service_catalog.url_for(
-                        service_type="image", interface=self.interface, region_name=self.region
-                    )
-                else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
-                    url = self._session.get_endpoint(
-                        auth=self._auth,
-                        service_type="image",
-                        interface=self.interface,
-                        region_name=self.region,
-                    )
-            except Exception as exc:
-                if type(exc).__name__ != "EndpointNotFound":
-                    raise AuthError(
-                        self._scrub(f"could not read the service catalog: {_describe(exc)}")
-                    ) from None
-                url = None
+        access = self._catalog_access()
+        try:
+            if access is not None:
+                url = access.service_catalog.url_for(
+                    service_type="image", interface=self.interface, region_name=self.region
+                )
+            else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
+                url = self._session.get_endpoint(
+                    auth=self._auth,
+                    service_type="image",
+                    interface=self.interface,
+                    region_name=self.region,
+                )
+        except Exception as exc:
+            if type(exc).__name__ != "EndpointNotFound":
+                raise self._catalog_error(exc) from None
+            url = None
         if not url:
             raise ConfigError(
                 f"no {self.interface} 'image' endpoint in the service catalog for {where}; "
