@@ -98,14 +98,23 @@ class Server:
     pinning: str = "not pinned"
     workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
-    def accepted_connections(self) -> int | None:
-        """Connections the server has accepted so far (nginx only), else None."""
+    def status_counts(self) -> tuple[int, int, int] | None:
+        """nginx's stub_status counters so far: (accepted connections, handled
+        connections, requests); None for the emulator or an unreadable page."""
         if self.status_url is None:
             return None
         with urllib.request.urlopen(self.status_url, timeout=5) as answer:  # 127.0.0.1 only
             text = answer.read().decode("ascii")
-        match = re.search(r"^\s*(\d+)\s+\d+\s+\d+\s*$", text, re.MULTILINE)
-        return int(match.group(1)) if match else None
+        match = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.MULTILINE)
+        if not match:
+            return None
+        accepted, handled, requests = (int(group) for group in match.groups())
+        return accepted, handled, requests
+
+    def accepted_connections(self) -> int | None:
+        """Connections the server has accepted so far (nginx only), else None."""
+        counts = self.status_counts()
+        return None if counts is None else counts[0]
 
     def stop(self) -> None:
         """Stop the server's whole process group: polite signal, wait, then SIGKILL."""
