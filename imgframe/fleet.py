@@ -211,15 +211,19 @@ async def fetch_fleet_async(
 
     # Keystone targets without a region become one per region of their catalog (a login
     # first): what a cloud name without regions in clouds.yaml means.
+    # The logins of several clouds run at once, not one after another.
+    found = await asyncio.gather(*(_catalog_targets(t) for t in targets), return_exceptions=True)
     expanded: list[Target] = []
     outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = []
-    for target in targets:
-        try:
-            expanded.extend(await _catalog_targets(target))
-        except ImgframeError as exc:
+    for target, result in zip(targets, found, strict=True):
+        if isinstance(result, ImgframeError):
             if errors == "raise":
-                raise _relabel(exc, target) from None
-            outcomes.append((target, _relabel(exc, target)))
+                raise _relabel(result, target) from None
+            outcomes.append((target, _relabel(result, target)))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            expanded.extend(result)
     _check_unique(expanded)
 
     if errors == "raise":
