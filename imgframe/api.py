@@ -26,7 +26,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -322,6 +322,7 @@ async def fetch_images_async(
         adaptive=adaptive,
         api=api,
     )
+    items: Iterable[tuple[int, str]] | IdFeed
     if requested is None:  # the whole cloud: every image the token may list
         collector = _Collector(_progress_bar(progress, None, api))
         pages = _listed_pages(
@@ -334,27 +335,27 @@ async def fetch_images_async(
             timeout=timeout,
             retries=retries,
         )
-        try:
-            await fetcher.run(IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD), collector.add)
-        finally:
-            collector.close()
-        frame = collector.frame()
-        collector.problems.warn(stacklevel=2)
-        return frame
-
-    collector = _Collector(_progress_bar(progress, len(requested), api))
-    invalid = invalid_ids(requested)
-    for position in np.flatnonzero(invalid).tolist():  # never sent: the row says why
-        collector.add(FetchResult(position, requested[position], None, None, INVALID_ID, 0))
-    # A lazy C-level iterator: workers pull ids as they free up, no Python frame per id.
-    sendable = itertools.compress(enumerate(requested), (~invalid).tolist())
+        items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
+    else:
+        collector = _Collector(_progress_bar(progress, len(requested), api))
+        items = _sendable(collector, requested)
     try:
-        await fetcher.run(sendable, collector.add)
+        await fetcher.run(items, collector.add)
     finally:
         collector.close()
     frame = collector.frame()
     collector.problems.warn(stacklevel=2)
     return frame
+
+
+def _sendable(collector: _Collector, ids: list[str], start: int = 0) -> Iterator[tuple[int, str]]:
+    """The ``(position, id)`` pairs to send, positions from ``start``; the ids that must
+    not be sent get their 'invalid image id' rows in ``collector`` right away."""
+    invalid = invalid_ids(ids)
+    for index in np.flatnonzero(invalid).tolist():  # never sent: the row says why
+        collector.add(FetchResult(start + index, ids[index], None, None, INVALID_ID, 0))
+    # A lazy C-level iterator: workers pull ids as they free up, no Python frame per id.
+    return itertools.compress(zip(itertools.count(start), ids), (~invalid).tolist())
 
 
 async def _listed_pages(
@@ -394,15 +395,10 @@ async def _listed_pages(
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    invalid = invalid_ids(page)
                     collector.expect(len(page))
-                    for index in np.flatnonzero(invalid).tolist():
-                        collector.add(
-                            FetchResult(position + index, page[index], None, None, INVALID_ID, 0)
-                        )
-                    numbered = zip(itertools.count(position), page, strict=False)
+                    sendable = _sendable(collector, page, position)
                     position += len(page)
-                    yield itertools.compress(numbered, (~invalid).tolist())
+                    yield sendable
             return
         except NoV1ApiError:
             if api != "auto" or listing_api == "v2" or position:
