@@ -20,6 +20,7 @@ import pandas as pd
 
 from imgframe import __version__
 from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
+from imgframe.auth import TokenArg
 from imgframe.errors import ImgframeError, ImgframeParseWarning, IncompleteListingWarning
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.fleet import FleetWarning
@@ -127,7 +128,7 @@ def _fetch(args: argparse.Namespace) -> int:
             **options,  # type: ignore[arg-type]
         )
     else:
-        token: object = args.token or os.environ.get("OS_AUTH_TOKEN")
+        token: TokenArg = args.token or os.environ.get("OS_AUTH_TOKEN")
         if args.aksk:
             from imgframe.auth import HuaweiAkSk
 
