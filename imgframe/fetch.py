@@ -59,6 +59,7 @@ from yarl import URL
 
 from imgframe.auth import RequestSigner, TokenSource
 from imgframe.errors import AuthError, ConfigError, FetchError, ImgframeError, NoV1ApiError
+from imgframe.outcome import INVALID_ID
 from imgframe.parse import v2_header_pairs
 
 __all__ = [
@@ -170,9 +171,6 @@ class FetchResult(NamedTuple):
     raw_headers: Sequence[tuple[bytes, bytes]] | None
     error: str | None
     attempts: int = 1
-
-
-INVALID_ID = "invalid image id"
 
 
 def invalid_ids(image_ids: Sequence[str]) -> np.ndarray:
