@@ -1,4 +1,5 @@
-"""Test-session hygiene: Jupyter, IPython and matplotlib write into a temporary folder.
+"""Test-session hygiene: Jupyter, IPython, matplotlib and the CLI's default checkpoints
+(``$XDG_CACHE_HOME``) write into a temporary folder.
 
 Set at import time, before any test imports ipywidgets/IPython/matplotlib, so nothing is
 written to the home folder of the machine running the tests (CI or a developer's).
@@ -19,6 +20,7 @@ for _variable, _folder in {
     "JUPYTER_RUNTIME_DIR": "jupyter-runtime",
     "IPYTHONDIR": "ipython",
     "MPLCONFIGDIR": "matplotlib",
+    "XDG_CACHE_HOME": "cache",  # imgframe fetch without -o keeps its checkpoint there
 }.items():
     os.environ.setdefault(_variable, os.path.join(_HOME, _folder))
 os.environ.setdefault("MPLBACKEND", "Agg")
