@@ -445,7 +445,9 @@ class Checkpoint:
         final = definitive_mask(frame)
         if not final.any():
             return
-        rows = frame if final.all() else frame[final]
+        # A frame of its own: the caller goes on with ``frame`` (the fetch pops its
+        # columns when reordering) while the writer thread reads these rows.
+        rows = frame.copy(deep=False) if final.all() else frame[final]
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="imgframe-checkpoint"
