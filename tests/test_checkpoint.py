@@ -13,6 +13,10 @@ import dataclasses
 import gc
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -456,3 +460,108 @@ def test_a_finished_run_leaves_no_temporary_file(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ckpt.read_manifest(tmp_path).rows == len(ids)
+
+
+# ----------------------------------------------------------------------------- processes
+SCRIPT = """
+import json, sys
+import imgframe
+import imgframe.checkpoint
+
+args = json.loads(sys.argv[1])
+imgframe.checkpoint.FLUSH_SECONDS = 0.2  # parts every 0.2 s, so any kill finds several
+imgframe.api.BATCH_SIZE = 300
+try:
+    imgframe.fetch_images(args["ids"], endpoint=args["url"], token=args["token"],
+                          checkpoint=args["folder"], concurrency=4, progress=False)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.exit(130)
+print("finished", flush=True)
+"""
+
+
+def start_fetch_process(ids: list[str], url: str, folder: Path) -> subprocess.Popen[str]:
+    args = json.dumps({"ids": ids, "url": url, "token": ADMIN_TOKEN, "folder": str(folder)})
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+def wait_for_parts(folder: Path, process: subprocess.Popen[str], parts: int = 2) -> None:
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("part-*.parquet"))) < parts:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint part appeared"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fleet: Fleet, ids: list[str]) -> pd.DataFrame:
+    with GlanceEmulator(fleet) as emu:
+        return imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_process_killed_with_sigkill_leaves_a_checkpoint_that_resumes(
+    fleet: Fleet, ids: list[str], uninterrupted: pd.DataFrame, tmp_path: Path, seed: int
+) -> None:
+    folder = tmp_path / "ckpt"
+    with GlanceEmulator(fleet, faults=Faults(latency=0.004)) as emu:
+        process = start_fetch_process(ids, emu.url, folder)
+        try:
+            wait_for_parts(folder, process)
+            time.sleep(random.Random(seed).uniform(0.0, 0.8))  # any moment, parts or not
+            assert process.poll() is None, "the fetch ended before it could be killed"
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == -signal.SIGKILL
+        answered = {r.image_id for r in emu.request_log if r.status in (200, 404)}
+        stored = stored_ids(folder)  # reads every part: none is damaged
+        emu.reset_log()
+        resumed = imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN, checkpoint=folder)
+        resent = sent_ids(emu)
+    assert not list(folder.glob(f"*{TEMP_SUFFIX}"))
+    assert 0 < len(stored - set(INVALID)) < len(answered)
+    assert stored - set(INVALID) <= answered
+    # 0 lost, 0 sent twice: the resumed run asks exactly what the checkpoint lacks.
+    assert len(resent) == len(set(resent))
+    assert set(resent) == set(ids) - stored - set(INVALID)
+    assert_same_frame(resumed, uninterrupted)
+
+
+def test_ctrl_c_in_a_script_stops_the_sending_and_keeps_the_rows(
+    fleet: Fleet, ids: list[str], uninterrupted: pd.DataFrame, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ckpt"
+    with GlanceEmulator(fleet, faults=Faults(latency=0.004)) as emu:
+        process = start_fetch_process(ids, emu.url, folder)
+        try:
+            wait_for_parts(folder, process)
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+            exited = time.monotonic() - interrupted
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        late = [r for r in emu.request_log if r.t > interrupted + 1.0]
+        answered = {r.image_id for r in emu.request_log if r.status in (200, 404)}
+        stored = stored_ids(folder) - set(INVALID)
+        emu.reset_log()
+        resumed = imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN, checkpoint=folder)
+    assert process.returncode == 130 and out.strip() == "KeyboardInterrupt", (out, err)
+    assert exited < 5  # interpreter exit included; the sending itself stops at once
+    assert late == []
+    # Every answer received went to the checkpoint: only the 4 in flight were lost.
+    assert stored <= answered and len(answered - stored) <= 4
+    assert_same_frame(resumed, uninterrupted)
