@@ -504,6 +504,7 @@ async def _fetch(
             items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
         else:
             items = _sendable(collector, requested, stored=stored)
+        stored = None  # the collector keeps it until the frame is made, then lets it go
         ticker = None
         if store is not None:
             ticker = asyncio.create_task(collector.flush_every(checkpoint_module.FLUSH_SECONDS))
