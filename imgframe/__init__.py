@@ -36,6 +36,8 @@ from imgframe.auth import (
 )
 from imgframe.errors import (
     AuthError,
+    CheckpointError,
+    CheckpointWarning,
     ConfigError,
     FetchError,
     ImgframeError,
@@ -61,6 +63,8 @@ __all__ = [
     "SEVERITIES",
     "AuthError",
     "CallableToken",
+    "CheckpointError",
+    "CheckpointWarning",
     "ConfigError",
     "FetchError",
     "FleetWarning",

@@ -18,12 +18,14 @@ returned, since a frame missing an unknown part of the cloud would look complete
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import itertools
 import math
+import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
@@ -32,8 +34,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from imgframe import checkpoint as checkpoint_module
 from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
-from imgframe.errors import ConfigError, InvalidInputError, NoV1ApiError
+from imgframe.checkpoint import Checkpoint, Manifest, restored_positions
+from imgframe.errors import CheckpointError, ConfigError, InvalidInputError, NoV1ApiError
 from imgframe.fetch import (
     APIS,
     INVALID_ID,
@@ -125,9 +129,15 @@ def normalize_ids(ids: Iterable[Any]) -> list[str]:
 
 
 class _Collector:
-    """Receives results in completion order; turns them into typed frames in batches."""
+    """Receives results in completion order; turns them into typed frames in batches.
 
-    def __init__(self, progress: Any) -> None:
+    With a checkpoint, each batch's definitive rows also go to it as one part: a batch
+    ends at ``BATCH_SIZE`` rows or, through :meth:`flush_every`, once its first row is
+    ``checkpoint.FLUSH_SECONDS`` old. Rows restored from the checkpoint come in as stored
+    rows plus their positions (:meth:`restore`) and join the same final reorder.
+    """
+
+    def __init__(self, progress: Any, store: Checkpoint | None = None) -> None:
         # One batch as parallel lists of small values: keeping FetchResults would keep
         # aiohttp's header tuples alive (see pack_headers).
         self.positions_batch: list[int] = []
@@ -142,8 +152,17 @@ class _Collector:
         self._bar = progress
         self._pending_bar = 0
         self._last_bar = 0.0
+        self._store = store
+        self._batch_started = 0.0
+        self._stored: pd.DataFrame | None = None
+        self._stored_status: np.ndarray | None = None
+        self._restore_rows: list[np.ndarray] = []
+        self._restore_positions: list[np.ndarray] = []
+        self.restored = 0
 
     def add(self, result: FetchResult) -> None:
+        if not self.ids:
+            self._batch_started = time.monotonic()
         self.positions_batch.append(result.position)
         self.ids.append(result.image_id)
         self.statuses.append(result.http_status)
@@ -163,6 +182,28 @@ class _Collector:
         if len(self.ids) >= BATCH_SIZE:
             self.flush()
 
+    def use_stored(self, stored: pd.DataFrame) -> None:
+        """The checkpoint's rows, from which :meth:`restore` takes the ids it is given."""
+        self._stored = stored
+        self._stored_status = stored["http_status"].to_numpy(dtype="float64", na_value=np.nan)
+
+    def restore(self, rows: np.ndarray, positions: np.ndarray) -> None:
+        """Stored rows ``rows`` answer the ids at ``positions``: they are not sent."""
+        if not len(rows):
+            return
+        self._restore_rows.append(rows)
+        self._restore_positions.append(positions)
+        assert self._stored_status is not None
+        status = self._stored_status[rows]
+        ok, not_found = int((status == 200).sum()), int((status == 404).sum())
+        self.counts["ok"] += ok
+        self.counts["not found"] += not_found
+        self.counts["errors"] += len(rows) - ok - not_found
+        self.restored += len(rows)
+        if self._bar is not None:
+            self._pending_bar += len(rows)
+            self._flush_bar(time.monotonic())
+
     def expect(self, more: int) -> None:
         """``more`` rows are on their way (a listing page): grow the bar's total."""
         if self._bar is not None and more:
@@ -171,7 +212,11 @@ class _Collector:
 
     def _flush_bar(self, now: float) -> None:
         self._bar.update(self._pending_bar)
-        self._bar.set_postfix(self.counts, refresh=False)
+        # Strings, not ints: tqdm shows large ints as 4e+04.
+        postfix = {name: f"{count:,}" for name, count in self.counts.items()}
+        if self.restored:
+            postfix["from checkpoint"] = f"{self.restored:,}"
+        self._bar.set_postfix(postfix, refresh=False)
         self._pending_bar = 0
         self._last_bar = now
 
@@ -189,6 +234,16 @@ class _Collector:
         self.frames.append(frame)
         self.positions.append(np.array(self.positions_batch, dtype=np.int64))
         self.positions_batch, self.ids, self.statuses, self.errors, self.packed = [], [], [], [], []
+        if self._store is not None:
+            self._store.append(frame)
+
+    async def flush_every(self, seconds: float) -> None:
+        """Flush a batch once its first row is ``seconds`` old (the checkpoint's clock)."""
+        tick = min(max(seconds / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            if self.ids and time.monotonic() - self._batch_started >= seconds:
+                self.flush()
 
     def close(self) -> None:
         """Finish the progress bar (idempotent; also on errors)."""
@@ -200,6 +255,14 @@ class _Collector:
     def frame(self) -> pd.DataFrame:
         self.flush()
         self.close()
+        if self._restore_rows:
+            assert self._stored is not None
+            piece = self._stored.take(np.concatenate(self._restore_rows))
+            self.frames.append(_only_used_categories(piece))
+            self.positions.append(np.concatenate(self._restore_positions))
+            self._restore_rows.clear()
+            self._restore_positions.clear()
+        self._stored = None
         frame = concat_frames(self.frames)
         self.frames.clear()
         if not self.positions:
@@ -207,6 +270,17 @@ class _Collector:
         order = np.argsort(np.concatenate(self.positions), kind="stable")
         self.positions.clear()
         return _reordered(frame, order)
+
+
+def _only_used_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """Stored rows with the categories of their own values, as a fetched batch has:
+    the stored parts' other rows (not requested again) must not leave theirs behind."""
+    changed = {
+        column: frame[column].cat.remove_unused_categories()
+        for column, dtype in frame.dtypes.items()
+        if isinstance(dtype, pd.CategoricalDtype)
+    }
+    return frame.assign(**changed) if changed else frame
 
 
 #: Put in front of the progress bar's description; :func:`imgframe.fetch_fleet` sets it
@@ -285,8 +359,14 @@ async def fetch_images_async(
     max_rps: float | None = None,
     adaptive: bool = True,
     api: Literal["v1", "v2", "auto"] = "v1",
+    checkpoint: str | os.PathLike[str] | None = None,
+    include_deleted: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
+
+    Cancelling the task stops the sending at once (requests in flight are abandoned),
+    writes every row received so far to the checkpoint, closes the session and
+    re-raises ``CancelledError``.
 
     Examples
     --------
@@ -299,8 +379,68 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
+    requested = None if ids is None else normalize_ids(ids)
+    manifest = None
+    if checkpoint is not None:
+        manifest = _checkpoint_facts(requested, api, include_deleted)
+    return await _fetch(
+        requested,
+        endpoint=endpoint,
+        token=token,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        verify=verify,
+        max_rps=max_rps,
+        adaptive=adaptive,
+        api=api,
+        checkpoint=checkpoint,
+        manifest=manifest,
+        include_deleted=include_deleted,
+    )
+
+
+def _checkpoint_facts(
+    requested: list[str] | None, api: str, include_deleted: bool, kind: str = "fetch"
+) -> Manifest:
+    """The request a checkpoint is made for, before its endpoint is known."""
+    if not isinstance(include_deleted, bool):
+        raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
+    return Manifest.for_fetch(
+        endpoint=None,
+        api=api,
+        ids=requested,
+        include_deleted=include_deleted,
+        kind=kind,  # type: ignore[arg-type]
+    )
+
+
+async def _fetch(
+    requested: list[str] | None,
+    *,
+    endpoint: str | None,
+    token: TokenArg,
+    concurrency: int,
+    timeout: float | Timeout,
+    retries: int | RetryPolicy,
+    progress: bool | None,
+    verify: bool | str,
+    max_rps: float | None,
+    adaptive: bool,
+    api: Literal["v1", "v2", "auto"],
+    include_deleted: bool,
+    checkpoint: str | os.PathLike[str] | None = None,
+    manifest: Manifest | None = None,
+    labels: tuple[str, str | None] | None = None,
+) -> pd.DataFrame:
+    """:func:`fetch_images_async` on normalized ids; ``manifest`` (with ``checkpoint``)
+    is the request's checkpoint facts, completed here with the endpoint and ``labels``
+    (a fleet target's cloud and region)."""
     if api not in APIS:
         raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
+    if not isinstance(include_deleted, bool):
+        raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
     source = token_source(token)
     if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
         find = getattr(source, "endpoint", None)
@@ -310,7 +450,6 @@ async def fetch_images_async(
                 "in its service catalog)"
             )
         endpoint = await find()
-    requested = None if ids is None else normalize_ids(ids)
     fetcher = HeadFetcher(
         endpoint,
         source,
@@ -322,40 +461,97 @@ async def fetch_images_async(
         adaptive=adaptive,
         api=api,
     )
-    items: Iterable[tuple[int, str]] | IdFeed
-    if requested is None:  # the whole cloud: every image the token may list
-        collector = _Collector(_progress_bar(progress, None, api))
-        pages = _listed_pages(
-            fetcher,
-            collector,
-            endpoint=endpoint,
-            tokens=source,
-            api=api,
-            verify=verify,
-            timeout=timeout,
-            retries=retries,
-        )
-        items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
+    store = None
+    if checkpoint is not None:
+        if manifest is None:
+            manifest = _checkpoint_facts(requested, api, include_deleted)
+        if labels is not None:
+            facts = manifest.for_target(
+                endpoint=fetcher.endpoint, cloud=labels[0], region=labels[1]
+            )
+        else:
+            facts = dataclasses.replace(manifest, endpoint=fetcher.endpoint)
+        # Opened (and a checkpoint made for another request refused) before anything is
+        # sent; the rows it holds are read once, here.
+        store = Checkpoint.open(checkpoint, facts)
+        try:
+            stored = store.load()
+        except BaseException:
+            store.close()
+            raise
     else:
-        collector = _Collector(_progress_bar(progress, len(requested), api))
-        items = _sendable(collector, requested)
+        stored = None
+    collector = _Collector(
+        _progress_bar(progress, None if requested is None else len(requested), api), store
+    )
     try:
-        await fetcher.run(items, collector.add)
-    finally:
-        collector.close()
-    frame = collector.frame()
-    collector.problems.warn(stacklevel=2)
+        if stored is not None and len(stored):
+            collector.use_stored(stored)
+        items: Iterable[tuple[int, str]] | IdFeed
+        if requested is None:  # the whole cloud: every image the token may list
+            pages = _listed_pages(
+                fetcher,
+                collector,
+                endpoint=endpoint,
+                tokens=source,
+                api=api,
+                verify=verify,
+                timeout=timeout,
+                retries=retries,
+                include_deleted=include_deleted,
+                stored=stored,
+            )
+            items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
+        else:
+            items = _sendable(collector, requested, stored=stored)
+        ticker = None
+        if store is not None:
+            ticker = asyncio.create_task(collector.flush_every(checkpoint_module.FLUSH_SECONDS))
+        try:
+            await fetcher.run(items, collector.add)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            collector.close()
+        frame = collector.frame()
+    except BaseException:
+        if store is not None:
+            # Interrupted or failed: every row received so far goes to the checkpoint,
+            # synchronously (a second cancellation must not cut it short). The error on
+            # its way wins over a checkpoint that could not be written.
+            with contextlib.suppress(CheckpointError):
+                collector.flush()
+            with contextlib.suppress(CheckpointError):
+                store.close()
+        raise
+    if store is not None:
+        store.close()  # every part on disk before the frame is returned
+    collector.problems.warn(stacklevel=3)
     return frame
 
 
-def _sendable(collector: _Collector, ids: list[str], start: int = 0) -> Iterator[tuple[int, str]]:
+def _sendable(
+    collector: _Collector,
+    ids: list[str],
+    start: int = 0,
+    stored: pd.DataFrame | None = None,
+) -> Iterator[tuple[int, str]]:
     """The ``(position, id)`` pairs to send, positions from ``start``; the ids that must
-    not be sent get their 'invalid image id' rows in ``collector`` right away."""
+    not be sent get their 'invalid image id' rows in ``collector`` right away, and those
+    answered in ``stored`` (a checkpoint) get their stored rows."""
     invalid = invalid_ids(ids)
+    if stored is not None and len(stored):
+        rows, positions = restored_positions(stored, ids, start)
+        collector.restore(rows, positions)
+        invalid[positions - start] = False  # their rows are restored, not made again
+        send = ~invalid
+        send[positions - start] = False
+    else:
+        send = ~invalid
     for index in np.flatnonzero(invalid).tolist():  # never sent: the row says why
         collector.add(FetchResult(start + index, ids[index], None, None, INVALID_ID, 0))
     # A lazy C-level iterator: workers pull ids as they free up, no Python frame per id.
-    return itertools.compress(zip(itertools.count(start), ids), (~invalid).tolist())
+    return itertools.compress(zip(itertools.count(start), ids), send.tolist())
 
 
 async def _listed_pages(
@@ -368,11 +564,14 @@ async def _listed_pages(
     verify: bool | str,
     timeout: float | Timeout,
     retries: int | RetryPolicy,
+    include_deleted: bool = False,
+    stored: pd.DataFrame | None = None,
 ) -> AsyncIterator[Iterable[tuple[int, str]]]:
     """Each listing page as the ``(position, image_id)`` pairs to send, in listing order.
 
-    Invalid ids become their rows here and are not sent. With ``api="auto"`` a v1
-    listing answering 300 switches the listing and ``fetcher`` to v2 before any id.
+    Invalid ids become their rows here and are not sent, and so do ids with a stored
+    row (a checkpoint). With ``api="auto"`` a v1 listing answering 300 switches the
+    listing and ``fetcher`` to v2 before any id.
     """
     from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
 
@@ -387,7 +586,7 @@ async def _listed_pages(
             api=listing_api,
             page_size=LISTING_PAGE_SIZE,
             verify=verify,
-            include_deleted=False,
+            include_deleted=include_deleted,
             timeout=timeout,
             retries=retries,
             max_pages=DEFAULT_MAX_PAGES,
@@ -396,7 +595,7 @@ async def _listed_pages(
             async with contextlib.aclosing(pages):
                 async for page in pages:
                     collector.expect(len(page))
-                    sendable = _sendable(collector, page, position)
+                    sendable = _sendable(collector, page, position, stored)
                     position += len(page)
                     yield sendable
             return
@@ -420,6 +619,8 @@ def fetch_images(
     max_rps: float | None = None,
     adaptive: bool = True,
     api: Literal["v1", "v2", "auto"] = "v1",
+    checkpoint: str | os.PathLike[str] | None = None,
+    include_deleted: bool = False,
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
@@ -451,6 +652,23 @@ def fetch_images(
     run to v2 at the first 300 answer). The v2-only columns ``visibility``,
     ``os_hash_algo``, ``os_hash_value`` and ``tags`` are NA for v1 rows.
 
+    ``include_deleted`` (``ids=None`` only) keeps deleted images in the listing (admin
+    tokens, v1). With explicit ids it changes nothing: every id named is asked, deleted
+    or not.
+
+    ``checkpoint`` is a folder (created if missing; see :mod:`imgframe.checkpoint`)
+    that receives every row with a definitive answer (200, 404, invalid id) at least
+    every 10,000 rows or 10 s. Calling again with the same request and folder sends only
+    the ids without one (transient failures are asked again) and returns the whole frame,
+    in input order, as one uninterrupted run would; with ``ids=None`` the cloud is listed
+    again and the stored rows of listed ids are used. A folder made for other ids,
+    another endpoint, api or include_deleted is refused with a
+    :class:`~imgframe.CheckpointError`. The folder is never deleted for you:
+    ``imgframe.checkpoint.remove_checkpoint(folder)`` once the frame is safe.
+
+    Interrupting (Ctrl-C, a Jupyter kernel interrupt) stops the sending within a moment,
+    writes the rows received so far to the checkpoint and raises ``KeyboardInterrupt``.
+
     Examples
     --------
     >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
@@ -473,23 +691,99 @@ def fetch_images(
         max_rps=max_rps,
         adaptive=adaptive,
         api=api,
+        checkpoint=checkpoint,
+        include_deleted=include_deleted,
     )
     return run_sync(coroutine)
+
+
+#: How long an interrupted :func:`run_sync` waits for its helper thread's fetch to stop
+#: and write its checkpoint before raising ``KeyboardInterrupt`` anyway.
+INTERRUPT_WAIT_SECONDS = 30.0
 
 
 def run_sync(coroutine: Awaitable[Any]) -> Any:
     """Run ``coroutine`` to completion from blocking code, even inside a running loop.
 
-    In a plain script it runs on a fresh event loop (uvloop when installed). Inside a
-    running loop (a Jupyter cell) it runs on a helper thread with its own loop, because
-    a loop cannot be re-entered and nest_asyncio patches asyncio globally.
+    In a plain script it runs on a fresh event loop (uvloop when installed); Ctrl-C
+    cancels it (asyncio.Runner's own handling) and raises ``KeyboardInterrupt`` once
+    it has unwound. Inside a running loop (a Jupyter cell) it runs on a helper thread
+    with its own loop, because a loop cannot be re-entered and nest_asyncio patches
+    asyncio globally; a ``KeyboardInterrupt`` in the waiting thread (a kernel interrupt)
+    cancels the helper's task, waits up to :data:`INTERRUPT_WAIT_SECONDS` for it to
+    unwind (a fetch writes its checkpoint) and is then raised.
+
+    Examples
+    --------
+    >>> async def answer() -> int:
+    ...     return 42
+    >>> run_sync(answer())
+    42
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return _run_in_new_loop(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgframe") as pool:
-        return pool.submit(_run_in_new_loop, coroutine).result()
+    helper = _HelperLoop(coroutine)
+    helper.thread.start()
+    try:
+        helper.done.wait()
+    except KeyboardInterrupt:
+        helper.cancel()
+        # A second interrupt while waiting gives up on the wait, not on the cancel.
+        helper.done.wait(INTERRUPT_WAIT_SECONDS)
+        raise
+    return helper.result()
+
+
+class _HelperLoop:
+    """``coroutine`` as the main task of a fresh event loop on a daemon thread, which
+    another thread can cancel (a daemon: an abandoned fetch never blocks exiting)."""
+
+    def __init__(self, coroutine: Awaitable[Any]) -> None:
+        self._coroutine = coroutine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        self._outcome: tuple[bool, Any] = (False, None)
+        self.thread = threading.Thread(target=self._run, name="imgframe-fetch", daemon=True)
+
+    async def _main(self) -> Any:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            cancelled = self._cancelled
+        if cancelled:  # interrupted before the task existed
+            close = getattr(self._coroutine, "close", None)
+            if close is not None:
+                close()
+            raise asyncio.CancelledError
+        return await self._coroutine
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (True, _run_in_new_loop(self._main()))
+        except BaseException as exc:
+            self._outcome = (False, exc)
+        finally:
+            self.done.set()
+
+    def cancel(self) -> None:
+        """Cancel the task from any thread (before it started: it will not start)."""
+        with self._lock:
+            self._cancelled = True
+            loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+    def result(self) -> Any:
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
 
 
 def _run_in_new_loop(coroutine: Awaitable[Any]) -> Any:

@@ -5,6 +5,7 @@ One root, a few precise children; each carries what a user needs to act on it
 
     ImgframeError                      root of everything imgframe raises
     ├── ConfigError (ValueError)        an option is wrong: endpoint, concurrency, token, ...
+    │   └── CheckpointError            the checkpoint folder is for another request, or unusable
     ├── InvalidInputError (ValueError) the ids argument cannot be read as image ids
     └── FetchError                     the run as a whole could not go on
         ├── NoV1ApiError               the cloud answered 300: Glance v1 is gone (Rocky+)
@@ -12,6 +13,7 @@ One root, a few precise children; each carries what a user needs to act on it
 
     ImgframeParseWarning (UserWarning) header values that could not be parsed became NA
     IncompleteListingWarning (UserWarning) a listing may miss images (killed ones)
+    CheckpointWarning (UserWarning)    a checkpoint part could not be read; its ids are asked again
 
 A single image that fails (404, 403, a timeout after all retries, ...) is never an
 exception: it is a row with ``http_status`` and ``error`` filled. Exceptions are for
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "CheckpointError",
+    "CheckpointWarning",
     "ConfigError",
     "FetchError",
     "ImgframeError",
@@ -38,6 +42,14 @@ class ImgframeError(Exception):
 
 class ConfigError(ImgframeError, ValueError):
     """An option given to imgframe is invalid (endpoint, concurrency, timeout, token...)."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used: made for another request (other ids, endpoint, api...),
+    not a checkpoint folder, in use by another run, or a part could not be written.
+
+    The message names what differs and how to go on (another folder, or delete it).
+    """
 
 
 class InvalidInputError(ImgframeError, ValueError):
@@ -66,6 +78,10 @@ class AuthError(FetchError):
 
 class ImgframeParseWarning(UserWarning):
     """Some header values could not be parsed; they became NA (the rows are kept)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint part could not be read and was skipped: its images are fetched again."""
 
 
 class IncompleteListingWarning(UserWarning):

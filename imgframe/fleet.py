@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,12 @@ from imgframe.api import (
     DEFAULT_CONCURRENCY,
     PROGRESS_LABEL,
     TokenArg,
-    fetch_images_async,
+    _checkpoint_facts,
+    _fetch,
     normalize_ids,
     run_sync,
 )
+from imgframe.checkpoint import fleet_folder, target_folder
 from imgframe.errors import ConfigError, ImgframeError
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
@@ -173,6 +176,8 @@ async def fetch_fleet_async(
     adaptive: bool = True,
     api: Literal["v1", "v2", "auto"] = "v1",
     errors: Literal["raise", "warn"] = "raise",
+    checkpoint: str | os.PathLike[str] | None = None,
+    include_deleted: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_fleet` (same arguments, same frame).
 
@@ -189,11 +194,21 @@ async def fetch_fleet_async(
         raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
     targets = fleet_targets(clouds, regions)
     requested = None if ids is None else normalize_ids(ids)
+    manifest = root = None
+    if checkpoint is not None:
+        # The fleet's own manifest (ids, api, include_deleted) is checked before any
+        # login; each target's folder then checks its endpoint.
+        manifest = _checkpoint_facts(requested, api, include_deleted, kind="fleet")
+        root = fleet_folder(checkpoint, manifest)
 
     async def one(target: Target) -> pd.DataFrame:
         PROGRESS_LABEL.set(target.label)  # this task's own context: one label per bar
+        folder = None
+        if root is not None:
+            folder = target_folder(root, target.cloud, target.region)
+            folder.parent.mkdir(exist_ok=True)
         try:
-            return await fetch_images_async(
+            return await _fetch(
                 requested,
                 endpoint=target.endpoint,
                 token=target.token,
@@ -205,6 +220,10 @@ async def fetch_fleet_async(
                 max_rps=max_rps,
                 adaptive=adaptive,
                 api=api,
+                include_deleted=include_deleted,
+                checkpoint=folder,
+                manifest=manifest,
+                labels=(target.cloud, target.region),
             )
         except ImgframeError as exc:
             raise _relabel(exc, target) from None
@@ -275,6 +294,8 @@ def fetch_fleet(
     adaptive: bool = True,
     api: Literal["v1", "v2", "auto"] = "v1",
     errors: Literal["raise", "warn"] = "raise",
+    checkpoint: str | os.PathLike[str] | None = None,
+    include_deleted: bool = False,
 ) -> pd.DataFrame:
     """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
 
@@ -296,6 +317,13 @@ def fetch_fleet(
 
     The frame: ``cloud``, ``region``, ``id``, then the contract columns, indexed by
     ``key`` = ``"{cloud}/{region}/{id}"`` (unique; region empty when None).
+
+    ``checkpoint`` is a folder holding one checkpoint per target (see
+    :func:`imgframe.fetch_images`), in ``cloud=<cloud>/region=<region>`` subfolders:
+    the same call again fetches only what each target still lacks, and
+    ``pandas.read_parquet(folder)`` reads every stored row with its cloud and region.
+    Interrupting stops every target's sending and writes each one's rows.
+    ``include_deleted`` applies to each target's listing (``ids=None``).
 
     Examples
     --------
@@ -321,6 +349,8 @@ def fetch_fleet(
             adaptive=adaptive,
             api=api,
             errors=errors,
+            checkpoint=checkpoint,
+            include_deleted=include_deleted,
         )
     )
 
