@@ -32,6 +32,8 @@ from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
 from imgframe.atomic import atomic_path, check_writable
 from imgframe.auth import TokenArg
 from imgframe.errors import (
+    CheckpointError,
+    CheckpointWarning,
     ConfigError,
     FetchError,
     ImgframeError,
@@ -89,10 +91,15 @@ _VERSIONED_PATH = re.compile(r"/(v\d+(?:\.\d+)?(?:/images)?|images)$", re.IGNORE
 
 
 FETCH_RUN_HELP = """\
-long runs:
-  Ctrl-C (SIGINT) or SIGTERM stops sending at once, exits 130 / 143 and prints the
-  command that resumes the run. Every id is a row of the table, failures included
-  (http_status, error).
+long runs and resuming:
+  Finished rows go to a checkpoint folder as they arrive (at least every 10,000 rows
+  or 10 s): OUT.checkpoint next to -o OUT, or --checkpoint DIR; without -o, a folder
+  under ${XDG_CACHE_HOME:-~/.cache}/imgframe/checkpoints named by a digest of the
+  request. Running the same command again resumes: only the ids without a definitive
+  answer are sent. The checkpoint is removed once a run is complete (exit 0), kept
+  when it is not (4, 130, 143). --no-checkpoint keeps none.
+  Ctrl-C (SIGINT) or SIGTERM stops sending at once, keeps what was fetched, prints the
+  command that resumes and exits 130 / 143; kill -9 loses at most the last 10 s.
 """
 
 
@@ -315,6 +322,10 @@ def _fetch(args: argparse.Namespace) -> int:
     if args.output:
         _check_output(args.output)
     ids = _ids_from_args(args)
+    if args.include_deleted and ids is not None:
+        raise ImgframeError(
+            "--include-deleted goes with --all (named ids are asked, deleted or not)"
+        )
     if args.token:
         _say(
             "warning: a token given with --token is visible to every user of this machine "
@@ -328,18 +339,120 @@ def _fetch(args: argparse.Namespace) -> int:
         "verify": args.ca_bundle or not args.insecure,
         "max_rps": args.max_rps,
         "api": args.api,
+        "include_deleted": args.include_deleted,
     }
+    run = _Run(args, checkpoint_folder(args, ids))
     with _Interrupts() as interrupts:
         try:
-            return _fetch_and_write(args, ids, options)
+            status = _fetch_and_write(run, ids, options)
         except KeyboardInterrupt:
-            _interrupted(args, interrupts)
+            _interrupted(run, interrupts)
             return interrupts.status
+        except CheckpointError as exc:
+            if run.checkpoint is not None and run.default_checkpoint:
+                raise CheckpointError(
+                    f"{exc} (it is the checkpoint imgframe keeps by default; "
+                    "--checkpoint DIR or --no-checkpoint run without it)"
+                ) from None
+            raise
+        except ImgframeError:
+            run.tidy()
+            raise
+    if status == EXIT_OK:
+        run.remove()
+    return status
 
 
-def _fetch_and_write(
-    args: argparse.Namespace, ids: list[str] | None, options: dict[str, Any]
-) -> int:
+class _Run:
+    """One ``imgframe fetch``: its arguments and its checkpoint folder (or None)."""
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path | None) -> None:
+        self.args = args
+        self.checkpoint = checkpoint
+        self.default_checkpoint = checkpoint is not None and not args.checkpoint
+        self.existed = checkpoint is not None and checkpoint.exists()
+        if checkpoint is not None and not self.existed and self.default_checkpoint:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the user cache folder
+
+    def kept_rows(self) -> int | None:
+        """Rows stored in the checkpoint; None without a checkpoint (or a readable one)."""
+        from imgframe.checkpoint import read_manifest
+
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return None
+        try:
+            return read_manifest(self.checkpoint).rows
+        except CheckpointError:
+            return None
+
+    def remove(self) -> None:
+        from imgframe.checkpoint import remove_checkpoint
+
+        if self.checkpoint is not None:
+            remove_checkpoint(self.checkpoint)
+
+    def tidy(self) -> int | None:
+        """After a run that did not complete: a checkpoint with no rows holds nothing to
+        resume from and is removed; one with rows is kept. Returns the rows kept."""
+        rows = self.kept_rows()
+        if rows == 0:
+            self.remove()
+            return None
+        return rows
+
+
+def checkpoint_folder(args: argparse.Namespace, ids: list[str] | None) -> Path | None:
+    """Where ``imgframe fetch`` keeps its checkpoint: ``--checkpoint DIR``; else next to
+    ``-o`` (``OUT.checkpoint``); else in the user cache, in a folder named by a digest
+    of the request (so the same command finds it again); None with ``--no-checkpoint``.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["fetch", "--endpoint", "http://h", "-o", "f.csv", "x"])
+    >>> checkpoint_folder(args, ["x"])
+    PosixPath('f.csv.checkpoint')
+    """
+    if args.no_checkpoint:
+        return None
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.output:
+        output = Path(args.output)
+        return output.with_name(output.name + CHECKPOINT_SUFFIX)
+    return _cache_folder() / "checkpoints" / _request_digest(args, ids)
+
+
+#: The default checkpoint of ``-o OUT`` is the folder ``OUT`` + this, next to it.
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def _cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imgframe"
+
+
+def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
+    """A name for what was asked (where, which api, which ids), not how (concurrency...)."""
+    import hashlib
+
+    from imgframe.api import normalize_ids
+    from imgframe.checkpoint import ids_digest
+    from imgframe.fetch import normalize_endpoint
+
+    request = {
+        "endpoint": normalize_endpoint(args.endpoint) if args.endpoint else None,
+        "cloud": args.cloud,
+        "region": args.region,
+        "api": args.api,
+        "ids": "listing" if ids is None else ids_digest(normalize_ids(ids)),
+        "include_deleted": args.include_deleted,
+    }
+    text = json.dumps(request, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) -> int:
+    args = run.args
     started = time.perf_counter()
     if args.cloud:
         from imgframe.fleet import fetch_fleet
@@ -349,6 +462,7 @@ def _fetch_and_write(
             args.region or None,
             ids=ids,
             errors="warn" if args.keep_going else "raise",
+            checkpoint=run.checkpoint,
             **options,
         )
     else:
@@ -357,11 +471,14 @@ def _fetch_and_write(
             from imgframe.auth import HuaweiAkSk
 
             token = HuaweiAkSk.from_env()
-        df = fetch_images(ids, endpoint=args.endpoint, token=token, **options)
+        df = fetch_images(
+            ids, endpoint=args.endpoint, token=token, checkpoint=run.checkpoint, **options
+        )
     seconds = time.perf_counter() - started
     outcome = run_outcome(df)
     failed_targets = [str(t) for t in df.attrs.get("failed_targets", ())]
     if outcome.failed_as_a_whole or (failed_targets and df.empty):
+        run.tidy()
         _say(f"error: {_failure_line(outcome, failed_targets)}; {_nothing_written(args)}")
         return EXIT_FAILED
     if args.output:
@@ -371,12 +488,20 @@ def _fetch_and_write(
         to_csv(df, sys.stdout)
         sys.stdout.flush()  # a closed pipe shows here, inside main()'s BrokenPipeError handler
     print(summarize(df, seconds), file=sys.stderr)
+    if outcome.complete and not failed_targets:
+        return EXIT_OK
+    rows = run.tidy()
+    if rows:
+        _say(
+            f"{rows:,} rows kept in checkpoint {run.checkpoint}: the same command again "
+            "asks only the ids not read"
+        )
     if failed_targets:
         names = ", ".join(t.split(": ", 1)[0] for t in failed_targets)
         _say(f"incomplete: {len(failed_targets)} target(s) failed: {names}")
     if not outcome.complete:
         _say(outcome.summary())
-    return EXIT_OK if outcome.complete and not failed_targets else EXIT_INCOMPLETE
+    return EXIT_INCOMPLETE
 
 
 def _failure_line(outcome: Outcome, failed_targets: list[str]) -> str:
@@ -396,9 +521,22 @@ def _nothing_written(args: argparse.Namespace) -> str:
     return "no table written"
 
 
-def _interrupted(args: argparse.Namespace, interrupts: _Interrupts) -> None:
+def _interrupted(run: _Run, interrupts: _Interrupts) -> None:
     name = "SIGTERM" if interrupts.signal == signal.SIGTERM else "SIGINT"
-    _say(f"interrupted ({name}): stopped sending; {_nothing_written(args)}")
+    _say(f"interrupted ({name}): stopped sending; {_nothing_written(run.args)}")
+    if run.checkpoint is None:
+        _say("nothing was kept (--no-checkpoint): the same command starts over")
+        return
+    rows = run.tidy()
+    kept = f"{rows:,} rows kept in checkpoint {run.checkpoint}" if rows else "no rows kept yet"
+    notes = []
+    if any(_token_flag(arg) for arg in run.args.argv):
+        notes.append("with the token in $OS_AUTH_TOKEN (--token is not repeated here)")
+    if run.args.ids_from_stdin:
+        notes.append("with the same ids on stdin")
+    how = f" ({'; '.join(notes)})" if notes else ""
+    _say(f"{kept}; to resume, run{how}:")
+    print(f"  {resume_command(run.args.argv)}", file=sys.stderr, flush=True)
 
 
 def _say(line: str) -> None:
@@ -884,7 +1022,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Shown as they come, one line each, so that the last line of a run is its
             # outcome, not a warning about one header.
             warnings.showwarning = _show_warning
-            for category in (ImgframeParseWarning, FleetWarning, IncompleteListingWarning):
+            for category in (
+                ImgframeParseWarning,
+                FleetWarning,
+                IncompleteListingWarning,
+                CheckpointWarning,
+            ):
                 warnings.simplefilter("always", category)
             return int(args.run(args))
     except FetchError as exc:  # the run as a whole: no v1, TLS, login refused...
