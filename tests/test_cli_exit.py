@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from imgframe.cli import main
-from imgframe.io import read_parquet
+from imgframe.io import read, read_parquet
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 
 OLD_SNAPSHOT = "id,name\r\nold,snapshot\r\n"
@@ -79,6 +79,7 @@ def test_wrong_token_fails_as_a_whole_and_keeps_the_old_table(fleet, emulator, c
     assert snapshot.read_bytes() == OLD_SNAPSHOT.encode()
     assert len(emulator.request_log) <= 32 + 1  # the first 401s stop the sending
     assert "Traceback" not in ran.err
+    assert not Path(f"{snapshot}.checkpoint").exists()  # nothing in it to resume from
 
 
 def test_closed_port_fails_as_a_whole(cli, snapshot) -> None:
@@ -213,3 +214,96 @@ def test_keep_going_with_every_target_failed_is_a_failed_run(lab_cloud, cli, sna
     assert ran.status == 5, ran.err
     assert "every target failed: lab/west" in ran.last_line
     assert snapshot.read_bytes() == OLD_SNAPSHOT.encode()
+
+
+# -- the checkpoint the CLI keeps by default ---------------------------------------------
+
+FLAKY = Faults(transient_rate=0.1, transient_attempts=1, retry_after=0.0, seed=6,
+               transient_kinds=("503",))  # fmt: skip
+
+
+def _flaky_ids(fleet) -> tuple[list[str], list[str]]:
+    ids = [image.id for image in fleet.images[:200]]
+    return ids, [i for i in ids if FLAKY.transient_kind(i) is not None]
+
+
+def test_an_incomplete_run_keeps_its_checkpoint_and_the_same_command_completes_it(
+    fleet, cli, tmp_path
+) -> None:
+    ids, flaky = _flaky_ids(fleet)
+    out = tmp_path / "out.csv"
+    args = ("fetch", *ids, "--token", ADMIN_TOKEN, "--retries", "0", "-o", str(out))
+    with GlanceEmulator(fleet, faults=FLAKY) as emu:
+        first = cli(*args, "--endpoint", emu.url)
+        assert first.status == 4, first.err
+        checkpoint = tmp_path / "out.csv.checkpoint"
+        assert f"{200 - len(flaky)} rows kept in checkpoint {checkpoint}" in first.err
+        assert read(out).index.tolist() == ids  # the table is written anyway
+        emu.reset_log()
+        again = cli(*args, "--endpoint", emu.url)
+        assert again.status == 0, again.err
+        assert sorted(r.image_id for r in emu.request_log) == sorted(flaky)
+    df = read(out)
+    assert df.index.tolist() == ids and (df["http_status"] == 200).all()
+    assert not checkpoint.exists()
+
+
+def test_without_o_the_checkpoint_is_in_the_user_cache(fleet, cli, tmp_path) -> None:
+    ids, flaky = _flaky_ids(fleet)
+    cache = tmp_path / "cache" / "imgframe" / "checkpoints"
+    with GlanceEmulator(fleet, faults=FLAKY) as emu:
+        args = ("fetch", *ids, "--token", ADMIN_TOKEN, "--retries", "0", "--endpoint", emu.url)
+        assert cli(*args).status == 4
+        (kept,) = list(cache.iterdir())
+        assert kept.name.isalnum() and len(kept.name) == 20
+        other = cli("fetch", *ids[:10], "--token", ADMIN_TOKEN, "--endpoint", emu.url)
+        assert other.status == 0  # another request: another folder, this one untouched
+        assert list(cache.iterdir()) == [kept]
+        emu.reset_log()
+        again = cli(*args)
+        assert again.status == 0, again.err
+        assert sorted(r.image_id for r in emu.request_log) == sorted(flaky)
+    assert pd.read_csv(io.StringIO(again.out))["id"].tolist() == ids
+    assert list(cache.iterdir()) == []
+
+
+def test_a_checkpoint_made_for_other_ids_is_refused_before_any_request(
+    fleet, emulator, cli, tmp_path
+) -> None:
+    ids = [image.id for image in fleet.images[:30]]
+    out = tmp_path / "out.csv"
+    checkpoint = tmp_path / "out.csv.checkpoint"
+    from imgframe.checkpoint import Checkpoint, Manifest
+
+    facts = Manifest.for_fetch(endpoint=emulator.url, api="v1", ids=ids[:5])
+    Checkpoint.open(checkpoint, facts).close()
+    emulator.reset_log()
+    ran = cli("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))
+    assert ran.status == 2, ran.err
+    assert "made for another request" in ran.last_line and "--no-checkpoint" in ran.last_line
+    assert emulator.request_log == [] and checkpoint.exists() and not out.exists()
+    assert ran.err.count("\n") == 2  # the --token warning, then the one error line
+
+
+def test_an_explicit_checkpoint_folder_is_used_and_removed_after_success(
+    fleet, emulator, cli, tmp_path
+) -> None:
+    ids = [image.id for image in fleet.images[:30]]
+    folder = tmp_path / "my-checkpoint"
+    ran = cli("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN,
+              "--checkpoint", str(folder), "-o", str(tmp_path / "out.csv"))  # fmt: skip
+    assert ran.status == 0, ran.err
+    assert not folder.exists() and not (tmp_path / "out.csv.checkpoint").exists()
+
+
+def test_include_deleted_keeps_the_deleted_images_of_a_listing(fleet, emulator, cli, tmp_path):
+    deleted = {image.id for image in fleet.images if image.deleted}
+    assert deleted
+    args = ("fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    without = set(pd.read_csv(io.StringIO(cli(*args).out))["id"])
+    ran = cli(*args, "--include-deleted")
+    assert ran.status == 0, ran.err
+    listed = set(pd.read_csv(io.StringIO(ran.out))["id"])
+    assert listed == {image.id for image in fleet.images} and not (without & deleted)
+    refused = cli("fetch", "some-id", "--include-deleted", "--endpoint", emulator.url)
+    assert refused.status == 2 and "--all" in refused.err
