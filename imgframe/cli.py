@@ -351,8 +351,8 @@ def _fetch(args: argparse.Namespace) -> int:
         except CheckpointError as exc:
             if run.checkpoint is not None and run.default_checkpoint:
                 raise CheckpointError(
-                    f"{exc} (it is the checkpoint imgframe keeps by default; "
-                    "--checkpoint DIR or --no-checkpoint run without it)"
+                    f"{exc} (imgframe keeps this checkpoint by default: --checkpoint DIR "
+                    "picks another folder, --no-checkpoint keeps none)"
                 ) from None
             raise
         except ImgframeError:
