@@ -355,12 +355,17 @@ def _fetch(args: argparse.Namespace) -> int:
                     "picks another folder, --no-checkpoint keeps none)"
                 ) from None
             raise
-        except ImgframeError:
-            run.tidy()
+        except ImgframeError:  # main() prints it as the last line
+            rows = run.tidy()
+            if rows:
+                _say(f"{rows:,} rows kept in checkpoint {run.checkpoint}: {_AGAIN}")
             raise
     if status == EXIT_OK:
         run.remove()
     return status
+
+
+_AGAIN = "the same command again asks only the ids not read"
 
 
 class _Run:
@@ -492,10 +497,7 @@ def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) 
         return EXIT_OK
     rows = run.tidy()
     if rows:
-        _say(
-            f"{rows:,} rows kept in checkpoint {run.checkpoint}: the same command again "
-            "asks only the ids not read"
-        )
+        _say(f"{rows:,} rows kept in checkpoint {run.checkpoint}: {_AGAIN}")
     if failed_targets:
         names = ", ".join(t.split(": ", 1)[0] for t in failed_targets)
         _say(f"incomplete: {len(failed_targets)} target(s) failed: {names}")

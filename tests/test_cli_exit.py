@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from imgframe.checkpoint import read_manifest
 from imgframe.cli import main
 from imgframe.io import read, read_parquet
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
@@ -181,7 +182,13 @@ def lab_cloud(tmp_path, monkeypatch, region_fleets) -> Iterator[dict[str, Glance
         GlanceEmulator(west, faults=Faults(no_v1=True)) as west_glance,
         FakeKeystone({"east": east_glance, "west": west_glance}) as keystone,
     ):
-        clouds = {"clouds": {"lab": {"auth": keystone.auth(), "regions": ["east", "west"]}}}
+        wrong = keystone.auth() | {"password": "not-the-password"}
+        clouds = {
+            "clouds": {
+                "lab": {"auth": keystone.auth(), "regions": ["east", "west"]},
+                "lab-wrong": {"auth": wrong, "regions": ["east"]},
+            }
+        }
         path = tmp_path / "clouds.yaml"
         path.write_text(json.dumps(clouds))
         for name in [n for n in __import__("os").environ if n.startswith("OS_")]:
@@ -206,6 +213,18 @@ def test_without_keep_going_a_failed_target_fails_the_run(lab_cloud, cli, snapsh
     assert ran.status == 5, ran.err
     assert "lab/west" in ran.last_line and "no Glance v1 API" in ran.last_line
     assert snapshot.read_bytes() == OLD_SNAPSHOT.encode()
+
+
+def test_a_refused_keystone_login_fails_as_a_whole(lab_cloud, cli, snapshot) -> None:
+    lab_cloud["east"].reset_log()
+    ran = cli("fetch", "--cloud", "lab-wrong", "--all", "-o", str(snapshot))
+    assert ran.status == 5, ran.err
+    assert ran.last_line.startswith("imgframe: error: lab-wrong/east: ") and "Traceback" not in (
+        ran.err
+    )
+    assert ran.err.count("\n") == 1 and "not-the-password" not in ran.err
+    assert snapshot.read_bytes() == OLD_SNAPSHOT.encode()
+    assert lab_cloud["east"].request_log == []
 
 
 def test_keep_going_with_every_target_failed_is_a_failed_run(lab_cloud, cli, snapshot) -> None:
@@ -307,3 +326,24 @@ def test_include_deleted_keeps_the_deleted_images_of_a_listing(fleet, emulator, 
     assert listed == {image.id for image in fleet.images} and not (without & deleted)
     refused = cli("fetch", "some-id", "--include-deleted", "--endpoint", emulator.url)
     assert refused.status == 2 and "--all" in refused.err
+
+
+def test_a_listing_that_fails_midway_keeps_the_rows_read_and_the_rerun_resumes(cli, tmp_path):
+    fleet = make_fleet(2500, seed=12)
+    out = tmp_path / "all.csv"
+    args = ("fetch", "--all", "--token", ADMIN_TOKEN, "--retries", "1", "-o", str(out))
+    with GlanceEmulator(fleet, faults=Faults(list_fail_from=2, latency=0.002)) as emu:
+        ran = cli(*args, "--endpoint", emu.url)
+        assert ran.status == 5, ran.err
+        assert "rows kept in checkpoint" in ran.err and "HTTP 500" in ran.last_line
+        assert not out.exists()
+        kept = read_manifest(f"{out}.checkpoint").rows
+        assert 0 < kept <= 1000  # at most the first page
+        emu.faults = Faults()
+        emu.reset_log()
+        again = cli(*args, "--endpoint", emu.url)
+        assert again.status == 0, again.err
+        heads = [r.image_id for r in emu.request_log if r.method == "HEAD"]
+    listed = [image.id for image in fleet.images if not image.deleted]
+    assert len(heads) == len(listed) - kept and len(set(heads)) == len(heads)
+    assert set(pd.read_csv(out)["id"]) == set(listed)
