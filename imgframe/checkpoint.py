@@ -24,7 +24,9 @@ The folder is a plain Parquet dataset: ``pyarrow.dataset.dataset(FOLDER)`` and
 ``.``). A fleet checkpoint (``fetch_fleet(..., checkpoint=FOLDER)``) has one such
 folder per target, ``cloud=<cloud>/region=<region>`` (Hive partitioning, values
 URL-quoted, a missing region ``__HIVE_DEFAULT_PARTITION__``), so
-``pandas.read_parquet(FOLDER)`` reads the whole fleet with ``cloud`` and ``region``.
+``pyarrow.dataset.dataset(FOLDER, partitioning="hive")`` reads the whole fleet with
+``cloud`` and ``region`` (``pandas.read_parquet`` too, unless a region is missing:
+pyarrow cannot yet unify the dictionaries it infers for a partition with nulls).
 
 Only definitive rows are stored: a transient failure is asked again by the next run.
 A part that cannot be read (which renaming whole files rules out, unless the disk or a

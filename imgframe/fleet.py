@@ -321,7 +321,8 @@ def fetch_fleet(
     ``checkpoint`` is a folder holding one checkpoint per target (see
     :func:`imgframe.fetch_images`), in ``cloud=<cloud>/region=<region>`` subfolders:
     the same call again fetches only what each target still lacks, and
-    ``pandas.read_parquet(folder)`` reads every stored row with its cloud and region.
+    ``pyarrow.dataset.dataset(folder, partitioning="hive")`` reads every stored row with
+    its cloud and region.
     Interrupting stops every target's sending and writes each one's rows.
     ``include_deleted`` applies to each target's listing (``ids=None``).
 
