@@ -833,12 +833,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
-    fetch.add_argument("--ids-file", metavar="FILE", help="file with one id per line ('-' = stdin)")
+    fetch.add_argument(
+        "--ids-file",
+        metavar="FILE",
+        help="one id per line, or a CSV with an 'id' column (such as a table this command "
+        "wrote); '-' = stdin",
+    )
     fetch.add_argument(
         "--all", action="store_true", help="list every image the credentials can see, then HEAD"
     )
     where = fetch.add_argument_group("where and who")
-    where.add_argument("--endpoint", help="Glance/IMS URL, with or without /v1")
+    where.add_argument(
+        "--endpoint", help="Glance/IMS base URL, with or without /v1 (for v2: --api v2)"
+    )
     where.add_argument(
         "--token",
         help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN; prefer it: a token on the "
@@ -955,6 +962,9 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="run the audit rules on a fetched table (.csv, .parquet, .json)",
         description="Run imgframe's audit rules on a table written by 'imgframe fetch'.",
+        epilog="exit status: 0 done (no finding as severe as --fail-on); 1 internal error; "
+        "2 usage error, or a table that cannot be read (missing, cut short, not a table); "
+        "3 a finding as severe as --fail-on or worse",
     )
     audit.add_argument("input", metavar="FILE", help="images table: .csv, .parquet or .json")
     audit.add_argument(
