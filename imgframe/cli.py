@@ -97,7 +97,8 @@ long runs and resuming:
   under ${XDG_CACHE_HOME:-~/.cache}/imgframe/checkpoints named by a digest of the
   request. Running the same command again resumes: only the ids without a definitive
   answer are sent. The checkpoint is removed once a run is complete (exit 0), kept
-  when it is not (4, 130, 143). --no-checkpoint keeps none.
+  when it is not (4, 130, 143): until then its rows answer their ids in every run of
+  the same command (delete the folder to ask afresh). --no-checkpoint keeps none.
   Ctrl-C (SIGINT) or SIGTERM stops sending at once, keeps what was fetched, prints the
   command that resumes and exits 130 / 143; kill -9 loses at most the last 10 s.
 """
@@ -490,8 +491,13 @@ def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) 
         path = write(df, args.output)
         _say(f"wrote {len(df):,} rows to {path}" + ("" if outcome.complete else " (incomplete)"))
     else:
-        to_csv(df, sys.stdout)
-        sys.stdout.flush()  # a closed pipe shows here, inside main()'s BrokenPipeError handler
+        try:
+            to_csv(df, sys.stdout)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+        except BrokenPipeError:  # `| head`: main() ends quietly with 141
+            if outcome.complete and not failed_targets:
+                run.remove()  # nothing to resume: a later run must ask the cloud again
+            raise
     print(summarize(df, seconds), file=sys.stderr)
     if outcome.complete and not failed_targets:
         return EXIT_OK

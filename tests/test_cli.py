@@ -419,16 +419,16 @@ def test_a_bug_is_one_line_and_the_traceback_is_there_on_request(fleet, emulator
         cli(*args)
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> None:
+def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet, tmp_path) -> None:
     # `imgframe fetch ... | head -1`: far more CSV than a pipe buffer holds, reader gone.
     ids = [i.id for i in fleet.images] + [f"missing-{n:05d}" for n in range(3000)]
+    cache = tmp_path / "cache"
     with subprocess.Popen(
-        [sys.executable, "-m", "imgframe", "fetch", "--endpoint", emulator.url, "--ids-file", "-",
-         "--no-checkpoint"],
+        [sys.executable, "-m", "imgframe", "fetch", "--endpoint", emulator.url, "--ids-file", "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "OS_AUTH_TOKEN": ADMIN_TOKEN},
+        env={**os.environ, "OS_AUTH_TOKEN": ADMIN_TOKEN, "XDG_CACHE_HOME": str(cache)},
     ) as process:  # fmt: skip
         process.stdin.write("\n".join(ids).encode())
         process.stdin.close()
@@ -438,6 +438,8 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> No
         stderr = process.stderr.read().decode()
     assert process.returncode == 141, stderr
     assert "error" not in stderr and "Traceback" not in stderr, stderr
+    # The fetch was complete: its checkpoint is not kept to answer a later run.
+    assert list((cache / "imgframe" / "checkpoints").iterdir()) == []
 
 
 def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_path) -> None:
