@@ -84,7 +84,7 @@ exit status:
 
 # Where and what an ids file may be: one id per line, or a CSV with an ``id`` column.
 _ID_COLUMN = "id"
-# An endpoint path that already names an API version or the images collection: imgframe
+# An endpoint path that still names an API version or the images collection: imgframe
 # adds /v1/images/{id} itself, so ".../v2" would ask /v2/v1/images/{id} (404 for every id,
 # a run that looks complete).
 _VERSIONED_PATH = re.compile(r"/(v\d+(?:\.\d+)?(?:/images)?|images)$", re.IGNORECASE)
@@ -221,19 +221,22 @@ def _check_output(path: str) -> Path:
 
 
 def _check_endpoint(endpoint: str) -> None:
-    """Refuse an endpoint that already ends with an API version (other than /v1) or with
-    /images: every id would be asked at a path that does not exist and answer 404."""
+    """Refuse an endpoint that still names an API version or the images collection once
+    imgframe has normalized it: every id would be asked at a path that does not exist
+    and answer 404, a run that looks complete."""
     from imgframe.fetch import normalize_endpoint  # its one-line refusals come first
 
-    normalize_endpoint(endpoint)
-    path = urlsplit(endpoint.strip()).path.rstrip("/")
+    path = urlsplit(normalize_endpoint(endpoint)).path.rstrip("/")
     found = _VERSIONED_PATH.search(path)
-    if found and found.group(1).lower() != "v1":
-        raise ConfigError(
-            f"--endpoint {endpoint!r} ends with /{found.group(1)}: give the service's base "
-            "URL (e.g. https://glance.example.com:9292); imgframe adds /v1/images/{id} "
-            "itself (--api v2 for Glance v2)"
-        )
+    if found is None:
+        return
+    tail = found.group(1)
+    hint = " (a Keystone URL? use --cloud with a clouds.yaml)" if tail.lower() == "v3" else ""
+    raise ConfigError(
+        f"--endpoint {endpoint!r} ends with /{tail}{hint}: give the image service's base "
+        "URL (e.g. https://glance.example.com:9292); imgframe adds /v1/images/{id} itself "
+        "(--api v2 for Glance v2)"
+    )
 
 
 def _token_flag(arg: str) -> bool:

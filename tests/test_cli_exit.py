@@ -97,13 +97,28 @@ def test_closed_port_fails_as_a_whole(cli, snapshot) -> None:
     assert snapshot.read_bytes() == OLD_SNAPSHOT.encode()
 
 
-@pytest.mark.parametrize("tail", ["/v2", "/v2/", "/v2.0", "/v1/images", "/images"])
-def test_an_endpoint_with_a_version_typo_is_refused_before_any_request(emulator, cli, tail):
+@pytest.mark.parametrize("tail", ["/v1/images", "/images", "/v3", "/v3/"])
+def test_an_endpoint_with_a_path_typo_is_refused_before_any_request(emulator, cli, tail):
     emulator.reset_log()
     ran = cli("fetch", "some-id", "--endpoint", emulator.url + tail, "--token", ADMIN_TOKEN)
     assert ran.status == 2, ran.err
     assert "base URL" in ran.err and ran.err.count("\n") == 1
+    assert ("Keystone" in ran.err) == tail.startswith("/v3")
     assert emulator.request_log == []
+
+
+@pytest.mark.parametrize("tail", ["/v2", "/v2/", "/v2.0"])
+def test_an_endpoint_ending_with_v2_never_gives_a_run_of_404s(fleet, emulator, cli, tail):
+    # imgframe either takes the version off (the endpoint is the base URL) or refuses it:
+    # never /v2/v1/images/{id}, which answers 404 for every id and looks complete.
+    emulator.reset_log()
+    ids = [image.id for image in fleet.images[:5]]
+    ran = cli("fetch", *ids, "--endpoint", emulator.url + tail, "--token", ADMIN_TOKEN)
+    if ran.status == 2:
+        assert "base URL" in ran.err and emulator.request_log == []
+    else:
+        assert ran.status == 0, ran.err
+        assert (pd.read_csv(io.StringIO(ran.out))["http_status"] == 200).all()
 
 
 def test_an_endpoint_ending_with_v1_is_fine(fleet, emulator, cli) -> None:
