@@ -106,8 +106,16 @@ long runs and resuming:
 
 def _read_ids(stream: TextIO, source: str) -> list[str]:
     """The ids in ``stream``: one per line (blank lines and ``#`` comments skipped), or,
-    when the first line has commas or is ``id``, the ``id`` column of a CSV (such as a
-    table ``imgframe fetch`` wrote). A byte order mark in front is dropped."""
+    when the first line has commas (semicolons, tabs) or is ``id``, the ``id`` column of
+    a CSV (such as a table ``imgframe fetch`` wrote). A byte order mark is dropped.
+
+    Examples
+    --------
+    >>> _read_ids(io.StringIO("\\ufeffa\\n# comment\\n\\n b \\n"), "stdin")
+    ['a', 'b']
+    >>> _read_ids(io.StringIO("Name;ID\\nx;a\\ny;b\\n"), "stdin")
+    ['a', 'b']
+    """
     lines = list(stream)
     if lines:
         lines[0] = lines[0].removeprefix("\ufeff")  # Windows editors, PowerShell pipes
@@ -118,13 +126,18 @@ def _read_ids(stream: TextIO, source: str) -> list[str]:
     if first is None:
         return []
     header = lines[first].strip()
-    if "," in header or header.lower() == _ID_COLUMN:
-        return _ids_from_csv("".join(lines[first:]), source)
+    # Commas, or the semicolons and tabs of spreadsheets set to a European locale.
+    delimiter = max(_DELIMITERS, key=header.count)
+    if delimiter in header or header.strip('"').lower() == _ID_COLUMN:
+        return _ids_from_csv("".join(lines[first:]), source, delimiter)
     return [text for line in lines if (text := line.strip()) and not text.startswith("#")]
 
 
-def _ids_from_csv(text: str, source: str) -> list[str]:
-    rows = csv.reader(io.StringIO(text))
+_DELIMITERS = (",", ";", "\t")
+
+
+def _ids_from_csv(text: str, source: str, delimiter: str = ",") -> list[str]:
+    rows = csv.reader(io.StringIO(text), delimiter=delimiter)
     names = [name.strip().lower() for name in next(rows)]
     if _ID_COLUMN not in names:
         shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")

@@ -482,3 +482,26 @@ def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_pat
         assert process.wait(timeout=20) == 0
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["fetch", "--token", "s3cr3t", "a"], "imgframe fetch a"),
+        (["fetch", "--token=s3cr3t", "a"], "imgframe fetch a"),
+        (["fetch", "--tok", "s3cr3t", "a"], "imgframe fetch a"),  # argparse takes abbreviations
+        (
+            ["fetch", "-o", "my out.csv", "--", "--token"],
+            "imgframe fetch -o 'my out.csv' -- --token",
+        ),
+        (
+            ["fetch", "--endpoint", "http://h/?a=$b", "x"],
+            "imgframe fetch --endpoint 'http://h/?a=$b' x",
+        ),
+    ],
+)
+def test_the_resume_command_is_the_same_command_without_the_token(argv, expected) -> None:
+    from imgframe.cli import resume_command
+
+    assert resume_command(argv) == expected
+    assert "s3cr3t" not in resume_command(argv)
