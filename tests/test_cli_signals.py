@@ -225,3 +225,63 @@ def test_ctrl_c_without_a_checkpoint_says_nothing_was_kept(slow_emulator, ids_fi
             process.kill()
         process.stderr.close()  # type: ignore[union-attr]
     assert "nothing was kept (--no-checkpoint)" in stderr and "Traceback" not in stderr
+
+
+def test_sigterm_stops_a_fleet_fetch_and_the_same_command_resumes_it(tmp_path) -> None:
+    pytest.importorskip("openstack.config")
+    import json
+
+    from imgframe.testing.keystone import FakeKeystone
+
+    east, west = make_fleet(600, seed=51), make_fleet(600, seed=52)
+    out = tmp_path / "fleet.parquet"
+    slow = Faults(latency=LATENCY)
+    with (
+        GlanceEmulator(east, faults=slow) as east_glance,
+        GlanceEmulator(west, faults=slow) as west_glance,
+        FakeKeystone({"east": east_glance, "west": west_glance}) as keystone,
+    ):
+        clouds = tmp_path / "clouds.yaml"
+        lab = {"auth": keystone.auth(), "regions": ["east", "west"]}
+        clouds.write_text(json.dumps({"clouds": {"lab": lab}}))
+        env = {k: v for k, v in _environment().items() if not k.startswith("OS_")}
+        env |= {"OS_CLIENT_CONFIG_FILE": str(clouds),
+                "OS_CLIENT_SECURE_FILE": str(tmp_path / "secure.yaml")}  # fmt: skip
+        command = [sys.executable, "-m", "imgframe", "fetch", "--cloud", "lab", "--all",
+                   "--concurrency", "2", "-o", str(out)]  # fmt: skip
+
+        def sent() -> int:
+            return _sent(east_glance) + _sent(west_glance)
+
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: sent() > 400, 60), "the run never got going"
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            last_count, last_growth = sent(), signalled
+            while process.poll() is None or time.monotonic() - signalled < 1.5:
+                if sent() != last_count:
+                    last_count, last_growth = sent(), time.monotonic()
+                if time.monotonic() - signalled > 30:
+                    break
+                time.sleep(0.02)
+            assert process.wait(timeout=30) == 143
+            stderr = process.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.stderr.close()  # type: ignore[union-attr]
+        assert last_growth - signalled < 1.0
+        assert "rows kept in checkpoint" in stderr and not out.exists(), stderr
+        kept = read_manifest(f"{out}.checkpoint").rows
+        east_glance.reset_log()
+        west_glance.reset_log()
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        heads = [r for g in (east_glance, west_glance) for r in g.request_log if r.method == "HEAD"]
+    listed = [i.id for i in east.images if not i.deleted] + [i.id for i in west.images
+                                                              if not i.deleted]  # fmt: skip
+    assert len(heads) == len(listed) - kept
+    df = imgframe.read_parquet(out)
+    assert sorted(df["id"]) == sorted(listed) and df.index.is_unique
+    assert not Path(f"{out}.checkpoint").exists()
