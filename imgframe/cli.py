@@ -298,18 +298,22 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._previous: Any = None
+        self._installed = False
+        self._previous: Any = signal.SIG_DFL
 
     def __enter__(self) -> _Interrupts:
         try:
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread (main() called from a thread): no handler
-            self._previous = None
+            return self
+        self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            # None: the handler was not set from Python; the default is what it was then.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is None:
@@ -330,6 +334,8 @@ def _fetch(args: argparse.Namespace) -> int:
         raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
     if args.aksk and (args.token or args.cloud):
         raise ImgframeError("--aksk signs requests to --endpoint instead of a token or --cloud")
+    if args.token and args.cloud:
+        raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
     if args.region and not args.cloud:
         raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
     if not args.cloud and not args.endpoint:
@@ -392,8 +398,7 @@ class _Run:
         self.args = args
         self.checkpoint = checkpoint
         self.default_checkpoint = checkpoint is not None and not args.checkpoint
-        self.existed = checkpoint is not None and checkpoint.exists()
-        if checkpoint is not None and not self.existed and self.default_checkpoint:
+        if checkpoint is not None and self.default_checkpoint:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the user cache folder
 
     def kept_rows(self) -> int | None:
@@ -582,7 +587,7 @@ def _emulator(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"Glance v1 emulator: {len(fleet):,} images at {url}", flush=True)
         print(f"  token: {ADMIN_TOKEN} (admin)   Ctrl-C stops it", flush=True)
-        print(f"  try: imgframe fetch --endpoint {url} --token {ADMIN_TOKEN} <id>", flush=True)
+        print(f"  try: OS_AUTH_TOKEN={ADMIN_TOKEN} imgframe fetch --endpoint {url} <id>", flush=True)
 
     run_forever(fleet, port=args.port, faults=Faults(latency=args.latency), on_ready=ready)
     return 0

@@ -216,6 +216,7 @@ def test_a_token_on_the_command_line_gets_a_warning(fleet, emulator, cli, monkey
         (["fetch", "x", "--all", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "not both"),
         (["fetch", "x"], "--endpoint URL"),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--cloud", "c"], "not both"),
+        (["fetch", "x", "--token", "t", "--cloud", "c"], "clouds.yaml"),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--region", "r"], "add --cloud"),
         (["fetch", "x", "--cloud", "no-such-cloud-here"], "no-such-cloud-here"),
     ],
