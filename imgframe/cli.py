@@ -587,7 +587,8 @@ def _emulator(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"Glance v1 emulator: {len(fleet):,} images at {url}", flush=True)
         print(f"  token: {ADMIN_TOKEN} (admin)   Ctrl-C stops it", flush=True)
-        print(f"  try: OS_AUTH_TOKEN={ADMIN_TOKEN} imgframe fetch --endpoint {url} <id>", flush=True)
+        try_it = f"OS_AUTH_TOKEN={ADMIN_TOKEN} imgframe fetch --endpoint {url} <id>"
+        print(f"  try: {try_it}", flush=True)
 
     run_forever(fleet, port=args.port, faults=Faults(latency=args.latency), on_ready=ready)
     return 0
