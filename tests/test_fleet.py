@@ -353,3 +353,17 @@ def test_a_region_with_its_own_settings_logs_in_on_its_own(clouds_yaml, regions)
     df = fetch_fleet(["lab-own"], progress=False)
     assert set(df["region"].astype(str)) == {"east", "west"}
     assert len(keystone.issued) - before == 2
+
+
+def test_fleet_include_deleted_lists_each_targets_deleted_images() -> None:
+    east, west = make_fleet(60, seed=71), make_fleet(40, seed=72)
+    with GlanceEmulator(east) as e, GlanceEmulator(west) as w:
+        targets = [
+            Target("lab", "east", endpoint=e.url, token=ADMIN_TOKEN),
+            Target("lab", "west", endpoint=w.url, token=ADMIN_TOKEN),
+        ]
+        df = fetch_fleet(targets, include_deleted=True)
+    for region, fleet in (("east", east), ("west", west)):
+        rows = df[df["region"] == region]
+        assert set(rows["id"]) == {i.id for i in fleet.images}  # deleted ones included
+        assert rows["deleted"].sum() == sum(i.deleted for i in fleet.images) > 0

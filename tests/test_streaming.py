@@ -156,3 +156,16 @@ def test_the_progress_bar_total_grows_as_pages_arrive(fleet: Fleet, capsys) -> N
     final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     listed = sum(not i.deleted for i in fleet.images)
     assert f"{listed}/{listed}" in final
+
+
+def test_include_deleted_streams_the_listing_with_deleted_images(fleet: Fleet) -> None:
+    deleted = {i.id for i in fleet.images if i.deleted}
+    assert deleted
+    with GlanceEmulator(fleet, api_limit_max=40) as emu:
+        streamed = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, include_deleted=True)
+        listed = imgframe.list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, include_deleted=True)
+        default = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
+    assert list(streamed.index) == listed  # listing order, deleted images in their place
+    assert deleted <= set(streamed.index) and not deleted & set(default.index)
+    assert streamed.loc[list(deleted), "deleted"].all()
+    assert len(streamed) == len(default) + len(deleted)
