@@ -754,6 +754,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     fmt = _audit_format(args.format, args.output)
     df = read(args.input)
+    if "http_status" in df.columns and "error" in df.columns:
+        outcome = run_outcome(df)
+        if not outcome.complete:  # e.g. a table written by a fetch that exited 4
+            _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
     allow = _read_allow_list(args.allow) if args.allow else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
     try:

@@ -506,3 +506,19 @@ def test_the_resume_command_is_the_same_command_without_the_token(argv, expected
 
     assert resume_command(argv) == expected
     assert "s3cr3t" not in resume_command(argv)
+
+
+def test_audit_of_an_incomplete_table_says_so(fleet, tmp_path, cli) -> None:
+    faults = Faults(transient_rate=0.2, transient_attempts=9, retry_after=0.0, seed=3,
+                    transient_kinds=("503",))  # fmt: skip
+    ids = [image.id for image in fleet.images]
+    stuck = sum(faults.transient_kind(i) is not None for i in ids)
+    table = tmp_path / "incomplete.parquet"
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        ran = cli("fetch", *ids, "--endpoint", emu.url, "--token", ADMIN_TOKEN,
+                  "--retries", "0", "-o", str(table), "--no-checkpoint")  # fmt: skip
+    assert ran.status == 4 and stuck > 0
+    audited = cli("audit", str(table))
+    assert audited.status == 0
+    assert f"is incomplete: {stuck} of {len(ids)} ids could not be read" in audited.err
+    assert "fetch_failed" in audited.out

@@ -337,7 +337,7 @@ def test_kill_9_while_a_big_csv_is_written_leaves_the_old_file_or_the_new_one(
 
     from imgframe.atomic import TEMP_SUFFIX
 
-    copies = 100  # ~40,000 rows: a write that takes a noticeable time (~0.5 s)
+    copies = 60  # ~24,000 rows: a write that takes a noticeable time (~0.3 s)
     big = concat_frames([fetched.set_axis(fetched.index + f"-{n}", axis=0) for n in range(copies)])
     source = imgframe.to_parquet(big, tmp_path / "big.parquet")
     target = tmp_path / "snapshot.csv"
