@@ -1,60 +1,181 @@
-"""The ``imgframe`` command: ``fetch``, ``emulator`` and ``demo``.
+"""The ``imgframe`` command: ``fetch``, ``audit``, ``emulator`` and ``demo``.
 
-Errors a user can fix print one line (``imgframe: error: ...``) and exit 2; nothing a
-user does should end in a traceback.
+Errors a user can fix print one line (``imgframe: error: ...``); nothing a user does
+should end in a traceback. The exit status says what happened (:data:`EXIT_STATUS_HELP`,
+also in ``imgframe --help``): a cron job must be able to tell a complete run from one
+that read nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
+import re
+import shlex
+import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from imgframe import __version__
 from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
+from imgframe.atomic import atomic_path, check_writable
 from imgframe.auth import TokenArg
-from imgframe.errors import ImgframeError, ImgframeParseWarning, IncompleteListingWarning
+from imgframe.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    ConfigError,
+    FetchError,
+    ImgframeError,
+    ImgframeParseWarning,
+    IncompleteListingWarning,
+)
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.fleet import FleetWarning
-from imgframe.io import to_csv, write
+from imgframe.io import FORMATS, FORMULA_STARTS, to_csv, write
+from imgframe.outcome import Outcome, run_outcome
 
-__all__ = ["main"]
+__all__ = ["EXIT_STATUS_HELP", "main"]
 
 DEMO_IMAGES = 10_000
 DEMO_SEED = 2026
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_FINDINGS = 3
+EXIT_INCOMPLETE = 4
+EXIT_FAILED = 5
+EXIT_SIGINT = 128 + signal.SIGINT  # what a shell reports for a process ended by the signal
+EXIT_SIGTERM = 128 + signal.SIGTERM
+EXIT_PIPE = 128 + 13  # SIGPIPE; signal.SIGPIPE does not exist on Windows
 
-def _read_ids(stream: TextIO) -> Iterator[str]:
-    # One id per line; blank lines and '#' comments are not ids.
-    for line in stream:
-        text = line.strip()
-        if text and not text.startswith("#"):
-            yield text
+#: The exit statuses, as ``imgframe --help`` and ``imgframe fetch --help`` print them.
+EXIT_STATUS_HELP = """\
+exit status:
+  0    complete: every requested id got a definitive answer (200, 404, or an invalid
+       id that was never sent)
+  1    internal error, a bug (IMGFRAME_DEBUG=1 shows the traceback; please report it)
+  2    usage or configuration error: a bad option, an unreadable ids file, an -o that
+       is not writable or not .csv/.parquet/.json, a checkpoint made for another run
+  3    imgframe audit --fail-on: a finding that severe exists
+  4    incomplete: the table is written but some ids could not be read; the last line
+       says how many and why (with --keep-going: which targets failed). Run the same
+       command again to ask only those ids (the checkpoint keeps the others)
+  5    the run failed as a whole (no Glance v1 API, TLS not verified, endpoint
+       unreachable, token rejected before any row was read): one line says why and
+       nothing is written to -o, so an older table there is kept
+  130  interrupted (SIGINT, Ctrl-C)
+  143  terminated (SIGTERM: cron, timeout, systemd). On both, sending stops at once,
+       the rows fetched so far stay in the checkpoint and the command that resumes
+       the run is printed
+  141  stdout was closed by its reader (imgframe fetch ... | head)
+"""
+
+# Where and what an ids file may be: one id per line, or a CSV with an ``id`` column.
+_ID_COLUMN = "id"
+# An endpoint path that still names an API version or the images collection: imgframe
+# adds /v1/images/{id} itself, so ".../v2" would ask /v2/v1/images/{id} (404 for every id,
+# a run that looks complete).
+_VERSIONED_PATH = re.compile(r"/(v\d+(?:\.\d+)?(?:/images)?|images)$", re.IGNORECASE)
+
+
+FETCH_RUN_HELP = """\
+long runs and resuming:
+  Finished rows go to a checkpoint folder as they arrive (at least every 10,000 rows
+  or 10 s): OUT.checkpoint next to -o OUT, or --checkpoint DIR; without -o, a folder
+  under ${XDG_CACHE_HOME:-~/.cache}/imgframe/checkpoints named by a digest of the
+  request. Running the same command again resumes: only the ids without a definitive
+  answer are sent. The checkpoint is removed once a run is complete (exit 0), kept
+  when it is not (4, 130, 143): until then its rows answer their ids in every run of
+  the same command (delete the folder to ask afresh). --no-checkpoint keeps none.
+  Ctrl-C (SIGINT) or SIGTERM stops sending at once, keeps what was fetched, prints the
+  command that resumes and exits 130 / 143; kill -9 loses at most the last 10 s.
+"""
+
+
+def _read_ids(stream: TextIO, source: str) -> list[str]:
+    """The ids in ``stream``: one per line (blank lines and ``#`` comments skipped), or,
+    when the first line has commas (semicolons, tabs) or is ``id``, the ``id`` column of
+    a CSV (such as a table ``imgframe fetch`` wrote). A byte order mark is dropped.
+
+    Examples
+    --------
+    >>> _read_ids(io.StringIO("\\ufeffa\\n# comment\\n\\n b \\n"), "stdin")
+    ['a', 'b']
+    >>> _read_ids(io.StringIO("Name;ID\\nx;a\\ny;b\\n"), "stdin")
+    ['a', 'b']
+    """
+    lines = list(stream)
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")  # Windows editors, PowerShell pipes
+    first = next(
+        (n for n, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")),
+        None,
+    )
+    if first is None:
+        return []
+    header = lines[first].strip()
+    # Commas, or the semicolons and tabs of spreadsheets set to a European locale.
+    delimiter = max(_DELIMITERS, key=header.count)
+    if delimiter in header or header.strip('"').lower() == _ID_COLUMN:
+        return _ids_from_csv("".join(lines[first:]), source, delimiter)
+    return [text for line in lines if (text := line.strip()) and not text.startswith("#")]
+
+
+_DELIMITERS = (",", ";", "\t")
+
+
+def _ids_from_csv(text: str, source: str, delimiter: str = ",") -> list[str]:
+    rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+    names = [name.strip().lower() for name in next(rows)]
+    if _ID_COLUMN not in names:
+        shown = ",".join(names[:6]) + (",..." if len(names) > 6 else "")
+        raise ImgframeError(
+            f"{source} looks like a CSV file (its first line is {shown!r}) but has no "
+            f"'{_ID_COLUMN}' column: give one image id per line, or a CSV with an "
+            f"'{_ID_COLUMN}' column"
+        )
+    column = names.index(_ID_COLUMN)
+    ids = []
+    for row in rows:
+        if len(row) > column and (cell := row[column].strip()):
+            # imgframe's own CSV guards cells against spreadsheets with one leading "'"
+            # (imgframe.io.neutralise_formulas): undo it, as read_csv does.
+            guarded = cell == "'" or cell[1:].startswith((*FORMULA_STARTS, "'"))
+            if cell.startswith("'") and guarded:
+                cell = cell[1:]
+            ids.append(cell)
+    return ids
 
 
 def _ids_from_args(args: argparse.Namespace) -> list[str] | None:
     """The ids asked for, or None with ``--all`` (list every image the cloud shows)."""
     ids = list(args.ids)
-    if args.ids_file == "-":
-        ids += _read_ids(sys.stdin)
+    if args.ids_file == "-" or (not args.ids_file and not ids and not args.all and _piped()):
+        args.ids_from_stdin = True
+        try:
+            ids += _read_ids(sys.stdin, "stdin")
+        except UnicodeDecodeError:
+            raise ImgframeError("the ids on stdin are not UTF-8 text") from None
     elif args.ids_file:
         try:
             with open(args.ids_file, encoding="utf-8-sig") as handle:
-                ids += _read_ids(handle)
+                ids += _read_ids(handle, f"ids file {args.ids_file!r}")
         except OSError as exc:
             raise ImgframeError(f"cannot read ids file {args.ids_file!r}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ImgframeError(f"ids file {args.ids_file!r} is not UTF-8 text") from None
-    elif not ids and not args.all and not sys.stdin.isatty():
-        ids += _read_ids(sys.stdin)
     if args.all:
         if ids:
             raise ImgframeError("give image ids or --all, not both")
@@ -65,6 +186,14 @@ def _ids_from_args(args: argparse.Namespace) -> list[str] | None:
             "or use --all to list every image"
         )
     return ids
+
+
+def _piped() -> bool:
+    """stdin is a pipe or a file (not a terminal a user would have to type ids into)."""
+    try:
+        return not sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stdin
+        return False
 
 
 def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
@@ -97,16 +226,134 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def _check_output(path: str) -> Path:
+    """``-o`` checked before anything is sent: a known extension, a writable folder."""
+    if Path(path).suffix.lower() not in FORMATS:
+        raise ConfigError(f"cannot write {path!r}: use a .csv, .parquet or .json file name")
+    return check_writable(path)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint that still names an API version or the images collection once
+    imgframe has normalized it: every id would be asked at a path that does not exist
+    and answer 404, a run that looks complete."""
+    from imgframe.fetch import normalize_endpoint  # its one-line refusals come first
+
+    path = urlsplit(normalize_endpoint(endpoint)).path.rstrip("/")
+    found = _VERSIONED_PATH.search(path)
+    if found is None:
+        return
+    tail = found.group(1)
+    hint = " (a Keystone URL? use --cloud with a clouds.yaml)" if tail.lower() == "v3" else ""
+    raise ConfigError(
+        f"--endpoint {endpoint!r} ends with /{tail}{hint}: give the image service's base "
+        "URL (e.g. https://glance.example.com:9292); imgframe adds /v1/images/{id} itself "
+        "(--api v2 for Glance v2)"
+    )
+
+
+def _token_flag(arg: str) -> bool:
+    """``arg`` is ``--token`` or an abbreviation argparse accepts (``--tok``)."""
+    name = arg.split("=", 1)[0]
+    return len(name) > len("--t") and "--token".startswith(name)
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that runs ``imgframe argv`` again, shell-quoted, without the
+    value of ``--token`` (the token is read from ``$OS_AUTH_TOKEN`` instead).
+
+    Examples
+    --------
+    >>> resume_command(["fetch", "--endpoint", "https://g.example", "--token", "s3cr3t",
+    ...                 "-o", "my images.csv"])
+    "imgframe fetch --endpoint https://g.example -o 'my images.csv'"
+    >>> resume_command(["fetch", "--token=s3cr3t", "a"])
+    'imgframe fetch a'
+    """
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            kept += [arg, *args]
+            break
+        if _token_flag(arg):
+            if "=" not in arg:
+                next(args, None)  # the value
+            continue
+        kept.append(arg)
+    return shlex.join(["imgframe", *kept])
+
+
+class _Interrupts:
+    """SIGTERM takes the path of SIGINT, remembering which one came.
+
+    ``asyncio.Runner`` (which :func:`imgframe.api.run_sync` uses) replaces Python's
+    default SIGINT handler while a fetch runs: the first SIGINT cancels the fetch's main
+    task (its workers stop sending, a checkpoint is flushed) and ``run`` then raises
+    KeyboardInterrupt. SIGTERM (cron, ``timeout``, systemd) would otherwise kill the
+    process on the spot; calling whatever SIGINT handler is in effect gives it the same
+    orderly stop, inside a fetch and outside it (Python's default handler raises
+    KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._installed = False
+        self._previous: Any = signal.SIG_DFL
+
+    def __enter__(self) -> _Interrupts:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread (main() called from a thread): no handler
+            return self
+        self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            # None: the handler was not set from Python; the default is what it was then.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIG_IGN or SIG_DFL set by someone else: stop anyway
+            raise KeyboardInterrupt
+
+    @property
+    def status(self) -> int:
+        return EXIT_SIGTERM if self.signal == signal.SIGTERM else EXIT_SIGINT
+
+
 def _fetch(args: argparse.Namespace) -> int:
     if args.cloud and args.endpoint:
         raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
     if args.aksk and (args.token or args.cloud):
         raise ImgframeError("--aksk signs requests to --endpoint instead of a token or --cloud")
+    if args.token and args.cloud:
+        raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
     if args.region and not args.cloud:
         raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
     if not args.cloud and not args.endpoint:
         raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
+    if args.endpoint:
+        _check_endpoint(args.endpoint)
+    if args.output:
+        _check_output(args.output)
     ids = _ids_from_args(args)
+    if args.include_deleted and ids is not None:
+        raise ImgframeError(
+            "--include-deleted goes with --all (named ids are asked, deleted or not)"
+        )
+    if args.token:
+        _say(
+            "warning: a token given with --token is visible to every user of this machine "
+            "(ps, /proc) and stays in your shell history; put it in OS_AUTH_TOKEN instead"
+        )
     options = {
         "concurrency": args.concurrency,
         "timeout": Timeout(total=args.timeout),
@@ -115,7 +362,124 @@ def _fetch(args: argparse.Namespace) -> int:
         "verify": args.ca_bundle or not args.insecure,
         "max_rps": args.max_rps,
         "api": args.api,
+        "include_deleted": args.include_deleted,
     }
+    run = _Run(args, checkpoint_folder(args, ids))
+    with _Interrupts() as interrupts:
+        try:
+            status = _fetch_and_write(run, ids, options)
+        except KeyboardInterrupt:
+            _interrupted(run, interrupts)
+            return interrupts.status
+        except CheckpointError as exc:
+            if run.checkpoint is not None and run.default_checkpoint:
+                raise CheckpointError(
+                    f"{exc} (imgframe keeps this checkpoint by default: --checkpoint DIR "
+                    "picks another folder, --no-checkpoint keeps none)"
+                ) from None
+            raise
+        except ImgframeError:  # main() prints it as the last line
+            rows = run.tidy()
+            if rows:
+                _say(f"{rows:,} rows kept in checkpoint {run.checkpoint}: {_AGAIN}")
+            raise
+    if status == EXIT_OK:
+        run.remove()
+    return status
+
+
+_AGAIN = "the same command again asks only the ids not read"
+
+
+class _Run:
+    """One ``imgframe fetch``: its arguments and its checkpoint folder (or None)."""
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path | None) -> None:
+        self.args = args
+        self.checkpoint = checkpoint
+        self.default_checkpoint = checkpoint is not None and not args.checkpoint
+        if checkpoint is not None and self.default_checkpoint:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)  # the user cache folder
+
+    def kept_rows(self) -> int | None:
+        """Rows stored in the checkpoint; None without a checkpoint (or a readable one)."""
+        from imgframe.checkpoint import read_manifest
+
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return None
+        try:
+            return read_manifest(self.checkpoint).rows
+        except CheckpointError:
+            return None
+
+    def remove(self) -> None:
+        from imgframe.checkpoint import remove_checkpoint
+
+        if self.checkpoint is not None:
+            remove_checkpoint(self.checkpoint)
+
+    def tidy(self) -> int | None:
+        """After a run that did not complete: a checkpoint with no rows holds nothing to
+        resume from and is removed; one with rows is kept. Returns the rows kept."""
+        rows = self.kept_rows()
+        if rows == 0:
+            self.remove()
+            return None
+        return rows
+
+
+def checkpoint_folder(args: argparse.Namespace, ids: list[str] | None) -> Path | None:
+    """Where ``imgframe fetch`` keeps its checkpoint: ``--checkpoint DIR``; else next to
+    ``-o`` (``OUT.checkpoint``); else in the user cache, in a folder named by a digest
+    of the request (so the same command finds it again); None with ``--no-checkpoint``.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["fetch", "--endpoint", "http://h", "-o", "f.csv", "x"])
+    >>> checkpoint_folder(args, ["x"])
+    PosixPath('f.csv.checkpoint')
+    """
+    if args.no_checkpoint:
+        return None
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.output:
+        output = Path(args.output)
+        return output.with_name(output.name + CHECKPOINT_SUFFIX)
+    return _cache_folder() / "checkpoints" / _request_digest(args, ids)
+
+
+#: The default checkpoint of ``-o OUT`` is the folder ``OUT`` + this, next to it.
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def _cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imgframe"
+
+
+def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
+    """A name for what was asked (where, which api, which ids), not how (concurrency...)."""
+    import hashlib
+
+    from imgframe.api import normalize_ids
+    from imgframe.checkpoint import ids_digest
+    from imgframe.fetch import normalize_endpoint
+
+    request = {
+        "endpoint": normalize_endpoint(args.endpoint) if args.endpoint else None,
+        "cloud": args.cloud,
+        "region": args.region,
+        "api": args.api,
+        "ids": "listing" if ids is None else ids_digest(normalize_ids(ids)),
+        "include_deleted": args.include_deleted,
+    }
+    text = json.dumps(request, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) -> int:
+    args = run.args
     started = time.perf_counter()
     if args.cloud:
         from imgframe.fleet import fetch_fleet
@@ -125,7 +489,8 @@ def _fetch(args: argparse.Namespace) -> int:
             args.region or None,
             ids=ids,
             errors="warn" if args.keep_going else "raise",
-            **options,  # type: ignore[arg-type]
+            checkpoint=run.checkpoint,
+            **options,
         )
     else:
         token: TokenArg = args.token or os.environ.get("OS_AUTH_TOKEN")
@@ -133,15 +498,78 @@ def _fetch(args: argparse.Namespace) -> int:
             from imgframe.auth import HuaweiAkSk
 
             token = HuaweiAkSk.from_env()
-        df = fetch_images(ids, endpoint=args.endpoint, token=token, **options)  # type: ignore[arg-type]
+        df = fetch_images(
+            ids, endpoint=args.endpoint, token=token, checkpoint=run.checkpoint, **options
+        )
     seconds = time.perf_counter() - started
+    outcome = run_outcome(df)
+    failed_targets = [str(t) for t in df.attrs.get("failed_targets", ())]
+    if outcome.failed_as_a_whole or (failed_targets and df.empty):
+        run.tidy()
+        _say(f"error: {_failure_line(outcome, failed_targets)}; {_nothing_written(args)}")
+        return EXIT_FAILED
     if args.output:
         path = write(df, args.output)
-        print(f"wrote {len(df):,} rows to {path}", file=sys.stderr)
+        _say(f"wrote {len(df):,} rows to {path}" + ("" if outcome.complete else " (incomplete)"))
     else:
-        to_csv(df, sys.stdout)
+        try:
+            to_csv(df, sys.stdout)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+        except BrokenPipeError:  # `| head`: main() ends quietly with 141
+            if outcome.complete and not failed_targets:
+                run.remove()  # nothing to resume: a later run must ask the cloud again
+            raise
     print(summarize(df, seconds), file=sys.stderr)
-    return 0
+    if outcome.complete and not failed_targets:
+        return EXIT_OK
+    rows = run.tidy()
+    if rows:
+        _say(f"{rows:,} rows kept in checkpoint {run.checkpoint}: {_AGAIN}")
+    if failed_targets:
+        names = ", ".join(t.split(": ", 1)[0] for t in failed_targets)
+        _say(f"incomplete: {len(failed_targets)} target(s) failed: {names}")
+    if not outcome.complete:
+        _say(outcome.summary())
+    return EXIT_INCOMPLETE
+
+
+def _failure_line(outcome: Outcome, failed_targets: list[str]) -> str:
+    """Why a run read nothing: its most telling reason (a rejected token, a refused
+    connection) rather than the rows that follow from it ("not requested: ...")."""
+    if failed_targets and not outcome.reasons:
+        return "every target failed: " + "; ".join(failed_targets)
+    reasons = list(outcome.reasons)
+    cause = next((r for r in reasons if not r.startswith(("not requested", "not fetched"))), None)
+    cause = cause or reasons[0]
+    return f"no image could be read ({outcome.unread:,} of {outcome.rows:,} ids): {cause}"
+
+
+def _nothing_written(args: argparse.Namespace) -> str:
+    if args.output:
+        return f"nothing written to {args.output}"
+    return "no table written"
+
+
+def _interrupted(run: _Run, interrupts: _Interrupts) -> None:
+    name = "SIGTERM" if interrupts.signal == signal.SIGTERM else "SIGINT"
+    _say(f"interrupted ({name}): stopped sending; {_nothing_written(run.args)}")
+    if run.checkpoint is None:
+        _say("nothing was kept (--no-checkpoint): the same command starts over")
+        return
+    rows = run.tidy()
+    kept = f"{rows:,} rows kept in checkpoint {run.checkpoint}" if rows else "no rows kept yet"
+    notes = []
+    if any(_token_flag(arg) for arg in run.args.argv):
+        notes.append("with the token in $OS_AUTH_TOKEN (--token is not repeated here)")
+    if run.args.ids_from_stdin:
+        notes.append("with the same ids on stdin")
+    how = f" ({'; '.join(notes)})" if notes else ""
+    _say(f"{kept}; to resume, run{how}:")
+    print(f"  {resume_command(run.args.argv)}", file=sys.stderr, flush=True)
+
+
+def _say(line: str) -> None:
+    print(f"imgframe: {line}", file=sys.stderr, flush=True)
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -150,14 +578,17 @@ def _emulator(args: argparse.Namespace) -> int:
 
     if args.regions:
         return _emulated_cloud(args)
-    if args.clouds_yaml:
-        raise ImgframeError("--clouds-yaml describes a cloud of --regions; add --regions A,B")
+    if args.clouds_yaml or args.force:
+        raise ImgframeError(
+            "--clouds-yaml and --force are for a cloud of --regions; add --regions A,B"
+        )
     fleet = make_fleet(args.images, seed=args.seed)
 
     def ready(url: str) -> None:
         print(f"Glance v1 emulator: {len(fleet):,} images at {url}", flush=True)
         print(f"  token: {ADMIN_TOKEN} (admin)   Ctrl-C stops it", flush=True)
-        print(f"  try: imgframe fetch --endpoint {url} --token {ADMIN_TOKEN} <id>", flush=True)
+        try_it = f"OS_AUTH_TOKEN={ADMIN_TOKEN} imgframe fetch --endpoint {url} <id>"
+        print(f"  try: {try_it}", flush=True)
 
     run_forever(fleet, port=args.port, faults=Faults(latency=args.latency), on_ready=ready)
     return 0
@@ -177,6 +608,13 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ImgframeError(f"--regions names a region twice: {args.regions!r}")
     clouds_yaml = Path(args.clouds_yaml or "clouds.yaml")
+    if clouds_yaml.exists() and not args.force:
+        # It may well be the user's real clouds.yaml, with real passwords in it.
+        raise ConfigError(
+            f"{clouds_yaml} exists: not replacing it (--clouds-yaml FILE writes elsewhere, "
+            "--force replaces it)"
+        )
+    check_writable(clouds_yaml)
     emulators: dict[str, GlanceEmulator] = {}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -186,7 +624,8 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
             emulators[name] = GlanceEmulator(fleet, faults=Faults(latency=args.latency)).start()
         with FakeKeystone(emulators) as keystone:
             config = {"clouds": {args.cloud_name: {"auth": keystone.auth(), "regions": names}}}
-            clouds_yaml.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+            with atomic_path(clouds_yaml) as tmp:
+                tmp.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
             print(f"Keystone v3 at {keystone.url}/v3 (password login, test credentials)")
             for name, emulator in emulators.items():
                 print(f"  region {name}: {len(emulator.fleet):,} images at {emulator.url}")
@@ -240,16 +679,37 @@ def findings_table(findings: pd.DataFrame, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+#: ``imgframe audit -o`` extensions and the format each one means.
+AUDIT_FORMATS = {
+    ".txt": "table",
+    ".csv": "csv",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".html": "html",
+}
+
+
 def _write_findings(findings: pd.DataFrame, fmt: str, output: str | None) -> None:
-    from imgframe.io import to_csv
+    """Findings as CSV, JSON or Parquet, to ``output`` (written whole or not at all) or
+    stdout."""
+    from imgframe.io import to_csv, to_parquet
 
     if fmt == "csv":  # spreadsheet-safe: tenant-chosen names must not run as formulas
         to_csv(findings, output if output else sys.stdout)
         return
+    if fmt == "parquet":
+        if not output:  # _audit_format refuses this; binary never goes to a terminal
+            raise ConfigError("--format parquet needs -o FILE.parquet")
+        to_parquet(findings, output)
+        return
     records = json.loads(findings.to_json(orient="records", date_format="iso"))
-    text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+    _write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", output)
+
+
+def _write_text(text: str, output: str | None) -> None:
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        with atomic_path(output) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
 
@@ -257,45 +717,66 @@ def _write_findings(findings: pd.DataFrame, fmt: str, output: str | None) -> Non
 def _read_allow_list(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8-sig") as handle:
-            return list(_read_ids(handle))
+            return _read_ids(handle, f"allow-list {path!r}")
     except OSError as exc:
         raise ImgframeError(f"cannot read allow-list {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImgframeError(f"allow-list {path!r} is not UTF-8 text") from None
 
 
 FAIL_ON = ("high", "medium", "low", "info")
+
+
+def _audit_format(fmt: str | None, output: str | None) -> str:
+    """The findings format: ``--format``, else ``-o``'s extension, else a text table.
+    An ``-o`` whose extension is not a findings format, or that contradicts ``--format``,
+    is refused: a file never holds another format than its name says."""
+    if output is None:
+        if fmt == "parquet":
+            raise ConfigError("--format parquet needs -o FILE.parquet (Parquet is not text)")
+        return fmt or "table"
+    suffix = Path(output).suffix.lower()
+    named = AUDIT_FORMATS.get(suffix)
+    if named is None:
+        raise ConfigError(
+            f"cannot write {output!r}: use a .csv, .json, .parquet, .html or .txt (text "
+            "table) file name"
+        )
+    if fmt is not None and fmt != named:
+        raise ConfigError(f"--format {fmt} but -o {output!r} names a {named} file")
+    check_writable(output)
+    return named
 
 
 def _audit(args: argparse.Namespace) -> int:
     from imgframe.audits import audit
     from imgframe.io import read, report
 
+    fmt = _audit_format(args.format, args.output)
     df = read(args.input)
+    if "http_status" in df.columns and "error" in df.columns:
+        outcome = run_outcome(df)
+        if not outcome.complete:  # e.g. a table written by a fetch that exited 4
+            _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
     allow = _read_allow_list(args.allow) if args.allow else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
     try:
         findings = audit(df, rules=rules, allow=allow)
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
-    fmt = args.format
-    if fmt is None:
-        suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
-        fmt = suffix if suffix in ("csv", "json", "html") else "table"
     if fmt == "html":
-        path = report(df, args.output or "report.html", findings=findings)
-        print(f"wrote {path}", file=sys.stderr)
+        path = report(df, args.output or sys.stdout, findings=findings)
+        if path is not None:
+            _say(f"wrote {path}")
     elif fmt == "table":
-        text = findings_table(findings)
-        if args.output:
-            Path(args.output).write_text(text + "\n", encoding="utf-8")
-        else:
-            print(text)
+        _write_text(findings_table(findings) + "\n", args.output)
     else:
         _write_findings(findings, fmt, args.output)
     if args.fail_on:
         worst = FAIL_ON[: FAIL_ON.index(args.fail_on) + 1]
         if findings["severity"].isin(worst).any():
-            return 3
-    return 0
+            return EXIT_FINDINGS
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -361,6 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgframe",
         description="Fetch Glance v1 image metadata (HEAD /v1/images/{id}) for many images "
         "into one typed table.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"imgframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -378,19 +861,27 @@ def build_parser() -> argparse.ArgumentParser:
         "  imgframe fetch --cloud prod --cloud staging --all --api auto -o fleet.parquet\n"
         "  imgframe fetch --cloud prod --region RegionOne --region RegionTwo --all -o f.csv\n"
         "  imgframe fetch --endpoint https://ims.cn-north-4.myhuaweicloud.com --aksk --all "
-        "-o f.csv",
+        "-o f.csv\n\n" + FETCH_RUN_HELP + "\n" + EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("ids", nargs="*", metavar="ID", help="image ids (or use --ids-file/stdin)")
-    fetch.add_argument("--ids-file", metavar="FILE", help="file with one id per line ('-' = stdin)")
+    fetch.add_argument(
+        "--ids-file",
+        metavar="FILE",
+        help="one id per line, or a CSV with an 'id' column (such as a table this command "
+        "wrote); '-' = stdin",
+    )
     fetch.add_argument(
         "--all", action="store_true", help="list every image the credentials can see, then HEAD"
     )
     where = fetch.add_argument_group("where and who")
-    where.add_argument("--endpoint", help="Glance/IMS URL, with or without /v1")
+    where.add_argument(
+        "--endpoint", help="Glance/IMS base URL, with or without /v1 (for v2: --api v2)"
+    )
     where.add_argument(
         "--token",
-        help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN, which others cannot see in ps)",
+        help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN; prefer it: a token on the "
+        "command line is visible to every user in ps)",
     )
     where.add_argument(
         "--aksk",
@@ -443,7 +934,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=3, metavar="N", help="retries of 429/5xx/timeouts (3)"
     )
     fetch.add_argument(
-        "-o", "--output", help="write .csv, .parquet or .json (default: CSV on stdout)"
+        "-o",
+        "--output",
+        help="write .csv, .parquet or .json, checked before anything is sent (default: CSV on "
+        "stdout); written whole or not at all, never when the run failed as a whole",
+    )
+    fetch.add_argument(
+        "--include-deleted",
+        action="store_true",
+        help="with --all: keep deleted images the listing shows (admins only; by default "
+        "they are left out)",
+    )
+    kept = fetch.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="keep finished rows in this folder as they arrive, so that running the same "
+        "command again resumes (default: OUTPUT.checkpoint next to -o, else a folder in "
+        "the user cache; removed after a complete run)",
+    )
+    kept.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="keep no checkpoint: an interrupted run starts again from scratch",
     )
     tls = fetch.add_mutually_exclusive_group()
     tls.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -470,20 +983,34 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument(
         "--cloud-name", default="lab", help="with --regions: the cloud's name (lab)"
     )
+    emulator.add_argument(
+        "--force",
+        action="store_true",
+        help="with --regions: replace an existing clouds.yaml (by default it is never touched)",
+    )
     emulator.set_defaults(run=_emulator)
 
     audit = sub.add_parser(
         "audit",
         help="run the audit rules on a fetched table (.csv, .parquet, .json)",
         description="Run imgframe's audit rules on a table written by 'imgframe fetch'.",
+        epilog="exit status: 0 done (no finding as severe as --fail-on); 1 internal error; "
+        "2 usage error, or a table that cannot be read (missing, cut short, not a table); "
+        "3 a finding as severe as --fail-on or worse",
     )
     audit.add_argument("input", metavar="FILE", help="images table: .csv, .parquet or .json")
     audit.add_argument(
         "--format",
-        choices=("table", "csv", "json", "html"),
-        help="output format (default: from -o's extension, else a text table)",
+        choices=("table", "csv", "json", "parquet", "html"),
+        help="output format (default: from -o's extension, else a text table on stdout)",
     )
-    audit.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    audit.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here instead of stdout: .txt (the text table), .csv, .json, .parquet or "
+        ".html; any other extension is refused",
+    )
     audit.add_argument("--rules", metavar="A,B", help="only these rules (comma-separated)")
     audit.add_argument(
         "--allow", metavar="FILE", help="accepted risks: image or owner ids, one per line"
@@ -516,15 +1043,18 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``imgframe`` command; returns the exit status.
+    """Run the ``imgframe`` command; returns the exit status (:data:`EXIT_STATUS_HELP`).
 
     Examples
     --------
     >>> main(["fetch", "--endpoint", "ftp://x", "--token", "t", "some-id"])
     2
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
+    args.ids_from_stdin = False
     for name in ("concurrency", "images", "retries"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "retries" else 1):
@@ -532,38 +1062,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "max_rps", None) is not None and not args.max_rps > 0:
         parser.error("--max-rps must be > 0")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ImgframeParseWarning)
-            warnings.simplefilter("always", FleetWarning)
-            warnings.simplefilter("always", IncompleteListingWarning)
-            status = int(args.run(args))
-        for warning in caught:
-            print(f"imgframe: warning: {warning.message}", file=sys.stderr)
-        return status
+        with warnings.catch_warnings():
+            # Shown as they come, one line each, so that the last line of a run is its
+            # outcome, not a warning about one header.
+            warnings.showwarning = _show_warning
+            for category in (
+                ImgframeParseWarning,
+                FleetWarning,
+                IncompleteListingWarning,
+                CheckpointWarning,
+            ):
+                warnings.simplefilter("always", category)
+            return int(args.run(args))
+    except FetchError as exc:  # the run as a whole: no v1, TLS, login refused...
+        _say(f"error: {exc}")
+        return EXIT_FAILED
     except ImgframeError as exc:
-        print(f"imgframe: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("imgframe: interrupted", file=sys.stderr)
-        return 130
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # outside a fetch (a fetch says more, see _fetch)
+        _say("interrupted")
+        return EXIT_SIGINT
     except BrokenPipeError:
         # `imgframe ... | head`: the reader has gone, which is not an error worth a line.
         # Point stdout at devnull so that Python's exit-time flush does not complain again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141  # what a shell reports for a process ended by SIGPIPE
+        return EXIT_PIPE
     except OSError as exc:  # output file not writable, port in use...
-        print(f"imgframe: error: {exc}", file=sys.stderr)
-        return 2
+        _say(f"error: {exc}")
+        return EXIT_USAGE
     except Exception as exc:  # a bug of ours: one line for users, the traceback on request
         if os.environ.get("IMGFRAME_DEBUG"):
             raise
-        print(
-            f"imgframe: internal error: {type(exc).__name__}: {exc} "
-            "(set IMGFRAME_DEBUG=1 for the traceback, and please report it)",
-            file=sys.stderr,
+        _say(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(set IMGFRAME_DEBUG=1 for the traceback, and please report it)"
         )
-        return 1
+        return EXIT_INTERNAL
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    _say(f"warning: {message}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections import defaultdict
@@ -40,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imgframe.atomic import atomic_path
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.report_html import report  # the HTML export lives in its own module
 from imgframe.schema import FIELDS, FLEET_FIELDS, FLEET_INDEX, Kind
@@ -178,7 +180,8 @@ def to_csv(
         out.to_csv(path, index=False, lineterminator="\r\n")
         return None
     path = Path(path)
-    out.to_csv(path, index=False, encoding="utf-8", lineterminator="\r\n")
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\r\n")
     return path
 
 
@@ -199,7 +202,8 @@ def to_json(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     # One record per line: readable and diffable like indent=1, but json.dumps with an
     # indent runs the pure-Python encoder (~5x slower: 14 s for 200k rows).
     lines = ",\n".join(json.dumps(record, ensure_ascii=False) for record in records)
-    path.write_text(f"[\n{lines}\n]\n" if records else "[]\n", encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"[\n{lines}\n]\n" if records else "[]\n", encoding="utf-8")
     return path
 
 
@@ -224,7 +228,8 @@ def to_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         position = list(df.columns).index("properties")
         table = table.add_column(position, "properties", props)
     path = Path(path)
-    pq.write_table(table, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -339,13 +344,47 @@ def read_csv(path: str | os.PathLike[str] | TextIO, *, safe: bool = True) -> pd.
             na_values=[""],
             encoding="utf-8",
         )
-    except ValueError as exc:  # a cell that does not parse as its column's int or bool
-        raise InvalidInputError(f"cannot read {str(source)!r}: {exc}") from None
+    except ValueError as exc:  # a cell that does not parse, a quote left open, not UTF-8
+        raise InvalidInputError(
+            f"cannot read {str(source)!r}: not a readable CSV file ({_first_line(exc)})"
+        ) from None
+    if not hasattr(path, "read"):
+        _check_last_row(source, len(flat.columns))
     if safe:
         for column in flat.columns:
             if _is_neutralised(column, _TEXT):
                 flat[column] = restore_formulas(flat[column])
     return _unflat(flat, source)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line (pandas and pyarrow write several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_last_row(path: Path, columns: int) -> None:
+    """Refuse a CSV cut short inside its last row, which pandas would fill with NA.
+
+    :func:`to_csv` ends every row with CRLF, so only a file that does not end with a line
+    break can have lost the end of a row; only then is the last row counted.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+    with open(path, encoding="utf-8", newline="") as handle:
+        last: list[str] = []
+        for last in csv.reader(handle):  # noqa: B007 - only the last row is wanted
+            pass
+    if 0 < len(last) < columns:
+        raise InvalidInputError(
+            f"cannot read {str(path)!r}: not a readable CSV file (it ends inside a row: "
+            f"{len(last)} of {columns} fields; was it cut short?)"
+        )
 
 
 def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -361,7 +400,16 @@ def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
     [1]
     """
     path = Path(path)
-    records = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: cut short or not JSON
+        raise InvalidInputError(
+            f"cannot read {str(path)!r}: not a readable JSON file ({_first_line(exc)})"
+        ) from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InvalidInputError(
+            f"cannot read {str(path)!r}: not an images table (a JSON array of records)"
+        )
     if not records:
         from imgframe.parse import empty_frame  # the one place that knows the empty schema
 
@@ -393,7 +441,16 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     # Without pandas' metadata the index is the plain ``id`` column, as in CSV and JSON,
     # and every column goes through the same _AS_KIND table.
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise
+        # Cut short, overwritten or not Parquet at all: pyarrow says ArrowInvalid for a
+        # missing footer and plain OSError for a damaged page.
+        raise InvalidInputError(
+            f"cannot read {str(path)!r}: not a readable Parquet file ({_first_line(exc)})"
+        ) from None
     flat = table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_TO_PANDAS.get)
     return _unflat(flat, path)
 

@@ -19,11 +19,13 @@ import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 
-__all__ = ["SEVERITIES", "human_bytes", "report"]
+from imgframe.atomic import atomic_path
+
+__all__ = ["SEVERITIES", "human_bytes", "render_report", "report"]
 
 #: Severities in the order the report lists them (most urgent first).
 SEVERITIES = ("high", "medium", "low", "info")
@@ -232,12 +234,12 @@ def _utc(now: Any) -> pd.Timestamp:
 
 def report(
     df: pd.DataFrame,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | TextIO,
     *,
     findings: pd.DataFrame | None = None,
     now: Any = None,
     max_rows: int = 200,
-) -> Path:
+) -> Path | None:
     """Write one self-contained HTML report of ``df`` (the contract frame) to ``path``.
 
     Sections: fleet summary (requested, fetched, failed by HTTP status, total bytes,
@@ -245,7 +247,9 @@ def report(
     :func:`imgframe.audits.audit` of ``df`` as of ``now``), duplicate groups
     (:func:`imgframe.audits.checksum_duplicates`) and the owner summary
     (:func:`imgframe.audits.owner_summary`). Long tables stop after ``max_rows`` rows
-    with an "and N more" line. No script, no external resource.
+    with an "and N more" line. No script, no external resource. The file is written to a
+    temporary name and renamed, so an existing report is replaced whole or not at all.
+    ``path`` may also be an open text stream (e.g. ``sys.stdout``); then None is returned.
 
     Examples
     --------
@@ -254,6 +258,32 @@ def report(
     >>> df["http_status"] = pd.array([200], dtype="Int64")
     >>> path = report(df, tempfile.mkdtemp() + "/report.html", now="2026-01-01")
     >>> "<h2>Fleet summary</h2>" in path.read_text()
+    True
+    """
+    document = render_report(df, findings=findings, now=now, max_rows=max_rows)
+    if hasattr(path, "write"):
+        path.write(document)
+        return None
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(document, encoding="utf-8")
+    return path
+
+
+def render_report(
+    df: pd.DataFrame,
+    *,
+    findings: pd.DataFrame | None = None,
+    now: Any = None,
+    max_rows: int = 200,
+) -> str:
+    """The HTML document :func:`report` writes, as text.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])
+    >>> render_report(df, now="2026-01-01").startswith("<!DOCTYPE html>")
     True
     """
     # Imported here, not at module level: audits depends on nothing here, and importing
@@ -274,12 +304,9 @@ def report(
         + _duplicates(duplicates, max_rows)
         + _owners(owners, max_rows)
     )
-    document = (
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Image fleet report</title><style>{_CSS}</style></head>"
         f"<body>{body}</body></html>\n"
     )
-    path = Path(path)
-    path.write_text(document, encoding="utf-8")
-    return path

@@ -1,19 +1,27 @@
-"""The ``imgframe`` command, run as a user would: a real process, real HTTP."""
+"""The ``imgframe`` command against the emulator over real HTTP.
+
+Most tests call ``main(argv)`` in this process (it returns the exit status and prints
+what the command prints); a real process is started only where a process is the point:
+``python -m imgframe``, pipes, the long-running emulator command.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+from imgframe.cli import main
+from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 
 
 def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd=None):
@@ -30,6 +38,29 @@ def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
     )
 
 
+@dataclass
+class Ran:
+    status: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path) -> Iterator:
+    """``cli(*args, stdin=None)`` runs ``main(args)`` here and returns status, stdout, stderr."""
+    monkeypatch.delenv("OS_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # checkpoints without -o
+
+    def call(*args: str, stdin: str = "") -> Ran:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        status = main(list(args))
+        captured = capsys.readouterr()
+        return Ran(status, captured.out, captured.err)
+
+    yield call
+
+
 @pytest.fixture(scope="module")
 def fleet():
     return make_fleet(50, seed=3)
@@ -41,71 +72,128 @@ def emulator(fleet) -> Iterator[GlanceEmulator]:
         yield emu
 
 
-def test_help_lists_the_commands() -> None:
+def test_python_m_imgframe_help_lists_the_commands_and_exit_statuses() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("fetch", "emulator", "demo"):
+    for command in ("fetch", "emulator", "demo", "audit"):
         assert command in result.stdout
-    assert "--endpoint" in run("fetch", "--help").stdout
+    assert "exit status:" in result.stdout
+    for status in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130", "143", "141"):
+        assert f"\n  {status}" in result.stdout, status
+
+
+def test_fetch_help_documents_exit_statuses_checkpoint_and_signals(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["fetch", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for words in ("exit status:", "--checkpoint", "--no-checkpoint", "SIGTERM", "143",
+                  "resume", "--include-deleted", "incomplete"):  # fmt: skip
+        assert words in text, words
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
-def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, suffix) -> None:
+def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, cli, suffix):
     ids = [i.id for i in fleet.images[:5]]
     out = tmp_path / f"images{suffix}"
-    result = run("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "5 image ids: 5 fetched, 0 failed" in result.stderr
+    ran = cli("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))
+    assert ran.status == 0, ran.err
+    assert "5 image ids: 5 fetched, 0 failed" in ran.err
     if suffix == ".csv":
         assert pd.read_csv(out)["id"].tolist() == ids
     elif suffix == ".parquet":
         assert pq.read_table(out).column("id").to_pylist() == ids
     else:
         assert [r["id"] for r in json.loads(out.read_text())] == ids
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
 
 
-def test_fetch_all_lists_the_cloud_and_fetches_every_image(fleet, emulator, tmp_path) -> None:
+def test_fetch_all_lists_the_cloud_and_fetches_every_image(fleet, emulator, tmp_path, cli):
     out = tmp_path / "cloud.csv"
-    result = run(
-        "fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out)
-    )
-    assert result.returncode == 0, result.stderr
+    ran = cli("fetch", "--all", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))
+    assert ran.status == 0, ran.err
     listed = {i.id for i in fleet.images if not i.deleted}
     assert set(pd.read_csv(out)["id"]) == listed
-    assert f"{len(listed)} image ids: {len(listed)} fetched" in result.stderr
-    both = run("fetch", "--all", "x", "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
-    assert both.returncode != 0 and "--all" in both.stderr
+    assert f"{len(listed)} image ids: {len(listed)} fetched" in ran.err
+    both = cli("fetch", "--all", "x", "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    assert both.status == 2 and "--all" in both.err
 
 
-def test_fetch_reads_ids_from_file_and_stdin(fleet, emulator, tmp_path) -> None:
+def test_fetch_reads_ids_from_file_and_stdin(fleet, emulator, tmp_path, cli, monkeypatch):
     ids = [i.id for i in fleet.images[:4]]
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("# my images\n" + "\n".join(ids[:2]) + "\n\n")
-    result = run(
-        "fetch", "--ids-file", str(ids_file), "--endpoint", emulator.url, "-o",
-        str(tmp_path / "a.csv"), env={"OS_AUTH_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("OS_AUTH_TOKEN", ADMIN_TOKEN)
+    ran = cli("fetch", "--ids-file", str(ids_file), "--endpoint", emulator.url,
+              "-o", str(tmp_path / "a.csv"))  # fmt: skip
+    assert ran.status == 0, ran.err
     assert pd.read_csv(tmp_path / "a.csv")["id"].tolist() == ids[:2]
-    piped = run(
-        "fetch", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, stdin="\n".join(ids) + "\n"
-    )
-    assert piped.returncode == 0, piped.stderr
-    assert piped.stdout.splitlines()[0].startswith("id,name,status")
-    assert len(piped.stdout.splitlines()) == 5
+    piped = cli("fetch", "--endpoint", emulator.url, "--ids-file", "-", stdin="\n".join(ids))
+    assert piped.status == 0, piped.err
+    assert piped.out.splitlines()[0].startswith("id,name,status")
+    assert len(piped.out.splitlines()) == 5
 
 
-def test_failed_ids_are_rows_in_the_output(fleet, emulator, tmp_path) -> None:
+def test_a_byte_order_mark_on_stdin_is_not_part_of_the_first_id(fleet, emulator, cli):
+    ids = [i.id for i in fleet.images[:3]]
+    ran = cli("fetch", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "--ids-file", "-",
+              stdin="\ufeff" + "\r\n".join(ids) + "\r\n")  # fmt: skip
+    assert ran.status == 0, ran.err
+    assert pd.read_csv(io.StringIO(ran.out))["id"].tolist() == ids
+
+
+def test_an_ids_file_that_is_a_csv_is_read_by_its_id_column(fleet, emulator, tmp_path, cli):
+    ids = [i.id for i in fleet.images[:3]]
+    table = tmp_path / "ids.csv"
+    table.write_text("name,id,owner\n" + "".join(f'"x, {n}",{i},p\n' for n, i in enumerate(ids)))
+    ran = cli("fetch", "--ids-file", str(table), "--endpoint", emulator.url, "--token",
+              ADMIN_TOKEN)  # fmt: skip
+    assert ran.status == 0, ran.err
+    assert pd.read_csv(io.StringIO(ran.out))["id"].tolist() == ids
+
+
+def test_a_table_imgframe_wrote_is_an_ids_file(fleet, emulator, tmp_path, cli):
+    first = tmp_path / "first.csv"
+    ids = [i.id for i in fleet.images[:4]] + ["=not-a-formula"]
+    assert cli("fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN,
+               "-o", str(first)).status == 0  # fmt: skip
+    again = cli("fetch", "--ids-file", str(first), "--endpoint", emulator.url, "--token",
+                ADMIN_TOKEN)  # fmt: skip
+    assert again.status == 0, again.err
+    assert pd.read_csv(io.StringIO(again.out), keep_default_na=False)["id"].tolist() == [
+        *ids[:4],
+        "'=not-a-formula",  # the CSV on stdout guards it again; the id itself came back
+    ]
+
+
+def test_a_csv_without_an_id_column_is_refused_with_a_hint(tmp_path, cli):
+    table = tmp_path / "images.csv"
+    table.write_text("uuid,name\nabc,x\n")
+    ran = cli("fetch", "--ids-file", str(table), "--endpoint", "http://127.0.0.1:9",
+              "--token", "t")  # fmt: skip
+    assert ran.status == 2
+    assert "no 'id' column" in ran.err and "one image id per line" in ran.err
+    assert ran.err.count("\n") == 1
+
+
+def test_failed_ids_are_rows_and_a_definitive_run_exits_0(fleet, emulator, tmp_path, cli):
     out = tmp_path / "out.csv"
-    result = run(
-        "fetch", fleet.images[0].id, "no-such-image", "../bad",
-        "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "3 image ids: 1 fetched, 2 failed" in result.stderr  # the unsent invalid id counts
+    ran = cli("fetch", fleet.images[0].id, "no-such-image", "../bad",
+              "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out))  # fmt: skip
+    assert ran.status == 0, ran.err  # 404 and an invalid id are definitive answers
+    assert "3 image ids: 1 fetched, 2 failed" in ran.err  # the unsent invalid id counts
     df = pd.read_csv(out, index_col="id")
     assert df.loc["no-such-image", "http_status"] == 404
     assert df.loc["../bad", "error"] == "invalid image id"
+    assert "incomplete" not in ran.err
+
+
+def test_a_token_on_the_command_line_gets_a_warning(fleet, emulator, cli, monkeypatch):
+    ran = cli("fetch", fleet.images[0].id, "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    assert ran.status == 0 and "visible to every user" in ran.err and "OS_AUTH_TOKEN" in ran.err
+    monkeypatch.setenv("OS_AUTH_TOKEN", ADMIN_TOKEN)
+    quiet = cli("fetch", fleet.images[0].id, "--endpoint", emulator.url)
+    assert quiet.status == 0 and "visible" not in quiet.err
 
 
 @pytest.mark.parametrize(
@@ -121,39 +209,46 @@ def test_failed_ids_are_rows_in_the_output(fleet, emulator, tmp_path) -> None:
             "ids file",
         ),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9"], "OS_AUTH_TOKEN"),
-        (["fetch", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "no image ids"),
+        (
+            ["fetch", "--endpoint", "http://127.0.0.1:9", "--token", "t", "-o", "a.csv"],
+            "no image ids",
+        ),
         (["fetch", "x", "--all", "--endpoint", "http://127.0.0.1:9", "--token", "t"], "not both"),
         (["fetch", "x"], "--endpoint URL"),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--cloud", "c"], "not both"),
+        (["fetch", "x", "--token", "t", "--cloud", "c"], "clouds.yaml"),
         (["fetch", "x", "--endpoint", "http://127.0.0.1:9", "--region", "r"], "add --cloud"),
         (["fetch", "x", "--cloud", "no-such-cloud-here"], "no-such-cloud-here"),
     ],
 )
-def test_user_errors_print_one_line_without_traceback(tmp_path, args, message) -> None:
-    result = run(*args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr
-    assert result.stderr.strip().count("\n") == 0, result.stderr
+def test_user_errors_print_one_line_and_exit_2(tmp_path, cli, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "none.yaml"))
+    ran = cli(*args)
+    assert ran.status == 2, ran.err
+    assert "Traceback" not in ran.err
+    assert message in ran.err
+    assert ran.err.strip().count("\n") == 0, ran.err
 
 
-def test_no_v1_cloud_is_one_clear_line(fleet) -> None:
-    from imgframe.testing import Faults
-
+def test_no_v1_cloud_fails_as_a_whole_in_one_line(fleet, cli, tmp_path) -> None:
+    out = tmp_path / "out.csv"
     with GlanceEmulator(fleet, faults=Faults(no_v1=True)) as emu:
-        result = run("fetch", fleet.images[0].id, "--endpoint", emu.url, "--token", ADMIN_TOKEN)
-    assert result.returncode == 2
-    assert "no Glance v1 API" in result.stderr and "Traceback" not in result.stderr
+        ran = cli("fetch", fleet.images[0].id, "--endpoint", emu.url, "-o", str(out),
+                  "--token", ADMIN_TOKEN)  # fmt: skip
+    assert ran.status == 5
+    assert "no Glance v1 API" in ran.err and "Traceback" not in ran.err
+    assert not out.exists()
 
 
-def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path) -> None:
-    result = run("demo", "--images", "400", "--output-dir", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr
+def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path, cli) -> None:
+    ran = cli("demo", "--images", "400", "--output-dir", str(tmp_path / "out"))
+    assert ran.status == 0, ran.err
     df = pd.read_csv(tmp_path / "out" / "images.csv")
     assert len(df) == 408  # 400 images + 2% unknown ids
     assert (df["http_status"] == 200).sum() == 400
     assert (df["http_status"] == 404).sum() == 8
-    assert "images/s" in result.stdout and "by status:" in result.stdout
+    assert "images/s" in ran.out and "by status:" in ran.out
 
 
 def test_emulator_command_serves_until_interrupted() -> None:
@@ -163,22 +258,12 @@ def test_emulator_command_serves_until_interrupted() -> None:
     import requests
 
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "imgframe",
-            "emulator",
-            "--images",
-            "20",
-            "--seed",
-            "4",
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "imgframe", "emulator", "--images", "20", "--seed", "4",
+         "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
         first_line = process.stdout.readline()  # type: ignore[union-attr]
         url = re.search(r"http://127\.0\.0\.1:\d+", first_line).group(0)  # type: ignore[union-attr]
@@ -195,52 +280,88 @@ def test_emulator_command_serves_until_interrupted() -> None:
         process.stderr.close()  # type: ignore[union-attr]
 
 
+def test_emulator_regions_never_replaces_an_existing_clouds_yaml(tmp_path, cli) -> None:
+    mine = tmp_path / "clouds.yaml"
+    mine.write_text("clouds: {prod: {auth: {password: real}}}\n")
+    ran = cli("emulator", "--regions", "east,west", "--clouds-yaml", str(mine))
+    assert ran.status == 2 and "exists" in ran.err and "--force" in ran.err
+    assert mine.read_text() == "clouds: {prod: {auth: {password: real}}}\n"
+    assert cli("emulator", "--force").status == 2  # --force only means something with --regions
+
+
 @pytest.fixture(scope="module")
 def fetched_csv(fleet, emulator, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("audit") / "images.csv"
     ids = [i.id for i in fleet.images] + ["no-such-image"]
-    result = run("fetch", "--endpoint", emulator.url, "--token", ADMIN_TOKEN, "-o", str(out),
-                 stdin="\n".join(ids))  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert main(["fetch", *ids, "--endpoint", emulator.url, "--token", ADMIN_TOKEN,
+                 "-o", str(out), "--no-checkpoint"]) == 0  # fmt: skip
     return out
 
 
-def test_audit_prints_findings_table(fetched_csv) -> None:
-    result = run("audit", str(fetched_csv))
-    assert result.returncode == 0, result.stderr
-    assert "findings:" in result.stdout and "fetch_failed" in result.stdout
+def test_audit_prints_findings_table(fetched_csv, cli) -> None:
+    ran = cli("audit", str(fetched_csv))
+    assert ran.status == 0, ran.err
+    assert "findings:" in ran.out and "fetch_failed" in ran.out
 
 
-@pytest.mark.parametrize("fmt", ["csv", "json", "html"])
-def test_audit_writes_the_requested_format(fetched_csv, tmp_path, fmt) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "json", "html", "parquet", "txt"])
+def test_audit_writes_the_format_its_extension_names(fetched_csv, tmp_path, cli, fmt) -> None:
     out = tmp_path / f"findings.{fmt}"
-    result = run("audit", str(fetched_csv), "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    text = out.read_text(encoding="utf-8")
+    ran = cli("audit", str(fetched_csv), "-o", str(out))
+    assert ran.status == 0, ran.err
     if fmt == "csv":
         findings = pd.read_csv(out)
         assert list(findings.columns) == ["rule", "severity", "image_id", "owner", "name", "detail"]
         assert "no-such-image" in set(findings["image_id"])
     elif fmt == "json":
-        assert {r["rule"] for r in json.loads(text)} >= {"fetch_failed"}
+        assert {r["rule"] for r in json.loads(out.read_text())} >= {"fetch_failed"}
+    elif fmt == "parquet":
+        findings = pq.read_table(out).to_pandas()
+        assert "no-such-image" in set(findings["image_id"]) and "rule" in findings
+    elif fmt == "txt":
+        assert out.read_text().startswith(ran.out or "") and "findings:" in out.read_text()
     else:
-        assert text.startswith("<!DOCTYPE html>") or "<html" in text[:200]
+        assert out.read_text().startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
 
 
-def test_audit_fail_on_exits_3_when_findings_are_that_bad(fetched_csv) -> None:
-    assert run("audit", str(fetched_csv), "--fail-on", "medium").returncode == 3
-    only_stale = run(
-        "audit", str(fetched_csv), "--rules", "public_unprotected", "--fail-on", "high"
-    )
-    assert only_stale.returncode in (0, 3)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "findings.xlsx"], ".parquet, .html or .txt"),
+        (["-o", "findings.md"], ".parquet, .html or .txt"),
+        (["--format", "csv", "-o", "findings.json"], "names a json file"),
+        (["--format", "parquet"], "needs -o"),
+        (["-o", "nodir/findings.csv"], "does not exist"),
+    ],
+)
+def test_audit_refuses_an_output_it_would_not_honour(fetched_csv, tmp_path, cli, monkeypatch,
+                                                     args, message):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    ran = cli("audit", str(fetched_csv), *args)
+    assert ran.status == 2 and message in ran.err and ran.err.count("\n") == 1, ran.err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == []
 
 
-def test_audit_allow_list_drops_accepted_images(fetched_csv, tmp_path) -> None:
+def test_audit_html_without_o_goes_to_stdout(fetched_csv, tmp_path, cli, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ran = cli("audit", str(fetched_csv), "--format", "html")
+    assert ran.status == 0, ran.err
+    assert ran.out.startswith("<!DOCTYPE html>") and "no-such-image" in ran.out
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_audit_fail_on_exits_3_when_findings_are_that_bad(fetched_csv, cli) -> None:
+    assert cli("audit", str(fetched_csv), "--fail-on", "medium").status == 3
+    assert cli("audit", str(fetched_csv), "--rules", "stale", "--fail-on", "high").status == 0
+
+
+def test_audit_allow_list_drops_accepted_images(fetched_csv, tmp_path, cli) -> None:
     allow = tmp_path / "allow.txt"
     allow.write_text("# accepted\nno-such-image\n")
     out = tmp_path / "f.csv"
-    result = run("audit", str(fetched_csv), "--allow", str(allow), "-o", str(out))
-    assert result.returncode == 0, result.stderr
+    ran = cli("audit", str(fetched_csv), "--allow", str(allow), "-o", str(out))
+    assert ran.status == 0, ran.err
     assert "no-such-image" not in set(pd.read_csv(out)["image_id"])
 
 
@@ -251,35 +372,65 @@ def test_audit_allow_list_drops_accepted_images(fetched_csv, tmp_path) -> None:
         (["audit", "images.xlsx"], ".csv"),
     ],
 )
-def test_audit_bad_input_is_one_line(tmp_path, args, message) -> None:
-    result = run(*args, cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert message in result.stderr and result.stderr.strip().count("\n") == 0
+def test_audit_bad_input_is_one_line(tmp_path, cli, monkeypatch, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    ran = cli(*args)
+    assert ran.status == 2 and "Traceback" not in ran.err
+    assert message in ran.err and ran.err.strip().count("\n") == 0
 
 
-def test_audit_unknown_rule_is_one_line(fetched_csv) -> None:
-    result = run("audit", str(fetched_csv), "--rules", "no_such_rule")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no_such_rule" in result.stderr
+def test_audit_unknown_rule_is_one_line(fetched_csv, cli) -> None:
+    ran = cli("audit", str(fetched_csv), "--rules", "no_such_rule")
+    assert ran.status == 2 and "Traceback" not in ran.err
+    assert "no_such_rule" in ran.err
 
 
-def test_audit_of_a_csv_that_is_not_an_images_table_is_one_line(tmp_path) -> None:
+def test_audit_of_a_csv_that_is_not_an_images_table_is_one_line(tmp_path, cli) -> None:
     bogus = tmp_path / "bogus.csv"
     bogus.write_text("a,b\n1,2\n")
-    result = run("audit", str(bogus))
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    ran = cli("audit", str(bogus))
+    assert ran.status == 2 and "Traceback" not in ran.err, ran.err
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> None:
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_audit_of_a_truncated_table_says_so_and_exits_2(fetched_csv, tmp_path, cli, suffix):
+    from imgframe.io import read, write
+
+    whole = write(read(fetched_csv), tmp_path / f"images{suffix}")
+    data = whole.read_bytes()
+    whole.write_bytes(data[: len(data) * 2 // 3])
+    ran = cli("audit", str(whole))
+    assert ran.status == 2, ran.err
+    name = {".csv": "CSV", ".parquet": "Parquet", ".json": "JSON"}[suffix]
+    assert f"not a readable {name} file" in ran.err and ran.err.count("\n") == 1, ran.err
+
+
+def test_a_bug_is_one_line_and_the_traceback_is_there_on_request(fleet, emulator, cli,
+                                                                 monkeypatch):  # fmt: skip
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("imgframe.cli.summarize", broken)
+    args = ("fetch", fleet.images[0].id, "--endpoint", emulator.url, "--token", ADMIN_TOKEN)
+    ran = cli(*args)
+    assert ran.status == 1
+    assert "internal error: RuntimeError: a bug" in ran.err and "IMGFRAME_DEBUG" in ran.err
+    monkeypatch.setenv("IMGFRAME_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli(*args)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet, tmp_path) -> None:
     # `imgframe fetch ... | head -1`: far more CSV than a pipe buffer holds, reader gone.
     ids = [i.id for i in fleet.images] + [f"missing-{n:05d}" for n in range(3000)]
+    cache = tmp_path / "cache"
     with subprocess.Popen(
         [sys.executable, "-m", "imgframe", "fetch", "--endpoint", emulator.url, "--ids-file", "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "OS_AUTH_TOKEN": ADMIN_TOKEN},
-    ) as process:
+        env={**os.environ, "OS_AUTH_TOKEN": ADMIN_TOKEN, "XDG_CACHE_HOME": str(cache)},
+    ) as process:  # fmt: skip
         process.stdin.write("\n".join(ids).encode())
         process.stdin.close()
         assert process.stdout.readline().startswith(b"id,")
@@ -288,6 +439,8 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet) -> No
         stderr = process.stderr.read().decode()
     assert process.returncode == 141, stderr
     assert "error" not in stderr and "Traceback" not in stderr, stderr
+    # The fetch was complete: its checkpoint is not kept to answer a later run.
+    assert list((cache / "imgframe" / "checkpoints").iterdir()) == []
 
 
 def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_path) -> None:
@@ -330,3 +483,42 @@ def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_pat
         assert process.wait(timeout=20) == 0
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["fetch", "--token", "s3cr3t", "a"], "imgframe fetch a"),
+        (["fetch", "--token=s3cr3t", "a"], "imgframe fetch a"),
+        (["fetch", "--tok", "s3cr3t", "a"], "imgframe fetch a"),  # argparse takes abbreviations
+        (
+            ["fetch", "-o", "my out.csv", "--", "--token"],
+            "imgframe fetch -o 'my out.csv' -- --token",
+        ),
+        (
+            ["fetch", "--endpoint", "http://h/?a=$b", "x"],
+            "imgframe fetch --endpoint 'http://h/?a=$b' x",
+        ),
+    ],
+)
+def test_the_resume_command_is_the_same_command_without_the_token(argv, expected) -> None:
+    from imgframe.cli import resume_command
+
+    assert resume_command(argv) == expected
+    assert "s3cr3t" not in resume_command(argv)
+
+
+def test_audit_of_an_incomplete_table_says_so(fleet, tmp_path, cli) -> None:
+    faults = Faults(transient_rate=0.2, transient_attempts=9, retry_after=0.0, seed=3,
+                    transient_kinds=("503",))  # fmt: skip
+    ids = [image.id for image in fleet.images]
+    stuck = sum(faults.transient_kind(i) is not None for i in ids)
+    table = tmp_path / "incomplete.parquet"
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        ran = cli("fetch", *ids, "--endpoint", emu.url, "--token", ADMIN_TOKEN,
+                  "--retries", "0", "-o", str(table), "--no-checkpoint")  # fmt: skip
+    assert ran.status == 4 and stuck > 0
+    audited = cli("audit", str(table))
+    assert audited.status == 0
+    assert f"is incomplete: {stuck} of {len(ids)} ids could not be read" in audited.err
+    assert "fetch_failed" in audited.out

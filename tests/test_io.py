@@ -295,3 +295,115 @@ def test_a_frame_without_ids_gets_no_index_column(suffix: str, tmp_path: Path) -
     assert list(back.columns) == ["rule", "image_id"]
     assert back["image_id"].tolist() == ["a", "=b"]
     assert isinstance(back.index, pd.RangeIndex)
+
+
+# --- files land whole or not at all -------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_writing_over_a_file_replaces_it_and_leaves_no_temporary_file(
+    fetched, suffix: str, tmp_path: Path
+) -> None:
+    target = tmp_path / f"images{suffix}"
+    target.write_text("an older snapshot")
+    write(fetched, target)
+    assert_frame_equal(read(target), fetched)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "images.parquet"
+    target.write_bytes(b"old")
+    unwritable = pd.DataFrame({"x": [object(), 1]})  # pyarrow cannot type this column
+    with pytest.raises(Exception, match="object"):
+        imgframe.to_parquet(unwritable, target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_stream_stays_a_stream(fetched) -> None:
+    buffer = io.StringIO()
+    assert to_csv(fetched, buffer) is None
+    assert_frame_equal(read_csv(io.StringIO(buffer.getvalue())), fetched)
+
+
+def test_kill_9_while_a_big_csv_is_written_leaves_the_old_file_or_the_new_one(
+    fetched, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imgframe.atomic import TEMP_SUFFIX
+
+    copies = 60  # ~24,000 rows: a write that takes a noticeable time (~0.3 s)
+    big = concat_frames([fetched.set_axis(fetched.index + f"-{n}", axis=0) for n in range(copies)])
+    source = imgframe.to_parquet(big, tmp_path / "big.parquet")
+    target = tmp_path / "snapshot.csv"
+    old = b"id,name\r\nold,snapshot\r\n"
+    writer = (
+        "import sys, imgframe; df = imgframe.read_parquet(sys.argv[1]); "
+        "print('ready', flush=True); imgframe.to_csv(df, sys.argv[2])"
+    )
+
+    def temporary_files() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+    for delay in (None, 0.2):  # kill once the temporary file holds data, then later
+        target.write_bytes(old)
+        for stale in temporary_files():  # what an earlier kill -9 left (never read)
+            stale.unlink()
+        process = subprocess.Popen(
+            [sys.executable, "-c", writer, str(source), str(target)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+            if delay is None:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not any(
+                    p.stat().st_size > 0 for p in temporary_files()
+                ):
+                    time.sleep(0.005)
+            else:
+                time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        finally:
+            process.stdout.close()  # type: ignore[union-attr]
+        if delay is None:  # killed mid-write: the old file, the temporary one cut short
+            assert target.read_bytes() == old and temporary_files()
+        elif target.read_bytes() != old:  # the write had finished: the new file, whole
+            assert len(read_csv(target)) == len(big)
+    done = subprocess.run([sys.executable, "-c", writer, str(source), str(target)], timeout=120)
+    assert done.returncode == 0
+    assert len(read_csv(target)) == len(big)
+    assert not [p for p in temporary_files() if p.stat().st_mtime > source.stat().st_mtime]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_truncated_file_is_not_a_readable_table(fetched, suffix: str, tmp_path: Path) -> None:
+    path = write(fetched, tmp_path / f"images{suffix}")
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 3):
+        path.write_bytes(data[:cut])
+        with pytest.raises(InvalidInputError, match="not a readable"):
+            read(path)
+
+
+def test_a_damaged_parquet_page_is_not_a_readable_table(fetched, tmp_path: Path) -> None:
+    path = write(fetched, tmp_path / "images.parquet")
+    data = bytearray(path.read_bytes())
+    data[8:400] = bytes(392)  # the first pages, footer intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="not a readable Parquet file"):
+        read(path)
+
+
+def test_json_that_is_not_a_list_of_records_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "images.json"
+    path.write_text('{"id": "a"}')
+    with pytest.raises(InvalidInputError, match="not an images table"):
+        read(path)

@@ -260,3 +260,19 @@ def test_a_fleet_where_nothing_could_be_read_still_gets_a_report(tmp_path: Path)
     assert facts["images fetched"] == "0" and facts["images failed"] == "3"
     assert facts["total size of fetched images"] == "0 bytes (0 B)"
     assert "No duplicate groups." in doc.section_text("duplicates")
+
+
+def test_report_to_a_stream_is_the_same_document(df, written) -> None:
+    import io
+
+    buffer = io.StringIO()
+    assert report(df, buffer, now=NOW) is None
+    assert buffer.getvalue() == written[0].read_text(encoding="utf-8")
+
+
+def test_report_replaces_an_old_file_whole_and_leaves_no_temporary_file(df, tmp_path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old report")
+    report(df, target, now=NOW)
+    assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
