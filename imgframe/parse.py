@@ -583,9 +583,7 @@ def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     pairs.append((b"x-image-meta-deleted", b"False"))
     for key, value in image.items():
         if key not in V2_CORE_ATTRIBUTES and value is not None:
-            pairs.append(
-                (_PROPERTY_PREFIX_BYTES + _v2_wire(key), _v2_wire(value))
-            )
+            pairs.append((_PROPERTY_PREFIX_BYTES + _v2_wire(key), _v2_wire(value)))
     return pairs
 
 
