@@ -362,6 +362,11 @@ def test_integers_of_19_digits_are_na_even_with_leading_zeros() -> None:
         ("2016-05-22T06:04:20-00:00", datetime(2016, 5, 22, 6, 4, 20, tzinfo=UTC)),
         ("2016-05-22 06:04:20 +02:00", datetime(2016, 5, 22, 4, 4, 20, tzinfo=UTC)),
         ("2016-05-22T06:04:20 Z", datetime(2016, 5, 22, 6, 4, 20, tzinfo=UTC)),
+        ("2016-05-22T06:04:20.5 Z", datetime(2016, 5, 22, 6, 4, 20, 500000, tzinfo=UTC)),
+        ("2016-05-22T06:04:20.5 -05", datetime(2016, 5, 22, 11, 4, 20, 500000, tzinfo=UTC)),
+        ("2016-05-22T06:04:20.25 +0530", datetime(2016, 5, 22, 0, 34, 20, 250000, tzinfo=UTC)),
+        ("2016-05-22T06:04:20.125 +05:30", datetime(2016, 5, 22, 0, 34, 20, 125000, tzinfo=UTC)),
+        ("2016-05-22 06:04 -01:30", datetime(2016, 5, 22, 7, 34, tzinfo=UTC)),
         ("2016-05-22T23:30:00-23:59", datetime(2016, 5, 23, 23, 29, tzinfo=UTC)),
         ("2016-05-22T06:04:20.1", datetime(2016, 5, 22, 6, 4, 20, 100000, tzinfo=UTC)),
         ("2016-05-22T06:04:20.123456789", datetime(2016, 5, 22, 6, 4, 20, 123456, tzinfo=UTC)),
@@ -484,3 +489,30 @@ def test_values_that_are_none_are_absent_headers() -> None:
 def test_an_empty_packed_blob_is_a_response_without_headers() -> None:
     df = build_frame(_Columns.from_packed([b"", b"X-Image-Meta-Size\x0012", None]))
     assert df["size"].tolist() == [pd.NA, 12, pd.NA]
+
+
+def test_scalar_and_vector_paths_agree_on_thousands_of_mixed_timestamps() -> None:
+    import random
+
+    rng = random.Random(9)
+    forms = ["{d}", "{d}T{t}", "{d} {t}Z", "{d}T{t}.{f}", "{d}t{t}.{f}+{o}", "{d}T{t}.{f} -{o}",
+             "{d}T{t}+{h}", "{d}T{t}.{f}z", "{d}T{t}-{h}{m}", "{d}T{hm}"]  # fmt: skip
+    rows = []
+    for i in range(3000):
+        year = rng.choice([rng.randint(1, 9999), rng.randint(1670, 2270), 2016])
+        values = {
+            "d": f"{year:04d}-{rng.randint(1, 12):02d}-{rng.randint(1, 31):02d}",
+            "t": f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
+            "hm": f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+            "f": str(rng.randint(0, 10**9 - 1)).zfill(9)[: rng.randint(1, 9)],
+            "o": f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+            "h": f"{rng.randint(0, 23):02d}",
+            "m": f"{rng.randint(0, 59):02d}",
+        }
+        stamp = rng.choice(forms).format(**values)
+        rows.append({"X-Image-Meta-Id": f"i{i}", "X-Image-Meta-Created_at": stamp})
+    frame = quietly(frame_from_headers, rows)
+    for row, (_, got) in zip(rows, frame["created_at"].items(), strict=True):
+        expected = quietly(parse_headers, row).created_at
+        assert (pd.isna(got) and expected is None) or got == expected, (row, got, expected)
+    assert 0 < frame["created_at"].isna().sum() < len(rows) // 2  # some days do not exist

@@ -97,7 +97,7 @@ def timestamps(draw: st.DrawFn) -> str:
                 )
         zone = draw(
             st.one_of(
-                st.sampled_from(["", "Z", "z", " Z", "ZZ", " +02:00"]),
+                st.sampled_from(["", "Z", "z", "ZZ", "+02:00"]),
                 st.builds(
                     lambda sign, h, m, colon: f"{sign}{h:02d}{colon}{m:02d}",
                     st.sampled_from("+-"),
@@ -108,6 +108,8 @@ def timestamps(draw: st.DrawFn) -> str:
                 st.builds(lambda s, h: f"{s}{h:02d}", st.sampled_from("+-"), st.integers(0, 25)),
             )
         )
+        if zone and draw(st.booleans()):
+            zone = draw(st.sampled_from([" ", "  ", "\t"])) + zone
         text += zone
     return text
 
