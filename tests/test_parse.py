@@ -516,3 +516,53 @@ def test_scalar_and_vector_paths_agree_on_thousands_of_mixed_timestamps() -> Non
         expected = quietly(parse_headers, row).created_at
         assert (pd.isna(got) and expected is None) or got == expected, (row, got, expected)
     assert 0 < frame["created_at"].isna().sum() < len(rows) // 2  # some days do not exist
+
+
+def v2_frame(*documents: dict) -> tuple[pd.DataFrame, ParseProblems]:  # type: ignore[type-arg]
+    from imgframe.parse import v2_header_pairs
+
+    problems = ParseProblems()
+    return packed_frame(*(v2_header_pairs(d) for d in documents), problems=problems), problems
+
+
+@pytest.mark.parametrize(
+    "size", [True, 1.5, float("nan"), float("inf"), 10**20, -(10**30), [1], {"a": 1}, "+7"]
+)
+def test_v2_values_of_the_wrong_type_are_na_and_warn(size: object) -> None:
+    df, problems = v2_frame({"id": "a", "size": size, "min_ram": 512})
+    assert df["min_ram"].iloc[0] == 512
+    if size == "+7":
+        assert df["size"].iloc[0] == 7 and not problems
+    else:
+        assert pd.isna(df["size"].iloc[0]) and list(problems.counts) == ["size"]
+
+
+def test_v2_documents_with_lone_surrogates_and_odd_values_keep_their_rows() -> None:
+    import json
+
+    document = json.loads(
+        '{"id": "a\\ud800", "name": "\\udcff", "\\ud800key": "v\\udfff",'
+        ' "created_at": "0001-01-01", "nested": [[{"x": NaN}], Infinity], "protected": "maybe",'
+        ' "tags": ["\\ud83d"]}'
+    )
+    df, problems = v2_frame(document, {"id": "b"})
+    assert df.index.tolist() == ["a\ufffd", "b"]
+    assert df["name"].iloc[0] == "\ufffd"
+    assert df["properties"].iloc[0] == {
+        "\ufffdkey": "v\ufffd",
+        "nested": '[[{"x": NaN}], Infinity]',
+    }
+    assert json.loads(df["tags"].iloc[0]) == ["\ufffd"]
+    assert set(problems.counts) == {"created_at", "protected"}
+
+
+def test_v2_values_that_cannot_be_rendered_are_replacement_characters() -> None:
+    from imgframe.parse import v2_header_pairs
+
+    deep: list = []  # type: ignore[type-arg]
+    for _ in range(100_000):
+        deep = [deep]
+    pairs = dict(v2_header_pairs({"id": "a", "size": 10**5000, "deep": deep, "odd": {(1,): 2}}))
+    assert pairs[b"x-image-meta-size"] == "\ufffd".encode()
+    assert pairs[b"x-image-meta-property-deep"] == "\ufffd".encode()
+    assert pairs[b"x-image-meta-property-odd"] == "\ufffd".encode()
