@@ -277,12 +277,13 @@ def _lower_items(headers: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, 
     return plain, properties
 
 
-def parse_headers(headers: Mapping[str, Any]) -> Any:
+def parse_headers(headers: Mapping[Any, Any]) -> Any:
     """Parse one HEAD response's headers into an :class:`ImageRecord`.
 
     Accepts any mapping of header names to values, in any case (aiohttp's
-    ``CIMultiDictProxy`` too). Unparseable values become ``None`` and raise one
-    :class:`~imgframe.ImgframeParseWarning`.
+    ``CIMultiDictProxy`` too), names and values as ``str`` or ``bytes``. Nothing a
+    server can send raises: unparseable values become ``None`` and one
+    :class:`~imgframe.ImgframeParseWarning` names them.
 
     Examples
     --------
@@ -428,8 +429,8 @@ def _timestamp_micros(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     The grammar allows ASCII only (a character is a byte) and fixes where each part is:
     the date and time from the start, the zone from the end, the fraction in between.
     Strings of one length (a server writes one or two formats) are one byte matrix in
-    arrow's buffer, read column by column with numpy: 1M values in tens of milliseconds,
-    where a capturing regex took 0.7 s.
+    arrow's buffer, read column by column with numpy: about 0.1 s for 1M values, where
+    capturing the parts with a regex took 0.7 s.
     """
     strings = strings.cast(pa.large_string())
     n = len(strings)
@@ -496,10 +497,8 @@ def _fixed_length_micros(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if 20 + k < length:
                 micros += np.where(fraction > k, digit(20 + k) * 10 ** (5 - k), 0)
         hours = np.zeros(m, dtype=np.int32)
-        for width in (3, 5, 6):
-            if length - width + 2 < length:
-                pair = number(length - width + 1, 2)
-                hours = np.where(zone == width, pair, hours)
+        for width in (3, 5, 6):  # the offset's hours follow its sign
+            hours = np.where(zone == width, number(length - width + 1, 2), hours)
         minutes = np.where(zone >= 5, number(length - 2, 2), 0)
         offset = hours * 60 + minutes
         offset = np.where(sign == ord("-"), -offset, offset)
@@ -639,7 +638,8 @@ class _Columns:
     def __init__(
         self, lengths: np.ndarray, codes: np.ndarray, names: Sequence[Any], values: pa.Array
     ) -> None:
-        """``codes[i]`` is the position in ``names`` of the i-th header's name, as sent."""
+        """``codes[i]`` is the position in ``names`` of the i-th header's name, as sent;
+        a null value (``None`` in a mapping) is an absent header."""
         self.n = n = len(lengths)
         rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
         if values.null_count:  # a value of None: the header is absent
@@ -821,12 +821,13 @@ def _object_array(items: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def frame_from_headers(headers: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def frame_from_headers(headers: Iterable[Mapping[Any, Any]]) -> pd.DataFrame:
     """Build the typed fleet frame from many HEAD responses' headers.
 
     One row per mapping, indexed by ``X-Image-Meta-Id``, with the columns and dtypes of
     :func:`imgframe.schema.dtypes`; ``http_status`` and ``error`` are NA (no fetch
-    happened here). Same rules as :func:`parse_headers`, applied column-wise.
+    happened here). Same rules and the same values as :func:`parse_headers`, applied
+    column-wise; nothing a server can send raises.
 
     Examples
     --------
