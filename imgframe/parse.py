@@ -678,9 +678,9 @@ class _Columns:
 
         Splitting, decoding and lower-casing all happen in pyarrow, column-wise.
         """
+        if b"" in packed:  # no pairs: split, b"" would be one part and shift every later pair
+            packed = [blob or None for blob in packed]
         blobs = pa.array(packed, type=pa.binary())  # 5x faster to build than large_binary
-        # b"" (no pairs) would split into one part and shift every later name/value pair.
-        blobs = pc.if_else(pc.equal(pc.binary_length(blobs), 0), pa.scalar(None, blobs.type), blobs)
         parts = pc.split_pattern(blobs, pattern=PACK_SEPARATOR)
         lengths = pc.list_value_length(parts).fill_null(0).to_numpy(zero_copy_only=False) // 2
         flat = pc.list_flatten(parts)

@@ -566,3 +566,26 @@ def test_v2_values_that_cannot_be_rendered_are_replacement_characters() -> None:
     assert pairs[b"x-image-meta-size"] == "\ufffd".encode()
     assert pairs[b"x-image-meta-property-deep"] == "\ufffd".encode()
     assert pairs[b"x-image-meta-property-odd"] == "\ufffd".encode()
+
+
+def test_hostile_values_from_a_real_server_cost_only_their_own_cells() -> None:
+    from imgframe import fetch_images
+    from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+
+    fleet = make_fleet(200, seed=5)
+    odd = fleet.images[17:21]
+    odd[0].deleted_at = "0001-01-01T00:00:00"  # type: ignore[assignment]
+    odd[1].size = "+123"  # type: ignore[assignment]
+    odd[2].min_ram = "١٢٣"  # type: ignore[assignment]
+    odd[3].created_at = "2016-W01"  # type: ignore[assignment]
+    ids = [image.id for image in fleet.images]
+    with GlanceEmulator(fleet) as emu, pytest.warns(ImgframeParseWarning) as caught:
+        df = fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN, progress=False)
+    assert len(df) == 200 and (df["http_status"] == 200).all() and df["error"].isna().all()
+    assert df.loc[odd[1].id, "size"] == 123
+    assert pd.isna(df.loc[odd[0].id, "deleted_at"]) and pd.isna(df.loc[odd[2].id, "min_ram"])
+    assert pd.isna(df.loc[odd[3].id, "created_at"])
+    message = " ".join(str(w.message) for w in caught if w.category is ImgframeParseWarning)
+    for column, image in (("deleted_at", odd[0]), ("min_ram", odd[2]), ("created_at", odd[3])):
+        assert f"{column} (1 value; ids '{image.id}'" in message
+    assert df["created_at"].notna().sum() == 199
