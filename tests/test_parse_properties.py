@@ -24,7 +24,12 @@ from imgframe import ImgframeParseWarning, frame_from_headers, parse_headers
 from imgframe.parse import ParseProblems, _Columns, build_frame, pack_headers, v2_header_pairs
 from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind, dtypes
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,  # nothing written into the source tree; a failure prints its example
+)
 
 
 class Pairs(Mapping[Any, Any]):
