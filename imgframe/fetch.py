@@ -885,6 +885,9 @@ class HeadFetcher:
         """The endpoint answered (or the probe waited long enough): full concurrency."""
         probe, self._probe = self._probe, None
         if probe is not None:
+            if self._gate is not None:
+                # A new round: a 429 to the lone probe says nothing about the limit.
+                self._gate.epoch += 1
             if why:
                 logger.debug("%s: %s", self.endpoint, why)
             probe.changed()
