@@ -872,7 +872,7 @@ class HeadFetcher:
             if probe.prober == slot:
                 probe.cause = error
         elif self._connect_failures >= max(BREAKER_FAILURES, self.concurrency):
-            logger.warning(
+            logger.info(
                 "%s: %d connection failures in a row (%s): one request at a time until it "
                 "answers again",
                 self.endpoint,
@@ -899,7 +899,7 @@ class HeadFetcher:
             return
         if probe.cause is not None:  # every attempt failed to connect: stop sending
             probe.unreachable = UNREACHABLE_NOT_SENT.format(cause=probe.cause)
-            logger.warning("%s is unreachable (%s): no more requests", self.endpoint, probe.cause)
+            logger.info("%s is unreachable (%s): no more requests", self.endpoint, probe.cause)
             probe.changed()
         else:  # timed out, say: not an endpoint to give up on; the next id probes
             probe.prober = None

@@ -45,12 +45,13 @@ import ipaddress
 import json
 import random
 import signal
+import socket
 import ssl
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -986,9 +987,14 @@ class GlanceEmulator:
             headers = [(k, v) for k, v in headers if k != "Content-Length"]
             headers.append(("Content-Length", str(len(_HEAD_BODY))))
             response = web.StreamResponse(headers=headers)
-            await response.prepare(request)  # type: ignore[arg-type]
-            if request.transport is not None:
-                request.transport.write(_HEAD_BODY)
+            # Corked, headers and body leave in one segment, so the client reads them
+            # together: the same answer every run (a late body is another race).
+            # A client that gave up on this connection after the last broken answer may
+            # have closed it already: nothing to answer then.
+            with _corked(request.transport), contextlib.suppress(ConnectionResetError):
+                await response.prepare(request)  # type: ignore[arg-type]
+                if request.transport is not None:
+                    request.transport.write(_HEAD_BODY)
             return response
         return web.Response(headers=headers)
 
@@ -1205,6 +1211,22 @@ class GlanceEmulator:
                 self.signature_rejections.append(problem)
             return None
         return self._key_tokens[id(key)]
+
+
+@contextlib.contextmanager
+def _corked(transport: asyncio.BaseTransport | None) -> Iterator[None]:
+    """Hold back partial segments (Linux ``TCP_CORK``) while the block writes."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    cork = getattr(socket, "TCP_CORK", None)
+    if sock is None or cork is None:
+        yield
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 def _base(request: web.BaseRequest) -> str:
