@@ -57,6 +57,7 @@ import aiohttp.http_exceptions
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from multidict import istr
 from yarl import URL
 
 from imgframe.auth import RequestSigner, TokenSource
@@ -80,6 +81,8 @@ TOKEN_CHECK_SECONDS = 5.0  # how often a running fetch asks its token source aga
 logger = logging.getLogger("imgframe.fetch")
 APIS = ("v1", "v2", "auto")
 _REQUEST_ID = b"x-openstack-request-id"
+# Pre-folded for multidict: a lookup per answer without lower-casing the name each time.
+_META_ID = istr("X-Image-Meta-Id")
 # Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
 THROTTLE_STATUSES = frozenset({429, 503})
 # One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
@@ -764,16 +767,20 @@ class HeadFetcher:
                 await watchdog.disarm(slot)
                 status = None
                 error, kind = _failure(exc, self.timeout)
+                # The URL and the exception (the server's bytes) go here, not in the row;
+                # the token is in a header, never in either.
                 logger.debug(
                     "%s %s: %s (%s)",
                     "GET" if self.using_v2 else "HEAD",
-                    self._base + segment,
+                    (self._base_v2 if self.using_v2 else self._base) + segment,
                     error,
                     _describe(exc),
                     exc_info=kind == INTERNAL_KIND,
                 )
                 if kind == CONNECT:
                     self._connect_failed(slot, error)
+                elif kind == BROKEN and self._probe is not None:
+                    self._open_probe("")  # broken, but an answer: the endpoint is there
                 elif probe is not None:
                     probe.cause = None
                 if kind == INTERNAL_KIND:
@@ -802,7 +809,7 @@ class HeadFetcher:
                         except ValueError as exc:
                             problem = str(exc)
                     else:
-                        ids = headers.getall("X-Image-Meta-Id", None)
+                        ids = headers.getall(_META_ID, None)
                         problem = (
                             None
                             if ids is not None and len(ids) == 1 and ids[0] == image_id
@@ -862,6 +869,8 @@ class HeadFetcher:
             if attempt >= self.retry.attempts:
                 suffix = f" (gave up after {attempt} attempts)" if attempt > 1 else ""
                 return FetchResult(position, image_id, status, None, error + suffix, attempt)
+            if probe is not None:
+                probe.rest()
             await asyncio.sleep(self.retry.delay(attempt, retry_after))
 
     def _connect_failed(self, slot: int, error: str) -> None:
@@ -944,15 +953,20 @@ class _Probe:
         self._changed: asyncio.Future[None] = self._loop.create_future()
 
     def begin(self) -> None:
-        """The prober sends an attempt now."""
+        """The prober sends an attempt now (waiters restart their patience from here)."""
         self.started = self._loop.time()
+        self.changed()
+
+    def rest(self) -> None:
+        """The prober waits before its next attempt: nobody's patience runs meanwhile."""
+        self.started = math.inf
 
     async def wait(self) -> bool:
         """Wait until the probe changes; False when the prober's attempt outlasted patience."""
         remaining = self.started + self.patience - self._loop.time()
         if remaining <= 0:
             return False
-        await asyncio.wait((self._changed,), timeout=remaining)
+        await asyncio.wait((self._changed,), timeout=None if remaining == math.inf else remaining)
         return True
 
     def changed(self) -> None:
