@@ -19,10 +19,13 @@ import pytest
 import imgframe
 from imgframe import RetryPolicy, fetch_images
 from imgframe.fetch import (
+    BROKE_HTTP_HEADER,
     BROKE_HTTP_STATUS,
     CONFLICTING_IDS,
+    HEADER_TOO_LONG,
     INTERNAL,
     NO_METADATA,
+    TOO_MANY_HEADERS,
     UNREACHABLE_NOT_SENT,
     V2_WRONG_ID,
     WRONG_ID,
@@ -175,6 +178,17 @@ def test_an_id_equal_but_for_ascii_case_is_the_same_image() -> None:
     assert same_image_id("\u00e9t\u00e9", "\u00e9t\u00e9")
 
 
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_an_upper_case_id_answered_in_lower_case_is_a_good_row(fleet, api) -> None:
+    images = [image for image in fleet.images if not image.deleted][:20]
+    asked = [image.id.upper() for image in images]
+    with GlanceEmulator(fleet, case_insensitive_ids=True) as emu:
+        df = fetch_images(asked, endpoint=emu.url, token=ADMIN_TOKEN, api=api)
+    assert df.index.tolist() == asked  # filed under the id as requested
+    assert df["error"].isna().all(), df["error"].value_counts()
+    assert df["name"].tolist() == [image.name for image in images]
+
+
 # --- big answers ------------------------------------------------------------------------
 
 
@@ -191,7 +205,70 @@ def test_a_thousand_properties_and_a_64_kib_value_are_read(fleet) -> None:
         assert len(properties) == 1001 + len(fleet.by_id()[image_id].properties)
 
 
-# --- the error vocabulary ---------------------------------------------------------------
+# --- the error vocabulary ------------------------------------------------------------
+
+
+def raw_server(answers: dict[str, bytes]):
+    """A bare TCP server on 127.0.0.1 answering each path's request with fixed bytes."""
+    import asyncio
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                path = request.split(b" ", 2)[1].decode()
+                writer.write(answers[path.rsplit("/", 1)[1]])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return answer
+
+
+def serve_raw(answers: dict[str, bytes]):
+    import asyncio
+    import contextlib
+
+    @contextlib.contextmanager
+    def running():
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(asyncio.start_server(raw_server(answers), "127.0.0.1", 0))
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            server.close()
+            loop.close()
+
+    return running()
+
+
+def test_each_way_of_breaking_http_has_its_own_fixed_sentence() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Image-Meta-Id: %s\r\n"
+    answers = {
+        "bad-status": b"HTTQ/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        "bad-header": ok % b"bad-header" + b"No colon here\r\n\r\n",
+        "many-headers": ok % b"many-headers"
+        + b"".join(b"X-H-%d: v\r\n" % n for n in range(3000))
+        + b"\r\n",
+        "long-header": ok % b"long-header" + b"X-Long: " + b"x" * 200_000 + b"\r\n\r\n",
+        "fine": ok % b"fine" + b"X-Image-Meta-Name: n\r\n\r\n",
+    }
+    with serve_raw(answers) as url:
+        df = fetch_images(list(answers), endpoint=url, token="t", retries=0, concurrency=1)
+    errors = df["error"].to_dict()
+    assert errors["bad-status"] == BROKE_HTTP_STATUS
+    assert errors["bad-header"] == BROKE_HTTP_HEADER
+    assert errors["many-headers"] == TOO_MANY_HEADERS
+    assert errors["long-header"] == HEADER_TOO_LONG
+    assert pd.isna(errors["fine"]) and df.loc["fine", "name"] == "n"
+
+
+# --- the error vocabulary, over many rows ---------------------------------------------
 
 
 def test_twenty_thousand_broken_answers_make_a_handful_of_error_values(caplog) -> None:

@@ -643,6 +643,9 @@ class GlanceEmulator:
     ``ssl_context`` (a server-side :class:`ssl.SSLContext` with a certificate loaded)
     serves HTTPS instead of HTTP; :attr:`url` then starts with ``https://``.
 
+    ``case_insensitive_ids=True`` finds an image by its id in any ASCII case and answers
+    with the stored id, as a Glance on MySQL (case-insensitive collation) does.
+
     Examples
     --------
     >>> from imgframe.testing import make_fleet
@@ -662,9 +665,11 @@ class GlanceEmulator:
         api_limit_max: int = 1000,
         access_keys: Mapping[str, AccessKey | tuple[str, str]] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        case_insensitive_ids: bool = False,
     ) -> None:
         _check_loopback(host)
         self.ssl_context = ssl_context
+        self.case_insensitive_ids = case_insensitive_ids
         if api_limit_max < 1:
             raise ValueError("api_limit_max must be >= 1")
         self.fleet = fleet
@@ -700,6 +705,7 @@ class GlanceEmulator:
         self._listing: list[FleetImage] | None = None
         self._listing_pos: dict[str, int] = {}
         self._ids: list[str] | None = None  # for Faults.other_id, made on first use
+        self._folded: dict[str, FleetImage] | None = None  # for case_insensitive_ids
         self._in_flight = 0  # only the server's event loop changes it
         self._max_in_flight = 0
         self._thread: threading.Thread | None = None
@@ -959,7 +965,7 @@ class GlanceEmulator:
         who = self._authenticate(token, request)
         if who is None:
             return _empty(401)
-        image = self._images.get(image_id)
+        image = self._find(image_id)
         if image is None or not _visible(image, who):
             return _empty(404)
         headers = self._rendered.get(image_id)
@@ -997,6 +1003,14 @@ class GlanceEmulator:
                     request.transport.write(_HEAD_BODY)
             return response
         return web.Response(headers=headers)
+
+    def _find(self, image_id: str) -> FleetImage | None:
+        image = self._images.get(image_id)
+        if image is None and self.case_insensitive_ids:
+            if self._folded is None:
+                self._folded = {i.id.lower(): i for i in self.fleet.images if i.id.isascii()}
+            image = self._folded.get(image_id.lower()) if image_id.isascii() else None
+        return image
 
     def _id_list(self) -> list[str]:
         if self._ids is None:
@@ -1075,7 +1089,7 @@ class GlanceEmulator:
         who = self._authenticate(token, request)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
-        image = self._images.get(image_id)
+        image = self._find(image_id)
         if image is None or image.deleted or not _visible(image, who):
             return _error(404, f"No image found with ID {image_id}", is_head)
         document = _v2_image(image)
