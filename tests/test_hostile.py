@@ -338,6 +338,43 @@ def test_a_thousand_ids_against_a_closed_port_end_in_seconds(caplog) -> None:
     assert not any("secret-tok" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_server_that_hangs_up_before_any_answer_is_unreachable(scheme) -> None:
+    # Accepts the connection and closes it at once: a reset before any HTTP answer, or
+    # (https) during the TLS handshake.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                connection.close()  # linger 0: an RST, not a FIN
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1_000)]
+        try:
+            started = time.perf_counter()
+            df = fetch_images(ids, endpoint=f"{scheme}://127.0.0.1:{port}", token="t", verify=False)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop.set()
+            thread.join(5)
+    assert elapsed < 5, elapsed
+    assert df["http_status"].isna().all()
+    unreachable = df["error"].str.startswith("not requested: the endpoint was unreachable")
+    assert unreachable.sum() >= 990, df["error"].value_counts()
+    assert df["error"].nunique() <= 2
+
+
 def test_an_endpoint_that_dies_mid_run_stops_the_sending_soon() -> None:
     fleet = make_fleet(3_000, seed=9)
     ids = ids_of(fleet)
