@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import json
 import logging
 import math
@@ -116,12 +117,22 @@ SIGNATURE_NOT_SENT = (
 # Parser limits of the client sessions (fetcher and listing). aiohttp's defaults (128
 # headers, 8,190 bytes per header line) fail real images: Glance v1 sends one header per
 # custom property, and a property value may be long. These take 1,000 properties and
-# values of 64 KiB with room to spare; ClientSession(max_headers=...) exists since 3.8.
+# values of 64 KiB with room to spare.
 MAX_HEADERS = 2048
 MAX_FIELD_SIZE = 128 * 1024  # bytes of one header line, name and value together
 MAX_LINE_SIZE = 8190  # the status line: aiohttp's default, nothing real is longer
+# ClientSession keywords; max_headers is one only in recent aiohttp (3.13.4's changelog
+# adds it), so each is passed only where it exists.
 PARSER_LIMITS: Mapping[str, int] = MappingProxyType(
-    {"max_headers": MAX_HEADERS, "max_field_size": MAX_FIELD_SIZE, "max_line_size": MAX_LINE_SIZE}
+    {
+        name: value
+        for name, value in (
+            ("max_headers", MAX_HEADERS),
+            ("max_field_size", MAX_FIELD_SIZE),
+            ("max_line_size", MAX_LINE_SIZE),
+        )
+        if name in inspect.signature(aiohttp.ClientSession.__init__).parameters
+    }
 )
 
 # The ``error`` vocabulary: one fixed sentence per cause, so that 20,000 failed rows make
