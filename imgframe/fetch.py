@@ -155,8 +155,10 @@ BROKE_HTTP = "bad response: the server broke HTTP (malformed answer)"
 TOO_MANY_HEADERS = f"bad response: more than {MAX_HEADERS} headers"
 HEADER_TOO_LONG = f"bad response: a header line over {MAX_FIELD_SIZE // 1024} KiB"
 INTERNAL = "internal error while reading the answer (traceback in the imgframe.fetch debug log)"
-#: Rows not sent because the endpoint never answered (``{cause}``: "connection refused"...).
-UNREACHABLE_NOT_SENT = "not requested: the endpoint was unreachable ({cause})"
+#: How the rows not sent because the endpoint never answered begin (for summaries).
+UNREACHABLE_PREFIX = "not requested: the endpoint was unreachable"
+#: Those rows' error; ``{cause}`` is the probe's own, e.g. "connection failed: refused".
+UNREACHABLE_NOT_SENT = UNREACHABLE_PREFIX + " ({cause})"
 # Causes a connection-level failure is named by (errno names cover the rest).
 _ERRNO_CAUSES = {
     errno.ECONNREFUSED: "refused",
