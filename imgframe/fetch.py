@@ -30,11 +30,23 @@ Throttling (issue 5), both shared by all workers of one fetcher, i.e. per endpoi
 When they are not throttling, they cost a few integer operations per request and no
 timer: the pacer sleeps only when a request's slot is in the future, and the gate
 queues a worker only when the limit is reached.
+
+Hostile servers: nothing in an answer may end the run. Every failed attempt
+becomes one fixed sentence of the ``error`` vocabulary (the constants below; details at
+debug level on ``imgframe.fetch``); a 200 that is not the requested image's metadata
+(another id, conflicting ids, no metadata, a broken HTTP answer) is a row with an error,
+asked again once; any other exception while reading one answer is that id's row. The
+run starts with one request (:class:`_Probe`) and opens up to ``concurrency`` at the
+first HTTP answer; when the probe's id never connects, the endpoint is unreachable and
+the remaining ids are not sent. In the steady state this costs one ``is not None``
+test per request and an id comparison per 200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import inspect
 import json
 import logging
 import math
@@ -52,9 +64,11 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import aiohttp.http_exceptions
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from multidict import istr
 from yarl import URL
 
 from imgframe.auth import RequestSigner, TokenSource
@@ -70,6 +84,7 @@ __all__ = [
     "Timeout",
     "image_id_problem",
     "normalize_endpoint",
+    "same_image_id",
 ]
 
 USER_AGENT = "imgframe/0.1 (+aiohttp)"
@@ -77,6 +92,8 @@ TOKEN_CHECK_SECONDS = 5.0  # how often a running fetch asks its token source aga
 logger = logging.getLogger("imgframe.fetch")
 APIS = ("v1", "v2", "auto")
 _REQUEST_ID = b"x-openstack-request-id"
+# Pre-folded for multidict: a lookup per answer without lower-casing the name each time.
+_META_ID = istr("X-Image-Meta-Id")
 # Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
 THROTTLE_STATUSES = frozenset({429, 503})
 # One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
@@ -96,6 +113,71 @@ SIGNATURE_REJECTED = (
 SIGNATURE_NOT_SENT = (
     "not requested: the access key signature was rejected (401): clock skew or wrong key"
 )
+
+# Parser limits of the client sessions (fetcher and listing). aiohttp's defaults (128
+# headers, 8,190 bytes per header line) fail real images: Glance v1 sends one header per
+# custom property, and a property value may be long. These take 1,000 properties and
+# values of 64 KiB with room to spare.
+MAX_HEADERS = 2048
+MAX_FIELD_SIZE = 128 * 1024  # bytes of one header line, name and value together
+MAX_LINE_SIZE = 8190  # the status line: aiohttp's default, nothing real is longer
+# ClientSession keywords; max_headers is one only in recent aiohttp (3.13.4's changelog
+# adds it), so each is passed only where it exists.
+PARSER_LIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        name: value
+        for name, value in (
+            ("max_headers", MAX_HEADERS),
+            ("max_field_size", MAX_FIELD_SIZE),
+            ("max_line_size", MAX_LINE_SIZE),
+        )
+        if name in inspect.signature(aiohttp.ClientSession.__init__).parameters
+    }
+)
+
+# The ``error`` vocabulary: one fixed sentence per cause, so that 20,000 failed rows make
+# a handful of categories. The details (URL, exception text, the server's bytes) go to the
+# ``imgframe.fetch`` logger at debug level, never into a row.
+WRONG_ID = "bad response: the answer is for another image (X-Image-Meta-Id differs)"
+CONFLICTING_IDS = "bad response: conflicting X-Image-Meta-Id headers"
+NO_METADATA = "bad response: a 200 answer without image metadata"
+NO_ID = "bad response: a 200 answer without X-Image-Meta-Id"
+V2_WRONG_ID = "bad response: the v2 image document is for another image"
+V2_NO_ID = "bad response: the v2 image document has no id"
+V2_NOT_JSON = "bad response: the v2 image document is not JSON"
+V2_NOT_OBJECT = "bad response: the v2 image document is not a JSON object"
+BROKE_HTTP_STATUS = (
+    "bad response: the server broke HTTP (invalid status line, e.g. a body after a HEAD answer)"
+)
+BROKE_HTTP_HEADER = "bad response: the server broke HTTP (invalid header line)"
+BROKE_HTTP_BODY = "bad response: the server broke HTTP (malformed or cut-short body)"
+BROKE_HTTP = "bad response: the server broke HTTP (malformed answer)"
+TOO_MANY_HEADERS = f"bad response: more than {MAX_HEADERS} headers"
+HEADER_TOO_LONG = f"bad response: a header line over {MAX_FIELD_SIZE // 1024} KiB"
+INTERNAL = "internal error while reading the answer (traceback in the imgframe.fetch debug log)"
+#: How the rows not sent because the endpoint never answered begin (for summaries).
+UNREACHABLE_PREFIX = "not requested: the endpoint was unreachable"
+#: Those rows' error; ``{cause}`` is the probe's own, e.g. "connection failed: refused".
+UNREACHABLE_NOT_SENT = UNREACHABLE_PREFIX + " ({cause})"
+# Causes a connection-level failure is named by (errno names cover the rest).
+_ERRNO_CAUSES = {
+    errno.ECONNREFUSED: "refused",
+    errno.ECONNRESET: "reset",
+    errno.ECONNABORTED: "aborted",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "timed out",
+    errno.EPIPE: "broken pipe",
+}
+# Failure kinds (see _failure): only CONNECT counts towards "the endpoint is unreachable".
+CONNECT, TRANSIENT, BROKEN, INTERNAL_KIND = "connect", "transient", "broken", "internal"
+# How long workers wait for the first answer before they send anyway: the cold-token
+# probe must never turn a slow server into a serial one (fraction of Timeout.total).
+PROBE_PATIENCE = 0.5
+# A run that had answers goes back to one request at a time after this many consecutive
+# connection-level failures (at least; concurrency if larger), and stops sending if that
+# probe fails at the connection level too.
+BREAKER_FAILURES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +228,22 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
             raise ConfigError(f"attempts must be an integer >= 1, got {self.attempts!r}")
-        if self.backoff < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
-            raise ConfigError("backoff times must not be negative")
+        for value in (self.backoff, self.max_backoff, self.max_retry_after):
+            if not (isinstance(value, int | float) and 0 <= value < math.inf):
+                raise ConfigError(f"backoff times must be finite seconds >= 0, got {value!r}")
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        A ``retry_after`` that is not a finite number >= 0 is treated as absent.
+
+        Examples
+        --------
+        >>> RetryPolicy(backoff=1.0).delay(1, retry_after=float("nan")) <= 1.0
+        True
+        """
+        if retry_after is not None and 0.0 <= retry_after < math.inf:
+            return min(retry_after, self.max_retry_after)
         wait = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
         return wait * random.uniform(0.5, 1.0)
 
@@ -216,12 +307,18 @@ def image_id_problem(image_id: str) -> str | None:
 
 
 def normalize_endpoint(endpoint: str) -> str:
-    """The Glance endpoint without a trailing ``/`` or ``/v1``; checked for sanity.
+    """The Glance endpoint without a trailing ``/`` or API version; checked for sanity.
+
+    A last path segment ``v1``, ``v2`` or ``v1.0``, ``v2.1``... is the API version that
+    users copy from a catalog or the vendor's docs: imgframe adds the one it uses, so
+    ``.../v2`` must not become ``.../v2/v1/images/...`` (every answer a 404).
 
     Examples
     --------
     >>> normalize_endpoint("https://ims.example.com/v1/")
     'https://ims.example.com'
+    >>> normalize_endpoint("https://glance.example.com:9292/image/v2.1")
+    'https://glance.example.com:9292/image'
     """
     if not isinstance(endpoint, str) or not endpoint.strip():
         raise ConfigError("endpoint must be a URL such as https://glance.example.com:9292")
@@ -233,23 +330,41 @@ def normalize_endpoint(endpoint: str) -> str:
         raise ConfigError(f"endpoint must not have a query or fragment: {endpoint!r}")
     if parts.username or parts.password:
         raise ConfigError("endpoint must not carry credentials; pass token=... instead")
-    if endpoint.endswith("/v1"):
-        endpoint = endpoint[: -len("/v1")]
-    return endpoint
+    return _API_VERSION.sub("", endpoint)
+
+
+_API_VERSION = re.compile(r"/v[12](?:\.[0-9]+)?$", re.IGNORECASE)
+# delay-seconds of RFC 9110 (ASCII digits; a fraction tolerated): float() alone would
+# also take "nan", "inf", "-5", "1_0" and Unicode digits.
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?")
 
 
 def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds from now, or None when absent or not a valid value.
+
+    A finite number of seconds >= 0 or an HTTP date; anything else (NaN, inf, negative,
+    garbage) is treated as absent, i.e. the normal backoff applies. Capping is
+    :meth:`RetryPolicy.delay`'s job.
+
+    Examples
+    --------
+    >>> [_retry_after(v) for v in ("5", "0.5", "nan", "inf", "-1", "soon", "", None)]
+    [5.0, 0.5, None, None, None, None, None, None]
+    >>> _retry_after("Wed, 21 Oct 2015 07:28:00 GMT")  # in the past: retry now
+    0.0
+    """
     if not value:
         return None
+    text = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        seconds = float(text)
+        return seconds if seconds < math.inf else None
     try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(text)
+        seconds = when.timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
@@ -448,6 +563,10 @@ class HeadFetcher:
         #: adaptive concurrency limit, oldest first (bounded: a long run keeps the last).
         self.concurrency_changes: deque[tuple[float, int]] = deque(maxlen=1000)
         self.requests_sent = 0
+        self._timed_out = f"timed out after {timeout.total:g} s"
+        # Set while requests go one at a time (see run); None in the steady state.
+        self._probe: _Probe | None = None
+        self._connect_failures = 0  # in a row, across workers; reset by any answer
 
     def __repr__(self) -> str:
         extra = "" if self.max_rps is None else f", max_rps={self.max_rps:g}"
@@ -499,7 +618,13 @@ class HeadFetcher:
             headers={"User-Agent": USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
+            **PARSER_LIMITS,
         )
+        # The first request goes alone: a brand-new token presented by every worker at
+        # once is validated once per request by a cache-less keystonemiddleware, and an
+        # endpoint that refuses connections is found after one id, not a million.
+        self._probe = _Probe(PROBE_PATIENCE * self.timeout.total)
+        self._connect_failures = 0
         # The workers share one iterator: the event loop runs one task at a time, so each
         # item goes to exactly one worker, and a worker pulls the next id only when it is
         # free -- a queue with no producer task and no hand-off per id. A feed hands out
@@ -520,11 +645,20 @@ class HeadFetcher:
             page: Iterator[tuple[int, str]] | None = shared
             while page is not None:
                 for position, image_id in page:
-                    on_result(
-                        await self._fetch_one(
+                    try:
+                        result = await self._fetch_one(
                             session, watchdog, gate, pacer, slot, position, image_id
                         )
-                    )
+                    except ImgframeError:
+                        raise  # run-level on purpose: TLS, no v1, the token source
+                    except Exception:
+                        # Nothing in an answer may crash the run: the id gets a row.
+                        logger.debug("%s: %s failed", self.endpoint, image_id, exc_info=True)
+                        watchdog.deadlines[slot] = math.inf
+                        result = FetchResult(position, image_id, None, None, INTERNAL, 1)
+                    if self._probe is not None:
+                        self._probe_done(slot)
+                    on_result(result)
                 page = None if feed is None else await feed.next_page(page)
 
         watching = asyncio.create_task(watchdog.watch())
@@ -573,6 +707,9 @@ class HeadFetcher:
         signer = self._signer
         attempt = 0
         refreshed = False
+        suspect_retried = False  # an answer that lied is asked again once
+        status: int | None = None
+        error = ""
         while True:
             if self._token_dead:
                 return FetchResult(
@@ -583,6 +720,19 @@ class HeadFetcher:
                     TOKEN_NOT_SENT if signer is None else SIGNATURE_NOT_SENT,
                     attempt,
                 )
+            probe = self._probe
+            if probe is not None:  # one request at a time until the endpoint answers
+                if probe.unreachable is not None:
+                    if attempt == 0:
+                        return FetchResult(position, image_id, None, None, probe.unreachable, 0)
+                    return FetchResult(position, image_id, status, None, error, attempt)
+                if probe.prober is None:
+                    probe.prober = slot
+                if probe.prober != slot:
+                    if not await probe.wait():
+                        self._open_probe("no answer yet: sending at full concurrency anyway")
+                    continue
+                probe.begin()
             attempt += 1
             token, auth = self._token, self._auth
             retry_after: float | None = None
@@ -630,20 +780,47 @@ class HeadFetcher:
             except asyncio.CancelledError:
                 if not watchdog.fired(slot):
                     raise  # the run itself is being cancelled
-                status, error = None, f"timed out after {self.timeout.total:g} s"
-            except TimeoutError as exc:  # aiohttp's sock_connect limit on a new connection
-                status, error = None, f"timed out: {_describe(exc)}"
+                status, error = None, self._timed_out
+                if probe is not None:
+                    probe.cause = None
+            except ImgframeError:
+                raise  # a signer's own failure: run-level
             except aiohttp.ClientConnectorCertificateError as exc:
                 # Every request would fail the same way: a setting to fix, not 1M rows.
                 raise FetchError(tls_refused(self.endpoint, exc), url=self.endpoint) from None
-            except aiohttp.ClientConnectionError as exc:
-                status, error = None, f"connection failed: {_describe(exc)}"
-            except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
-                return FetchResult(
-                    position, image_id, None, None, f"bad response: {_describe(exc)}", attempt
+            except Exception as exc:  # anything else an attempt raises is this id's row
+                await watchdog.disarm(slot)
+                status = None
+                error, kind = _failure(exc, self.timeout)
+                # The URL and the exception (the server's bytes) go here, not in the row;
+                # the token is in a header, never in either.
+                logger.debug(
+                    "%s %s: %s (%s)",
+                    "GET" if self.using_v2 else "HEAD",
+                    (self._base_v2 if self.using_v2 else self._base) + segment,
+                    error,
+                    _describe(exc),
+                    exc_info=kind == INTERNAL_KIND,
                 )
+                if kind == CONNECT:
+                    self._connect_failed(slot, error)
+                elif kind == BROKEN and self._probe is not None:
+                    self._open_probe("")  # broken, but an answer: the endpoint is there
+                elif probe is not None:
+                    probe.cause = None
+                if kind == INTERNAL_KIND:
+                    return FetchResult(position, image_id, None, None, error, attempt)
+                if kind == BROKEN:
+                    # Retried once: a broken answer may have been another request's
+                    # leftovers on a reused connection.
+                    if suspect_retried or attempt >= self.retry.attempts:
+                        return FetchResult(position, image_id, None, None, error, attempt)
+                    suspect_retried = True
             else:
                 await watchdog.disarm(slot)
+                if self._probe is not None:
+                    self._open_probe("")
+                self._connect_failures = 0
                 if gate is not None:
                     if status in THROTTLE_STATUSES:
                         gate.throttled(epoch, status)
@@ -652,12 +829,27 @@ class HeadFetcher:
                 if status == 200:
                     if v2:
                         try:
-                            raw_headers = _v2_headers(body, raw_headers)
-                        except ValueError as exc:
-                            return FetchResult(
-                                position, image_id, 200, None, f"bad response: {exc}", attempt
-                            )
-                    return FetchResult(position, image_id, 200, raw_headers, None, attempt)
+                            raw_headers = _v2_headers(body, raw_headers, image_id)
+                            problem = None
+                        except _LyingAnswer as exc:
+                            problem = exc.sentence
+                    else:
+                        ids = headers.getall(_META_ID, None)
+                        problem = (
+                            None
+                            if ids is not None and len(ids) == 1 and ids[0] == image_id
+                            else _identity_problem(headers, ids, image_id)
+                        )
+                    if problem is None:
+                        return FetchResult(position, image_id, 200, raw_headers, None, attempt)
+                    # An answer that lies is a row with an error, never a good row. The
+                    # status received is kept, the headers are not.
+                    logger.debug("%s %s: %s", self.endpoint, image_id, problem)
+                    if suspect_retried or attempt >= self.retry.attempts:
+                        return FetchResult(position, image_id, 200, None, problem, attempt)
+                    suspect_retried = True
+                    await asyncio.sleep(self.retry.delay(attempt, None))
+                    continue
                 error = f"HTTP {status} {_reason(status)}".rstrip()
                 if status == 300 and not v2:
                     if self.api == "auto":
@@ -702,7 +894,50 @@ class HeadFetcher:
             if attempt >= self.retry.attempts:
                 suffix = f" (gave up after {attempt} attempts)" if attempt > 1 else ""
                 return FetchResult(position, image_id, status, None, error + suffix, attempt)
+            if probe is not None:
+                probe.rest()
             await asyncio.sleep(self.retry.delay(attempt, retry_after))
+
+    def _connect_failed(self, slot: int, error: str) -> None:
+        """Count a connection-level failure; the breaker for an endpoint that died."""
+        self._connect_failures += 1
+        probe = self._probe
+        if probe is not None:
+            if probe.prober == slot:
+                probe.cause = error
+        elif self._connect_failures >= max(BREAKER_FAILURES, self.concurrency):
+            logger.info(
+                "%s: %d connection failures in a row (%s): one request at a time until it "
+                "answers again",
+                self.endpoint,
+                self._connect_failures,
+                error,
+            )
+            self._probe = _Probe(PROBE_PATIENCE * self.timeout.total)
+
+    def _open_probe(self, why: str) -> None:
+        """The endpoint answered (or the probe waited long enough): full concurrency."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            if self._gate is not None:
+                # A new round: a 429 to the lone probe says nothing about the limit.
+                self._gate.epoch += 1
+            if why:
+                logger.debug("%s: %s", self.endpoint, why)
+            probe.changed()
+
+    def _probe_done(self, slot: int) -> None:
+        """The probing worker's id is finished: without any answer, decide what next."""
+        probe = self._probe
+        if probe is None or probe.prober != slot or probe.unreachable is not None:
+            return
+        if probe.cause is not None:  # every attempt failed to connect: stop sending
+            probe.unreachable = UNREACHABLE_NOT_SENT.format(cause=probe.cause)
+            logger.info("%s is unreachable (%s): no more requests", self.endpoint, probe.cause)
+            probe.changed()
+        else:  # timed out, say: not an endpoint to give up on; the next id probes
+            probe.prober = None
+            probe.changed()
 
     async def _refresh(self, rejected: str) -> bool:
         """Get a fresh token once for all workers that saw ``rejected`` fail."""
@@ -718,6 +953,52 @@ class HeadFetcher:
                 return False
             self._token, self._auth = fresh, {"X-Auth-Token": fresh}
             return True
+
+
+class _Probe:
+    """One request at a time until the endpoint gives an HTTP answer (any status).
+
+    The first worker to ask becomes the prober; the others wait in :meth:`wait`. Any
+    answer opens the run to full concurrency. When the prober's id ends with every
+    attempt failing at the connection level, the endpoint is unreachable: the ids not
+    yet sent get a row saying so. When the prober's current attempt has gone on for
+    ``patience`` seconds without an answer (a slow or hanging server, not a dead one),
+    the waiters send anyway, so probing never makes a slow server a serial one.
+    """
+
+    __slots__ = ("_changed", "_loop", "cause", "patience", "prober", "started", "unreachable")
+
+    def __init__(self, patience: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.patience = patience
+        self.prober: int | None = None  # the worker slot sending alone
+        self.cause: str | None = None  # its last failure, when connection-level
+        self.unreachable: str | None = None  # the row of the ids not sent, once decided
+        self.started = self._loop.time()
+        self._changed: asyncio.Future[None] = self._loop.create_future()
+
+    def begin(self) -> None:
+        """The prober sends an attempt now (waiters restart their patience from here)."""
+        self.started = self._loop.time()
+        self.changed()
+
+    def rest(self) -> None:
+        """The prober waits before its next attempt: nobody's patience runs meanwhile."""
+        self.started = math.inf
+
+    async def wait(self) -> bool:
+        """Wait until the probe changes; False when the prober's attempt outlasted patience."""
+        remaining = self.started + self.patience - self._loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.wait((self._changed,), timeout=None if remaining == math.inf else remaining)
+        return True
+
+    def changed(self) -> None:
+        """Wake every waiter (they look at the probe again)."""
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = self._loop.create_future()
 
 
 class _Pacer:
@@ -904,19 +1185,137 @@ class _Watchdog:
                     task.cancel()
 
 
+class _LyingAnswer(Exception):
+    """A 200 answer that is not the requested image's metadata; ``sentence`` is the row's
+    error (one of the module's fixed sentences, never the server's text)."""
+
+    def __init__(self, sentence: str) -> None:
+        super().__init__(sentence)
+        self.sentence = sentence
+
+
 def _v2_headers(
-    body: bytes, raw_headers: Sequence[tuple[bytes, bytes]]
+    body: bytes, raw_headers: Sequence[tuple[bytes, bytes]], image_id: str
 ) -> list[tuple[bytes, bytes]]:
-    """A v2 image document (JSON) as v1 header pairs, with the answer's request id."""
+    """A v2 image document (JSON) as v1 header pairs, with the answer's request id.
+
+    Raises :class:`_LyingAnswer` for a document that is not an image object or is
+    another image's (ids compared as :func:`same_image_id` does).
+    """
     try:
         image = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("the v2 image document is not JSON") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _LyingAnswer(V2_NOT_JSON) from None
     if not isinstance(image, dict):
-        raise ValueError("the v2 image document is not a JSON object")
+        raise _LyingAnswer(V2_NOT_OBJECT)
+    answered = image.get("id")
+    if not isinstance(answered, str) or not answered:
+        raise _LyingAnswer(V2_NO_ID)
+    if not same_image_id(answered, image_id):
+        raise _LyingAnswer(V2_WRONG_ID)
     pairs = v2_header_pairs(image)
     pairs.extend(pair for pair in raw_headers if pair[0].lower() == _REQUEST_ID)
     return pairs
+
+
+def same_image_id(answered: str, requested: str) -> bool:
+    """Whether an answer's image id names the requested image.
+
+    Equal, or equal ignoring ASCII case: a MySQL-backed Glance (case-insensitive
+    collation) finds an image by its id in upper case and answers with the stored one.
+    Non-ASCII letters are compared exactly.
+
+    Examples
+    --------
+    >>> same_image_id("3c3d1d01-b48a-4639-8a88", "3C3D1D01-B48A-4639-8A88")
+    True
+    >>> same_image_id("3c3d1d01-b48a", "3c3d1d01-b48b")
+    False
+    """
+    if answered == requested:
+        return True
+    fold = _ascii_fold
+    return fold(answered) == fold(requested)
+
+
+def _ascii_fold(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape").lower()  # bytes.lower(): ASCII only
+
+
+def _identity_problem(headers: Any, ids: list[str] | None, image_id: str) -> str | None:
+    """Why a v1 200 answer is not this image's metadata, or None if it is (slow path)."""
+    if ids is None:
+        has_metadata = any(name.lower().startswith("x-image-meta-") for name in headers)
+        return NO_ID if has_metadata else NO_METADATA
+    if len({_ascii_fold(value) for value in ids}) > 1:
+        return CONFLICTING_IDS
+    return None if same_image_id(ids[0], image_id) else WRONG_ID
+
+
+def _failure(exc: BaseException, timeout: Timeout) -> tuple[str, str]:
+    """The row's error sentence for a failed attempt, and its kind.
+
+    Kinds: ``CONNECT`` (no answer could start: refused, DNS, TLS, reset, connect
+    timeout; counts towards "unreachable"), ``TRANSIENT`` (retried like a 503),
+    ``BROKEN`` (the server broke HTTP), ``INTERNAL_KIND`` (a bug: one row, not a crash).
+
+    Examples
+    --------
+    >>> _failure(aiohttp.ServerDisconnectedError(), Timeout())
+    ('connection failed: closed by the server before an answer', 'connect')
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "connection failed: DNS lookup failed", CONNECT
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "connection failed: TLS handshake failed", CONNECT
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connection failed: timed out after {timeout.connect:g} s", CONNECT
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection failed: closed by the server before an answer", CONNECT
+    if isinstance(exc, TimeoutError):  # a read timeout (aiohttp's own or the OS's)
+        return f"timed out after {timeout.total:g} s", TRANSIENT
+    if isinstance(exc, OSError):  # aiohttp's ClientOSError, ClientConnectorError too
+        os_error = getattr(exc, "os_error", exc)
+        number = getattr(os_error, "errno", None)
+        cause = _ERRNO_CAUSES.get(number) if number is not None else None
+        if cause is None:
+            cause = errno.errorcode.get(number, "error") if number is not None else "error"
+            if "refused" in str(exc).lower():  # happy eyeballs: several errors, no errno
+                cause = "refused"
+        return f"connection failed: {cause}", CONNECT
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "connection failed: error", CONNECT
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return BROKE_HTTP_BODY, BROKEN
+    if isinstance(exc, aiohttp.ClientError):
+        return _broken_http(exc), BROKEN
+    return INTERNAL, INTERNAL_KIND
+
+
+def _broken_http(exc: BaseException) -> str:
+    """Name what the client's HTTP parser refused, from the exception's causes."""
+    seen: BaseException | None = exc
+    message = ""
+    for _ in range(8):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, aiohttp.http_exceptions.LineTooLong):
+            return HEADER_TOO_LONG
+        if isinstance(seen, aiohttp.http_exceptions.BadStatusLine):
+            return BROKE_HTTP_STATUS
+        if isinstance(seen, aiohttp.http_exceptions.InvalidHeader):
+            return BROKE_HTTP_HEADER
+        message += str(getattr(seen, "message", "") or "")
+        seen = seen.__cause__
+    if "Too many headers" in message:
+        return TOO_MANY_HEADERS
+    if "Got more than" in message:
+        return HEADER_TOO_LONG
+    if "status line" in message.lower():
+        return BROKE_HTTP_STATUS
+    if "header" in message.lower():
+        return BROKE_HTTP_HEADER
+    return BROKE_HTTP
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -59,6 +59,7 @@ from imgframe.errors import (
 )
 from imgframe.fetch import (
     NO_HEADERS,
+    PARSER_LIMITS,
     SIGNATURE_REJECTED,
     TOKEN_REJECTED,
     USER_AGENT,
@@ -230,10 +231,7 @@ class _Lister:
             raise ConfigError(
                 "include_deleted needs api='v1': Glance v2 never lists deleted images"
             )
-        endpoint = normalize_endpoint(endpoint)
-        if endpoint.endswith("/v2"):
-            endpoint = endpoint[: -len("/v2")]
-        self.endpoint = endpoint
+        self.endpoint = normalize_endpoint(endpoint)  # also drops a trailing /v1, /v2.1...
         self.api = api
         self.page_size = page_size
         self.include_deleted = include_deleted
@@ -270,6 +268,7 @@ class _Lister:
             ),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             cookie_jar=aiohttp.DummyCookieJar(),
+            **PARSER_LIMITS,  # the fetcher's: a listing answer has the same headers
         )
         async with session:
             pages = self._v2_pages(session) if self.api == "v2" else self._v1_pages(session)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -611,3 +612,107 @@ def test_fleet_contains_the_awkward_cases() -> None:
 def test_impossible_planting_is_refused() -> None:
     with pytest.raises(ValueError):
         make_fleet(3, public_unprotected=2, duplicate_groups=1)
+
+
+# --- hostile modes ----------------------------------------------------------------------
+
+
+def everything_sent(emu: GlanceEmulator, image_id: str) -> bytes:
+    """Every byte the server sends for one HEAD on a kept-alive connection (0.3 s)."""
+    port = int(emu.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(
+            f"HEAD /v1/images/{image_id} HTTP/1.1\r\nHost: x\r\n"
+            f"X-Auth-Token: {ADMIN_TOKEN}\r\n\r\n".encode()
+        )
+        sock.settimeout(0.3)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+def test_each_lying_id_lies_one_way_on_every_answer(fleet: Fleet) -> None:
+    faults = Faults(
+        wrong_id_rate=0.2, duplicate_id_rate=0.2, no_metadata_rate=0.2, head_body_rate=0.2, seed=4
+    )
+    ids = [image.id for image in fleet.images]
+    kinds = [faults.lie(i) for i in ids]
+    assert kinds == [faults.lie(i) for i in ids]  # seeded per id, not a stream
+    assert {"wrong-id", "duplicate-id", "no-metadata", "head-body", None} == set(kinds)
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        for image_id, kind in list(zip(ids, kinds, strict=True))[:40]:
+            response = head(emu, image_id)
+            if kind == "head-body":
+                continue  # requests cannot see a HEAD body: everything_sent below
+            sent = response.raw.headers.getlist("X-Image-Meta-Id")
+            assert response.status_code == 200
+            if kind is None:
+                assert sent == [image_id]
+            elif kind == "wrong-id":
+                assert len(sent) == 1 and sent[0] != image_id and sent[0] in ids
+            elif kind == "duplicate-id":
+                assert sent[0] == image_id and len(sent) == 2 and sent[1] != image_id
+            else:
+                assert not [h for h in response.headers if h.startswith("X-Image-Meta-")]
+
+
+def test_head_body_mode_writes_a_body_after_the_head_answer(fleet: Fleet) -> None:
+    faults = Faults(head_body_rate=1.0)
+    image_id = fleet.images[0].id
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        received = everything_sent(emu, image_id)
+    head_part, _, after = received.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 200")
+    assert f"X-Image-Meta-Id: {image_id}".encode() in head_part
+    assert after.startswith(b"<html>")  # what a HEAD answer must never carry
+
+
+def test_many_properties_and_a_huge_value_are_sent(fleet: Fleet) -> None:
+    faults = Faults(extra_properties=1000, huge_value=64 * 1024)
+    image = fleet.images[0]
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        received = everything_sent(emu, image.id)
+    lines = received.split(b"\r\n")
+    assert sum(line.startswith(b"X-Image-Meta-Property-Extra_") for line in lines) == 1000
+    assert b"X-Image-Meta-Property-Huge: " + b"x" * 64 * 1024 in lines
+
+
+def test_odd_values_widen_the_malformed_values() -> None:
+    plain, odd = Faults(malformed_rate=1.0), Faults(malformed_rate=1.0, odd_values=True)
+    ids = [f"id-{i}" for i in range(200)]
+    plain_values = {v for i in ids for v in plain.malformed_headers(i).values()}
+    odd_values = {v for i in ids for v in odd.malformed_headers(i).values()}
+    assert "0001-01-01T00:00:00" not in plain_values
+    assert {"0001-01-01T00:00:00", "+123", "9999999999999999999", "2016-W01"} <= odd_values
+    assert "\u0661\u0662\u0663" in odd_values
+
+
+def test_a_v2_document_for_another_image_in_wrong_id_mode(fleet: Fleet) -> None:
+    faults = Faults(wrong_id_rate=1.0)
+    image = next(i for i in fleet.images if not i.deleted)
+    with GlanceEmulator(fleet, faults=faults) as emu:
+        document = requests.get(f"{emu.url}/v2/images/{image.id}", headers=ADMIN).json()
+    assert document["id"] != image.id and document["name"] == image.name
+
+
+def test_max_in_flight_counts_concurrent_requests(fleet: Fleet) -> None:
+    async def concurrently(url: str, ids: list[str]) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(image_id: str) -> None:
+                async with session.head(f"{url}/v1/images/{image_id}", headers=ADMIN):
+                    pass
+
+            await asyncio.gather(*(one(i) for i in ids))
+
+    ids = [image.id for image in fleet.images[:6]]
+    with GlanceEmulator(fleet, faults=Faults(latency=0.2)) as emu:
+        assert emu.max_in_flight == 0
+        asyncio.run(concurrently(emu.url, ids))
+        assert emu.max_in_flight == 6
+        emu.reset_log()
+        for image_id in ids[:2]:
+            head(emu, image_id)
+        assert emu.max_in_flight == 1

@@ -13,6 +13,7 @@ import requests
 from aiohttp import web
 
 from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.fetch import RetryPolicy
 from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
 
@@ -188,7 +189,7 @@ def test_include_deleted_with_v2_is_refused(emulator: GlanceEmulator) -> None:
         list_image_ids(endpoint=emulator.url, token=ADMIN_TOKEN, api="v2", include_deleted=True)
 
 
-@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/", "/v2"])
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/", "/v2", "/v2.1", "/v1.0/"])
 def test_endpoint_with_or_without_a_version_suffix(
     emulator: GlanceEmulator, fleet: Fleet, suffix: str
 ) -> None:
@@ -355,6 +356,34 @@ def test_transient_errors_are_retried() -> None:
 
     result, seen = run_against(flaky, api="v1")
     assert result == ["a"] and len(seen) == 3
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon", "1e999"])
+def test_a_retry_after_that_is_not_finite_seconds_means_normal_backoff(value: str) -> None:
+    answers = iter([429, 503, 200, 200])
+
+    async def junk_retry_after(request: web.Request) -> web.Response:
+        status = next(answers)
+        if status != 200:
+            return web.Response(status=status, headers={"Retry-After": value})
+        return image_list() if "marker" in request.query else image_list("a")
+
+    started = time.perf_counter()
+    result, seen = run_against(junk_retry_after, api="v1", retries=RetryPolicy(backoff=0.01))
+    assert result == ["a"] and len(seen) == 4
+    assert time.perf_counter() - started < 5
+
+
+def test_a_listing_page_with_many_and_huge_headers_is_read() -> None:
+    async def big_headers(request: web.Request) -> web.Response:
+        page = image_list() if "marker" in request.query else image_list("a")
+        for number in range(1000):
+            page.headers[f"X-Extra-{number}"] = "v"
+        page.headers["X-Huge"] = "x" * 64 * 1024
+        return page
+
+    result, _ = run_against(big_headers, api="v1")
+    assert result == ["a"]
 
 
 def test_a_client_error_status_stops_with_the_url_and_status() -> None:

@@ -45,12 +45,13 @@ import ipaddress
 import json
 import random
 import signal
+import socket
 import ssl
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -90,6 +91,20 @@ _GARBAGE = (
     ("X-Image-Meta-Min_ram", "None"),
     ("X-Image-Meta-Protected", "perhaps"),
 )
+# Added to the draw with Faults.odd_values: values that look valid to a regex or to
+# Python but not to pandas / pyarrow (out of range, signs, too many digits, Unicode
+# digits, ISO week dates).
+_ODD_GARBAGE = (
+    ("X-Image-Meta-Deleted_at", "0001-01-01T00:00:00"),
+    ("X-Image-Meta-Size", "+123"),
+    ("X-Image-Meta-Virtual_size", "9999999999999999999"),
+    ("X-Image-Meta-Min_ram", "\u0661\u0662\u0663"),
+    ("X-Image-Meta-Updated_at", "2016-W01"),
+)
+#: The ways :attr:`Faults` can make a 200 answer lie, in the order they are drawn.
+LIES = ("wrong-id", "duplicate-id", "no-metadata", "head-body")
+# What a server that broke HTTP sends after the headers of a HEAD answer.
+_HEAD_BODY = b"<html><body><h1>Image metadata</h1></body></html>\r\n"
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -174,7 +189,19 @@ class Faults:
     sequential ones, and tests can ask which ids are affected. A hanging id is never also
     transient. Transient faults and hangs hit the first ``transient_attempts`` HEADs of an
     id; malformed values are sent on every answer. ``retry_after`` is the ``Retry-After``
-    sent with 429 and 503 answers (None: no header).
+    sent with 429 and 503 answers (None: no header): a number, a string sent as it is
+    (``"nan"``, ``"inf"``, ``"-1"``, an HTTP date, garbage), or a tuple of those, one
+    drawn per id.
+
+    Hostile modes (a server that lies or breaks HTTP), drawn per id, for 200 answers:
+    ``wrong_id_rate`` answers with another image's ``X-Image-Meta-Id`` (v2: ``"id"``),
+    ``duplicate_id_rate`` adds a second, conflicting ``X-Image-Meta-Id``,
+    ``no_metadata_rate`` sends no ``X-Image-Meta-*`` header at all, ``head_body_rate``
+    writes a body after a HEAD answer's headers (on a kept-alive connection). One id
+    gets at most one of them (:meth:`lie`). On every 200 HEAD answer,
+    ``extra_properties`` adds that many custom properties and ``huge_value`` one
+    property value of that many bytes. ``odd_values`` widens the malformed values with
+    out-of-range and odd ones (year 1, ``+123``, 19 digits, Unicode digits, ISO weeks).
 
     ``rate_limit`` is the exception to "never a stream", as in a real API gateway: a
     token bucket of ``rate_limit`` requests per second, holding a tenth of a second's
@@ -203,10 +230,17 @@ class Faults:
     transient_rate: float = 0.0
     transient_attempts: int = 1
     transient_kinds: tuple[str, ...] = TRANSIENT_KINDS
-    retry_after: float | None = 0.0
+    retry_after: float | str | tuple[float | str, ...] | None = 0.0
     hang_rate: float = 0.0
     hang_seconds: float = 30.0
     malformed_rate: float = 0.0
+    odd_values: bool = False
+    wrong_id_rate: float = 0.0
+    duplicate_id_rate: float = 0.0
+    no_metadata_rate: float = 0.0
+    head_body_rate: float = 0.0
+    extra_properties: int = 0
+    huge_value: int = 0
     no_v1: bool = False
     rate_limit: float | None = None
     list_fail_from: int | None = None
@@ -215,7 +249,15 @@ class Faults:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("transient_rate", "hang_rate", "malformed_rate"):
+        for name in (
+            "transient_rate",
+            "hang_rate",
+            "malformed_rate",
+            "wrong_id_rate",
+            "duplicate_id_rate",
+            "no_metadata_rate",
+            "head_body_rate",
+        ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {rate}")
@@ -231,11 +273,65 @@ class Faults:
             raise ValueError(f"rate_limit must be > 0 requests/s or None, got {self.rate_limit}")
         if self.list_fail_from is not None and self.list_fail_from < 1:
             raise ValueError(f"list_fail_from must be >= 1 or None, got {self.list_fail_from}")
+        if self.extra_properties < 0 or self.huge_value < 0:
+            raise ValueError("extra_properties and huge_value must be >= 0")
+        if isinstance(self.retry_after, tuple) and not self.retry_after:
+            raise ValueError("retry_after must not be an empty tuple")
 
     @property
     def has_image_faults(self) -> bool:
         """True when any per-image fault is configured (the server skips work otherwise)."""
         return bool(self.transient_rate or self.hang_rate or self.malformed_rate)
+
+    @property
+    def has_lies(self) -> bool:
+        """True when any hostile mode of :meth:`lie` is configured."""
+        return bool(self.wrong_id_rate or self.duplicate_id_rate or self.no_metadata_rate) or bool(
+            self.head_body_rate
+        )
+
+    def lie(self, image_id: str) -> str | None:
+        """How the 200 answers for this id lie (one of :data:`LIES`), or None.
+
+        Examples
+        --------
+        >>> faults = Faults(wrong_id_rate=0.5, head_body_rate=1.0, seed=2)
+        >>> kinds = {faults.lie(f"id-{i}") for i in range(200)}
+        >>> sorted(kinds)
+        ['head-body', 'wrong-id']
+        """
+        for kind, rate in zip(
+            LIES,
+            (
+                self.wrong_id_rate,
+                self.duplicate_id_rate,
+                self.no_metadata_rate,
+                self.head_body_rate,
+            ),
+            strict=True,
+        ):
+            if self._hit(kind, image_id, rate):
+                return kind
+        return None
+
+    def retry_after_value(self, image_id: str) -> str | None:
+        """The ``Retry-After`` header value sent for this id (None: no header).
+
+        Examples
+        --------
+        >>> Faults(retry_after=0.25).retry_after_value("x")
+        '0.25'
+        >>> Faults(retry_after="nan").retry_after_value("x")
+        'nan'
+        >>> Faults(retry_after=("inf", 1)).retry_after_value("x") in ("inf", "1")
+        True
+        """
+        value = self.retry_after
+        if isinstance(value, tuple):
+            value = value[self._draw("retry-after", image_id) % len(value)]
+        if value is None or isinstance(value, str):
+            return value
+        return format(value, "g")
 
     def _draw(self, purpose: str, image_id: str) -> int:
         digest = hashlib.blake2b(
@@ -273,8 +369,19 @@ class Faults:
         """
         if not self.is_malformed(image_id):
             return {}
-        bits = self._draw("garbage", image_id) % (2 ** len(_GARBAGE) - 1) + 1  # never empty
-        return {name: value for i, (name, value) in enumerate(_GARBAGE) if bits >> i & 1}
+        garbage = _GARBAGE + _ODD_GARBAGE if self.odd_values else _GARBAGE
+        bits = self._draw("garbage", image_id) % (2 ** len(garbage) - 1) + 1  # never empty
+        return {name: value for i, (name, value) in enumerate(garbage) if bits >> i & 1}
+
+    def other_id(self, image_id: str, ids: list[str]) -> str:
+        """Another image's id for a lying answer about ``image_id`` (drawn from ``ids``)."""
+        if len(ids) > 1:
+            start = self._draw("other", image_id) % len(ids)
+            for offset in range(len(ids)):
+                other = ids[(start + offset) % len(ids)]
+                if other.lower() != image_id.lower():
+                    return other
+        return str(uuid.UUID(int=self._draw("other", image_id) << 64 | 1, version=4))
 
     def delay(self, image_id: str, attempt: int) -> float:
         """Seconds to wait before answering this attempt (fixed or uniform in a range)."""
@@ -536,6 +643,9 @@ class GlanceEmulator:
     ``ssl_context`` (a server-side :class:`ssl.SSLContext` with a certificate loaded)
     serves HTTPS instead of HTTP; :attr:`url` then starts with ``https://``.
 
+    ``case_insensitive_ids=True`` finds an image by its id in any ASCII case and answers
+    with the stored id, as a Glance on MySQL (case-insensitive collation) does.
+
     Examples
     --------
     >>> from imgframe.testing import make_fleet
@@ -555,9 +665,11 @@ class GlanceEmulator:
         api_limit_max: int = 1000,
         access_keys: Mapping[str, AccessKey | tuple[str, str]] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        case_insensitive_ids: bool = False,
     ) -> None:
         _check_loopback(host)
         self.ssl_context = ssl_context
+        self.case_insensitive_ids = case_insensitive_ids
         if api_limit_max < 1:
             raise ValueError("api_limit_max must be >= 1")
         self.fleet = fleet
@@ -592,6 +704,10 @@ class GlanceEmulator:
         self._rendered: dict[str, list[tuple[str, str]]] = {}
         self._listing: list[FleetImage] | None = None
         self._listing_pos: dict[str, int] = {}
+        self._ids: list[str] | None = None  # for Faults.other_id, made on first use
+        self._folded: dict[str, FleetImage] | None = None  # for case_insensitive_ids
+        self._in_flight = 0  # only the server's event loop changes it
+        self._max_in_flight = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -743,6 +859,12 @@ class GlanceEmulator:
             rows = list(self._log)
         return [LoggedRequest(*row) for row in rows]
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the server was handling at once since start or
+        :meth:`reset_log` (a request counts from its arrival until its answer is sent)."""
+        return self._max_in_flight
+
     def attempts(self, image_id: str) -> int:
         """How many HEAD requests this image id has received."""
         with self._lock:
@@ -754,6 +876,7 @@ class GlanceEmulator:
         with self._lock:
             self._log.clear()
             self._list_requests = 0
+            self._max_in_flight = self._in_flight
             if attempts:
                 self._attempts.clear()
 
@@ -767,6 +890,9 @@ class GlanceEmulator:
         if image_id is not None and ("/" in image_id or image_id in ("", "detail")):
             image_id = None
         status = 0
+        self._in_flight += 1
+        if self._in_flight > self._max_in_flight:
+            self._max_in_flight = self._in_flight
         try:
             if self.faults.rate_limit is not None and not self._within_rate(arrived):
                 response = await self._too_many(path)
@@ -784,6 +910,7 @@ class GlanceEmulator:
                 request.transport.abort()
             return web.Response(status=500)
         finally:
+            self._in_flight -= 1
             access = None
             if token is None and self._access_keys:
                 access = access_key_of(request.headers.get("Authorization"))
@@ -802,8 +929,9 @@ class GlanceEmulator:
         if faults.latency:  # the answer still crosses the network
             await asyncio.sleep(faults.delay(path, 0))
         extra = []
-        if faults.retry_after is not None:
-            extra.append(("Retry-After", format(faults.retry_after, "g")))
+        retry_after = faults.retry_after_value(path)
+        if retry_after is not None:
+            extra.append(("Retry-After", retry_after))
         return _empty(429, extra)
 
     async def _image(
@@ -830,26 +958,76 @@ class GlanceEmulator:
                     raise _Dropped
                 if kind is not None:
                     extra = []
-                    if kind != "500" and faults.retry_after is not None:
-                        extra.append(("Retry-After", format(faults.retry_after, "g")))
+                    retry_after = faults.retry_after_value(image_id)
+                    if kind != "500" and retry_after is not None:
+                        extra.append(("Retry-After", retry_after))
                     return _empty(int(kind), extra)
         who = self._authenticate(token, request)
         if who is None:
             return _empty(401)
-        image = self._images.get(image_id)
+        image = self._find(image_id)
         if image is None or not _visible(image, who):
             return _empty(404)
         headers = self._rendered.get(image_id)
         if headers is None:
             headers = self._render(image)
-        return web.Response(headers=[*headers, ("X-Openstack-Request-Id", _request_id())])
+        headers = [*headers, ("X-Openstack-Request-Id", _request_id())]
+        lie = faults.lie(image_id) if faults.has_lies else None
+        if lie is None:
+            return web.Response(headers=headers)
+        return await self._lie(request, image_id, headers, lie)
+
+    async def _lie(
+        self, request: web.BaseRequest, image_id: str, headers: list[tuple[str, str]], lie: str
+    ) -> web.StreamResponse:
+        """A 200 HEAD answer that lies about ``image_id`` in the way ``lie`` names."""
+        other = self.faults.other_id(image_id, self._id_list())
+        if lie == "wrong-id":
+            headers = [(k, other if k == "X-Image-Meta-Id" else v) for k, v in headers]
+        elif lie == "duplicate-id":
+            at = next(i for i, (k, _) in enumerate(headers) if k == "X-Image-Meta-Id") + 1
+            headers.insert(at, ("X-Image-Meta-Id", other))
+        elif lie == "no-metadata":
+            headers = [(k, v) for k, v in headers if not k.startswith("X-Image-Meta-")]
+        else:  # head-body: aiohttp.web never writes a body for HEAD, so write it raw
+            headers = [(k, v) for k, v in headers if k != "Content-Length"]
+            headers.append(("Content-Length", str(len(_HEAD_BODY))))
+            response = web.StreamResponse(headers=headers)
+            # Corked, headers and body leave in one segment, so the client reads them
+            # together: the same answer every run (a late body is another race).
+            # A client that gave up on this connection after the last broken answer may
+            # have closed it already: nothing to answer then.
+            with _corked(request.transport), contextlib.suppress(ConnectionResetError):
+                await response.prepare(request)  # type: ignore[arg-type]
+                if request.transport is not None:
+                    request.transport.write(_HEAD_BODY)
+            return response
+        return web.Response(headers=headers)
+
+    def _find(self, image_id: str) -> FleetImage | None:
+        image = self._images.get(image_id)
+        if image is None and self.case_insensitive_ids:
+            if self._folded is None:
+                self._folded = {i.id.lower(): i for i in self.fleet.images if i.id.isascii()}
+            image = self._folded.get(image_id.lower()) if image_id.isascii() else None
+        return image
+
+    def _id_list(self) -> list[str]:
+        if self._ids is None:
+            self._ids = [image.id for image in self.fleet.images]
+        return self._ids
 
     def _render(self, image: FleetImage) -> list[tuple[str, str]]:
+        faults = self.faults
         headers = _meta_headers(image)
-        garbage = self.faults.malformed_headers(image.id)
+        garbage = faults.malformed_headers(image.id)
         if garbage:
             headers = [(k, v) for k, v in headers if k not in garbage]
             headers[2:2] = garbage.items()  # right after Content-Type / Content-Length
+        for number in range(faults.extra_properties):
+            headers.append((f"X-Image-Meta-Property-Extra_{number:04d}", f"value {number}"))
+        if faults.huge_value:
+            headers.append(("X-Image-Meta-Property-Huge", "x" * faults.huge_value))
         self._rendered[image.id] = headers
         return headers
 
@@ -911,10 +1089,13 @@ class GlanceEmulator:
         who = self._authenticate(token, request)
         if who is None:
             return _error(401, "This server could not verify that you are authorized.", is_head)
-        image = self._images.get(image_id)
+        image = self._find(image_id)
         if image is None or image.deleted or not _visible(image, who):
             return _error(404, f"No image found with ID {image_id}", is_head)
-        return _body(200, json.dumps(_v2_image(image)).encode(), _JSON)
+        document = _v2_image(image)
+        if self.faults.wrong_id_rate and self.faults.lie(image_id) == "wrong-id":
+            document["id"] = self.faults.other_id(image_id, self._id_list())
+        return _body(200, json.dumps(document).encode(), _JSON)
 
     def _page(
         self,
@@ -1044,6 +1225,22 @@ class GlanceEmulator:
                 self.signature_rejections.append(problem)
             return None
         return self._key_tokens[id(key)]
+
+
+@contextlib.contextmanager
+def _corked(transport: asyncio.BaseTransport | None) -> Iterator[None]:
+    """Hold back partial segments (Linux ``TCP_CORK``) while the block writes."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    cork = getattr(socket, "TCP_CORK", None)
+    if sock is None or cork is None:
+        yield
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 def _base(request: web.BaseRequest) -> str:
