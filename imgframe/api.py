@@ -168,7 +168,7 @@ class _Collector:
         self.statuses.append(result.http_status)
         self.errors.append(result.error)
         self.packed.append(pack_headers(result.raw_headers) if result.raw_headers else None)
-        if result.http_status == 200:
+        if result.http_status == 200 and result.error is None:
             self.counts["ok"] += 1
         elif result.http_status == 404:
             self.counts["not found"] += 1

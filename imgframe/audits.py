@@ -8,7 +8,8 @@ frame; :func:`register_rule` adds a rule of your own to it.
 
 Which rows a rule looks at
 --------------------------
-Only rows that were *read*: ``http_status == 200``, or, where ``http_status`` is NA (a
+Only rows that were *read*: ``http_status == 200`` with no ``error`` (a 200 whose answer
+lied, e.g. another image's id, carries an error and is not read), or, where ``http_status`` is NA (a
 frame built from headers, never fetched), rows whose ``status`` is known. A row that
 failed to fetch is never returned by a rule, neither as passing nor as failing: its
 metadata is unknown. :func:`audit` reports each such row as a ``fetch_failed`` finding,
@@ -117,7 +118,8 @@ _NEEDED = [c for c in columns() if c not in ("virtual_size", "request_id", "erro
 
 
 def _fetched(df: pd.DataFrame) -> np.ndarray:
-    """Rows that were read: HTTP 200, or no HTTP status at all but a known ``status``.
+    """Rows that were read: HTTP 200 without an error, or no HTTP status at all but a
+    known ``status``.
 
     Every rule starts here, so this is also where a frame that is not an images table
     gets one clear error instead of a KeyError from deep inside pandas.
@@ -129,7 +131,10 @@ def _fetched(df: pd.DataFrame) -> np.ndarray:
             "(use the frame from imgframe.fetch_images or imgframe.read_csv)"
         )
     http = df["http_status"]
-    ok = http.eq(200).fillna(False) | (http.isna() & df["status"].notna())
+    answered = http.eq(200).fillna(False)
+    if "error" in df.columns:  # a 200 with an error is an answer that lied: nothing was read
+        answered &= df["error"].isna()
+    ok = answered | (http.isna() & df["status"].notna())
     return ok.to_numpy(dtype=bool)
 
 

@@ -207,7 +207,8 @@ def summarize(df: pd.DataFrame, seconds: float | None = None) -> str:
     1 image ids: 1 fetched, 0 failed
     by status: active 1
     """
-    ok = df["http_status"].eq(200).fillna(False)  # NA: never sent (invalid id), so failed
+    # NA: never sent (invalid id), so failed; a 200 with an error lied, so failed too.
+    ok = (df["http_status"].eq(200) & df["error"].isna()).fillna(False)
     lines = [f"{len(df):,} image ids: {int(ok.sum()):,} fetched, {int((~ok).sum()):,} failed"]
     if "cloud" in df.columns and "region" in df.columns:  # a fetch_fleet frame
         cloud, region = (df[c].astype("string").fillna("-") for c in ("cloud", "region"))
@@ -795,11 +796,19 @@ def _demo(args: argparse.Namespace) -> int:
     ids += unknown
     rng.shuffle(ids)
     faults = Faults(
-        transient_rate=0.05, retry_after=0.05, malformed_rate=0.002, latency=0.0, seed=DEMO_SEED
+        transient_rate=0.05,
+        retry_after=0.05,
+        malformed_rate=0.002,
+        odd_values=True,  # out-of-range dates, signs, 19-digit and Unicode-digit numbers
+        wrong_id_rate=0.001,  # answers that lie: another image's id
+        no_metadata_rate=0.001,  # a 200 without image metadata
+        latency=0.0,
+        seed=DEMO_SEED,
     )
     print(
         f"demo: Glance v1 emulator with {len(fleet):,} images, {len(unknown):,} unknown ids, "
-        "5% transient faults (429/503/500/dropped connections), 0.2% malformed headers"
+        "5% transient faults (429/503/500/dropped connections), 0.2% malformed headers, "
+        "0.2% answers that lie (another image's id, no metadata)"
     )
     with GlanceEmulator(fleet, faults=faults) as emulator:
         started = time.perf_counter()

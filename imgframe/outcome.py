@@ -2,7 +2,8 @@
 exit status and its summary.
 
 A row has a **definitive** answer when asking again cannot change it: the image was
-read (``http_status`` 200), the server said it does not exist (404), or the id was
+read (``http_status`` 200 and no ``error``; a 200 whose answer lied carries an error and
+is not read), the server said it does not exist (404), or the id was
 never sent because it is not a valid image id. Everything else (403, 5xx after all
 retries, timeouts, connection failures, rows never sent because the run stopped) is
 **unread**: a resumed run asks those ids again, and a run with any of them is
@@ -47,14 +48,18 @@ def definitive_mask(df: pd.DataFrame) -> np.ndarray:
     Examples
     --------
     >>> import pandas as pd
-    >>> definitive_mask(pd.DataFrame({"http_status": pd.array([200, 500], dtype="Int64"),
-    ...                               "error": [None, "HTTP 500"]})).tolist()
-    [True, False]
+    >>> definitive_mask(pd.DataFrame({"http_status": pd.array([200, 500, 200], dtype="Int64"),
+    ...                               "error": [None, "HTTP 500", "bad response: ..."]})).tolist()
+    [True, False, False]
     """
     status = df["http_status"]
+    error = df["error"].astype("string")
     answered = status.isin(DEFINITIVE_STATUSES).fillna(False).to_numpy(dtype=bool)
-    invalid = (df["error"].astype("string") == INVALID_ID).fillna(False).to_numpy(dtype=bool)
-    return answered | invalid
+    # A 200 with an error is an answer that lied (another image's id, no metadata, broken
+    # HTTP): nothing was read, so it is asked again like any other failure.
+    clean = error.isna().to_numpy(dtype=bool) | (status != 200).fillna(True).to_numpy(dtype=bool)
+    invalid = (error == INVALID_ID).fillna(False).to_numpy(dtype=bool)
+    return (answered & clean) | invalid
 
 
 @dataclass(frozen=True)
