@@ -59,7 +59,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -109,8 +109,8 @@ _SEVERITY_DTYPE = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
 _STRING = pd.StringDtype("pyarrow")
 _FLEET_COLUMNS = ("cloud", "region", "id")
 
-Timeish = str | datetime | pd.Timestamp | None
-Span = str | pd.Timedelta
+Timeish: TypeAlias = str | datetime | pd.Timestamp | None
+Span: TypeAlias = str | pd.Timedelta
 
 
 # --------------------------------------------------------------------------- row masks

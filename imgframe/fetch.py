@@ -123,7 +123,7 @@ MAX_FIELD_SIZE = 128 * 1024  # bytes of one header line, name and value together
 MAX_LINE_SIZE = 8190  # the status line: aiohttp's default, nothing real is longer
 # ClientSession keywords; max_headers is one only in recent aiohttp (3.13.4's changelog
 # adds it), so each is passed only where it exists.
-PARSER_LIMITS: Mapping[str, int] = MappingProxyType(
+PARSER_LIMITS: Mapping[str, Any] = MappingProxyType(  # Any: ** into ClientSession
     {
         name: value
         for name, value in (
@@ -630,7 +630,7 @@ class HeadFetcher:
         # free -- a queue with no producer task and no hand-off per id. A feed hands out
         # one such iterator per page.
         feed = items if isinstance(items, IdFeed) else None
-        shared = items.current if feed is not None else iter(items)
+        shared = items.current if isinstance(items, IdFeed) else iter(items)
         watchdog = _Watchdog(self.concurrency, self.timeout.total)
         # None when off, so that the unthrottled path pays one `is not None` test each.
         pacer = None if self.max_rps is None else _Pacer(self.max_rps)
@@ -772,7 +772,7 @@ class HeadFetcher:
                     async with request as response:
                         status = response.status
                         headers = response.headers
-                        raw_headers = response.raw_headers
+                        raw_headers: Sequence[tuple[bytes, bytes]] = response.raw_headers
                         body = await response.read() if v2 and status == 200 else b""
                 finally:
                     if gate is not None:
@@ -878,8 +878,8 @@ class HeadFetcher:
                     self._token_dead = True
                     return FetchResult(position, image_id, 401, None, TOKEN_REJECTED, attempt)
                 if 300 < status < 400:
-                    target = _origin(response.headers.get("Location", ""))
-                    where = "another origin" if target != self._origin else "same origin"
+                    went = _origin(response.headers.get("Location", ""))
+                    where = "another origin" if went != self._origin else "same origin"
                     return FetchResult(
                         position,
                         image_id,

@@ -263,7 +263,7 @@ def with_optional_columns(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy(deep=False)
     for column in missing:
         kind = _BY_COLUMN[column].kind
-        values = [{} if kind is Kind.PROPERTIES else None for _ in range(len(df))]
+        values: list[Any] = [{} if kind is Kind.PROPERTIES else None for _ in range(len(df))]
         out[column] = pd.Series(values, index=df.index, dtype=kind.dtype)
     return out
 

@@ -76,7 +76,7 @@ import re
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ __all__ = [
 #: What the ImportError says when ipywidgets is missing.
 INSTALL_HINT = "pip install 'imgframe[notebook]'"
 
-DateBound = date | datetime | pd.Timestamp | str | None
+DateBound: TypeAlias = date | datetime | pd.Timestamp | str | None
 
 _ARROW_TEXT = pd.StringDtype("pyarrow")
 
