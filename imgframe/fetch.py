@@ -7,7 +7,7 @@ row looks like; :mod:`imgframe.api` does. With ``api="v2"`` (or ``"auto"`` after
 for /v1) it sends ``GET /v2/images/{id}`` instead and hands on the JSON document as the
 v1 header pairs it stands for (:func:`imgframe.parse.v2_header_pairs`).
 
-Why it is built this way (DESIGN.md): a fixed pool of workers fed from a bounded queue
+Why it is built this way (docs/ARCHITECTURE.md): a fixed pool of workers fed from one iterator
 keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
 ``ClientSession`` reuses keep-alive connections; retries back off exponentially with
 jitter and honour ``Retry-After``.
@@ -19,7 +19,7 @@ feed's pages with the same shared sync iteration and wait only when no page is l
 the feed holds at most ``max_pages_ahead`` pages nobody has started, so a fast listing
 never runs far ahead of a slow fetch.
 
-Throttling (issue 5), both shared by all workers of one fetcher, i.e. per endpoint:
+Throttling, both shared by all workers of one fetcher, i.e. per endpoint:
 
 - ``max_rps`` caps the request rate with :class:`_Pacer`, which gives each request the
   next free time slot ``1 / max_rps`` after the previous one (no burst).
@@ -96,7 +96,7 @@ _REQUEST_ID = b"x-openstack-request-id"
 _META_ID = istr("X-Image-Meta-Id")
 # Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
 THROTTLE_STATUSES = frozenset({429, 503})
-# One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
+# One path segment, nothing a server or proxy could reinterpret (docs/ARCHITECTURE.md):
 # no / \ ? #, no ASCII or C1 control, no space or other Unicode separator, no "..", not
 # ".". RE2 syntax: checked for all ids at once in pyarrow.
 _UNSAFE_ID = r"[/\\?#\x{00}-\x{20}\x{7f}-\x{9f}\p{Z}]|\.\.|^\.$"
