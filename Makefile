@@ -21,10 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy imgframe
 	$(BIN)/pytest imgframe tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
+	$(BIN)/mypy imgframe
 
 format: $(STAMP)
 	$(BIN)/ruff format $(CODE)

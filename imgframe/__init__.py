@@ -40,14 +40,16 @@ from imgframe.errors import (
     CheckpointWarning,
     ConfigError,
     FetchError,
+    FleetWarning,
     ImgframeError,
     ImgframeParseWarning,
+    ImgframeWarning,
     IncompleteListingWarning,
     InvalidInputError,
     NoV1ApiError,
 )
 from imgframe.fetch import RetryPolicy, Timeout
-from imgframe.fleet import FleetWarning, Target, fetch_fleet, fetch_fleet_async
+from imgframe.fleet import Target, fetch_fleet, fetch_fleet_async
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
@@ -72,6 +74,7 @@ __all__ = [
     "ImageRecord",
     "ImgframeError",
     "ImgframeParseWarning",
+    "ImgframeWarning",
     "IncompleteListingWarning",
     "InvalidInputError",
     "KeystoneToken",

@@ -26,28 +26,13 @@ from typing import Any
 import pandas as pd
 
 from imgframe import audits
+from imgframe.schema import required_columns
 
 __all__ = ["REQUIRED_COLUMNS", "ImageAccessor"]
 
-#: The columns a frame must have for ``df.img`` (what the rules read).
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "status",
-    "size",
-    "virtual_size",
-    "checksum",
-    "container_format",
-    "disk_format",
-    "owner",
-    "is_public",
-    "protected",
-    "deleted",
-    "min_ram",
-    "min_disk",
-    "created_at",
-    "updated_at",
-    "properties",
-    "http_status",
-)
+#: The columns a frame must have for ``df.img`` (what the rules read; one list, in the
+#: schema). Optional columns a table may lack (``virtual_size``, ...) are added as NA.
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(required_columns())
 
 
 def _register(cls: type) -> type:

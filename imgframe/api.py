@@ -1,7 +1,7 @@
 """fetch -> parse -> frame: the functions most users call.
 
 :func:`fetch_images` (blocking, notebook-safe) and :func:`fetch_images_async` return the
-contract frame of DESIGN.md: one row per distinct requested id, in input order, indexed
+contract frame of docs/ARCHITECTURE.md: one row per distinct requested id, in input order, indexed
 by ``id``, failures included with ``http_status`` and ``error``.
 
 With ``ids=None`` the cloud's listing is streamed into the fetch: a producer task reads

@@ -59,13 +59,13 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 
-from imgframe.errors import InvalidInputError
-from imgframe.schema import FLEET_INDEX, columns
+from imgframe.errors import ConfigError, InvalidInputError
+from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
 
 __all__ = [
     "FINDING_COLUMNS",
@@ -109,31 +109,33 @@ _SEVERITY_DTYPE = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
 _STRING = pd.StringDtype("pyarrow")
 _FLEET_COLUMNS = ("cloud", "region", "id")
 
-Timeish = str | datetime | pd.Timestamp | None
-Span = str | pd.Timedelta
+Timeish: TypeAlias = str | datetime | pd.Timestamp | None
+Span: TypeAlias = str | pd.Timedelta
 
 
 # --------------------------------------------------------------------------- row masks
-_NEEDED = [c for c in columns() if c not in ("virtual_size", "request_id", "error")]
-
-
-def _fetched(df: pd.DataFrame) -> np.ndarray:
-    """Rows that were read: HTTP 200 without an error, or no HTTP status at all but a
-    known ``status``.
-
-    Every rule starts here, so this is also where a frame that is not an images table
-    gets one clear error instead of a KeyError from deep inside pandas.
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` checked and completed for the rules: every rule starts here, so a frame that is
+    not an images table gets one clear error instead of a KeyError from deep inside pandas,
+    and a table written before the optional columns existed gets them as NA (audited, not
+    refused). ``df`` itself is never changed.
     """
-    missing = [c for c in _NEEDED if c not in df.columns]
+    missing = [c for c in required_columns() if c not in df.columns]
     if missing:
         raise InvalidInputError(
             f"not an imgframe images table: missing columns {missing} "
             "(use the frame from imgframe.fetch_images or imgframe.read_csv)"
         )
+    return with_optional_columns(df)
+
+
+def _fetched(df: pd.DataFrame) -> np.ndarray:
+    """Rows that were read: HTTP 200 without an error, or no HTTP status at all but a
+    known ``status`` (``df`` has been through :func:`_table`).
+    """
     http = df["http_status"]
-    answered = http.eq(200).fillna(False)
-    if "error" in df.columns:  # a 200 with an error is an answer that lied: nothing was read
-        answered &= df["error"].isna()
+    # a 200 with an error is an answer that lied: nothing was read
+    answered = http.eq(200).fillna(False) & df["error"].isna()
     ok = answered | (http.isna() & df["status"].notna())
     return ok.to_numpy(dtype=bool)
 
@@ -194,6 +196,7 @@ def public_unprotected(df: pd.DataFrame) -> pd.DataFrame:
     >>> public_unprotected(df).index.tolist()
     ['a', 'c']
     """
+    df = _table(df)
     public = df["is_public"].fillna(False).to_numpy(dtype=bool)
     protected = df["protected"].fillna(False).to_numpy(dtype=bool)
     mask = _fetched(df) & _active(df) & _live(df) & public & ~protected
@@ -225,6 +228,7 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
     c           0           3                200
     d           0           3                200
     """
+    df = _table(df)
     candidates = np.flatnonzero(_fetched(df) & _live(df) & df["checksum"].notna().to_numpy())
     sub = df.iloc[candidates]
     codes, _ = pd.factorize(sub["checksum"])
@@ -269,6 +273,7 @@ def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> p
     >>> stale(df, now="2026-11-01").index.tolist()
     ['old']
     """
+    df = _table(df)
     cutoff = _now(now) - pd.Timedelta(older_than)
     old = (_last_change(df) < cutoff).to_numpy(dtype=bool)
     return df[_fetched(df) & _active(df) & _live(df) & old].copy()
@@ -306,6 +311,7 @@ def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> p
     >>> broken(df, now="2026-11-01")["problem"].to_dict()
     {'a': 'killed', 'b': 'stuck in queued'}
     """
+    df = _table(df)
     status = df["status"]
     old = (_last_change(df) < _now(now) - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
     active = _active(df)
@@ -349,6 +355,7 @@ def format_mismatch(df: pd.DataFrame) -> pd.DataFrame:
     >>> format_mismatch(df)["problem"].to_dict()
     {'a': 'disk_format ami in container_format bare', 'c': 'virtual_size 5 < size 10'}
     """
+    df = _table(df)
     container, disk = df["container_format"], df["disk_format"]
     known = (container.notna() & disk.notna()).to_numpy()
     ami_like = (container.isin(_AMI_FORMATS) | disk.isin(_AMI_FORMATS)).to_numpy(dtype=bool)
@@ -393,6 +400,7 @@ def requirements_missing(df: pd.DataFrame) -> pd.DataFrame:
     >>> requirements_missing(df)["missing"].to_dict()
     {'a': 'min_ram'}
     """
+    df = _table(df)
     kernel = (
         df["disk_format"].isin(_KERNEL_FORMATS) | df["container_format"].isin(_KERNEL_FORMATS)
     ).to_numpy(dtype=bool)
@@ -440,10 +448,11 @@ def security_properties(
     >>> security_properties(df, checks=["secure_boot"]).index.tolist()
     ['b']
     """
+    df = _table(df)
     wanted = [checks] if isinstance(checks, str) else list(checks)
     unknown = sorted(set(wanted) - set(SECURITY_CHECKS))
     if unknown or not wanted:
-        raise ValueError(
+        raise ConfigError(
             f"unknown security checks {unknown}; choose from {list(SECURITY_CHECKS)}"
             if unknown
             else f"no security checks given; choose from {list(SECURITY_CHECKS)}"
@@ -491,6 +500,7 @@ def owner_summary(df: pd.DataFrame) -> pd.DataFrame:
     owner
     p1          2              1     15           0
     """
+    df = _table(df)
     fetched = _fetched(df)
     read = df[fetched]
     duplicate = read.index.isin(checksum_duplicates(df).index)
@@ -537,7 +547,7 @@ _RULES: dict[str, _Rule] = {}
 
 def _check_severity(severity: str) -> None:
     if severity not in SEVERITIES:
-        raise ValueError(f"unknown severity {severity!r}; choose from {list(SEVERITIES)}")
+        raise ConfigError(f"unknown severity {severity!r}; choose from {list(SEVERITIES)}")
 
 
 def _builtin(severity: str, details: Details, takes_now: bool = False) -> Callable:
@@ -575,7 +585,7 @@ def register_rule(
     _check_severity(severity)
     existing = _RULES.get(name)
     if (existing is not None and existing.builtin) or name == "fetch_failed":
-        raise ValueError(f"{name!r} is a built-in rule; choose another name")
+        raise ConfigError(f"{name!r} is a built-in rule; choose another name")
 
     def details(found: pd.DataFrame, now: pd.Timestamp) -> list[str]:
         return [str(describe(row)) for _, row in found.iterrows()]
@@ -597,13 +607,13 @@ def unregister_rule(name: str) -> None:
     >>> unregister_rule("public_unprotected")
     Traceback (most recent call last):
     ...
-    ValueError: 'public_unprotected' is a built-in rule and cannot be removed
+    imgframe.errors.ConfigError: 'public_unprotected' is a built-in rule and cannot be removed
     """
     rule = _RULES.get(name)
     if rule is None:
-        raise ValueError(f"no rule named {name!r}; known: {rule_names()}")
+        raise ConfigError(f"no rule named {name!r}; known: {rule_names()}")
     if rule.builtin:
-        raise ValueError(f"{name!r} is a built-in rule and cannot be removed")
+        raise ConfigError(f"{name!r} is a built-in rule and cannot be removed")
     del _RULES[name]
 
 
@@ -737,7 +747,7 @@ def _allowed(findings: pd.DataFrame, allow: Any) -> np.ndarray:
         drop = allow(findings)
         drop = drop.to_numpy(dtype=bool) if isinstance(drop, pd.Series) else np.asarray(drop)
         if drop.dtype != bool or drop.shape != (len(findings),):
-            raise ValueError("allow(findings) must return one boolean per finding")
+            raise ConfigError("allow(findings) must return one boolean per finding")
         return drop
     items = [allow] if isinstance(allow, str) else list(allow)
     return (findings["image_id"].isin(items) | findings["owner"].isin(items)).to_numpy(dtype=bool)
@@ -772,7 +782,7 @@ def audit(
     >>> audit(df, rules=["nope"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown rules ['nope']; known: ['fetch_failed', 'public_unprotected', ...]
+    imgframe.errors.ConfigError: unknown rules ['nope']; known: ['fetch_failed', ...]
     """
     if rules is None:
         selected = list(_RULES.values())
@@ -780,8 +790,9 @@ def audit(
         names = [rules] if isinstance(rules, str) else list(rules)
         unknown = [name for name in names if name not in _RULES and name != "fetch_failed"]
         if unknown:
-            raise ValueError(f"unknown rules {unknown}; known: {rule_names()}")
+            raise ConfigError(f"unknown rules {unknown}; known: {rule_names()}")
         selected = [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
+    df = _table(df)
     stamp = _now(now)
     fetched = _fetched(df)
     read = None

@@ -11,9 +11,14 @@ One root, a few precise children; each carries what a user needs to act on it
         ├── NoV1ApiError               the cloud answered 300: Glance v1 is gone (Rocky+)
         └── AuthError                  no usable token could be had, or a signature was refused
 
-    ImgframeParseWarning (UserWarning) header values that could not be parsed became NA
-    IncompleteListingWarning (UserWarning) a listing may miss images (killed ones)
-    CheckpointWarning (UserWarning)    a checkpoint part could not be read; its ids are asked again
+    ImgframeWarning (UserWarning)      root of every warning imgframe emits
+    ├── ImgframeParseWarning           header values that could not be parsed became NA
+    ├── IncompleteListingWarning       a listing may miss images (killed ones)
+    ├── CheckpointWarning              a checkpoint part could not be read; its ids are asked again
+    └── FleetWarning                   some targets of fetch_fleet failed; the others were returned
+
+``warnings.simplefilter("error", imgframe.ImgframeWarning)`` turns every one of them into
+an exception (a CI job that must not lose a value silently); ``"ignore"`` silences them.
 
 A single image that fails (404, 403, a timeout after all retries, ...) is never an
 exception: it is a row with ``http_status`` and ``error`` filled. Exceptions are for
@@ -28,8 +33,10 @@ __all__ = [
     "CheckpointWarning",
     "ConfigError",
     "FetchError",
+    "FleetWarning",
     "ImgframeError",
     "ImgframeParseWarning",
+    "ImgframeWarning",
     "IncompleteListingWarning",
     "InvalidInputError",
     "NoV1ApiError",
@@ -76,14 +83,23 @@ class AuthError(FetchError):
     """No usable token could be had, or the server refused an access key signature."""
 
 
-class ImgframeParseWarning(UserWarning):
+class ImgframeWarning(UserWarning):
+    """Root of every warning imgframe emits (filter it to silence or escalate them all)."""
+
+
+class ImgframeParseWarning(ImgframeWarning):
     """Some header values could not be parsed; they became NA (the rows are kept)."""
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(ImgframeWarning):
     """A checkpoint part could not be read and was skipped: its images are fetched again."""
 
 
-class IncompleteListingWarning(UserWarning):
+class IncompleteListingWarning(ImgframeWarning):
     """A listing could not use what makes it complete (v1 ``changes-since``): it may miss
     images, killed ones above all."""
+
+
+class FleetWarning(ImgframeWarning):
+    """Some targets of :func:`imgframe.fetch_fleet` failed; the others were returned
+    (their labels and errors are in the frame's ``attrs["failed_targets"]``)."""

@@ -7,7 +7,7 @@ row looks like; :mod:`imgframe.api` does. With ``api="v2"`` (or ``"auto"`` after
 for /v1) it sends ``GET /v2/images/{id}`` instead and hands on the JSON document as the
 v1 header pairs it stands for (:func:`imgframe.parse.v2_header_pairs`).
 
-Why it is built this way (DESIGN.md): a fixed pool of workers fed from a bounded queue
+Why it is built this way (docs/ARCHITECTURE.md): a fixed pool of workers fed from one iterator
 keeps memory flat for a million ids (one task per id costs ~0.75 KB each); one
 ``ClientSession`` reuses keep-alive connections; retries back off exponentially with
 jitter and honour ``Retry-After``.
@@ -19,7 +19,7 @@ feed's pages with the same shared sync iteration and wait only when no page is l
 the feed holds at most ``max_pages_ahead`` pages nobody has started, so a fast listing
 never runs far ahead of a slow fetch.
 
-Throttling (issue 5), both shared by all workers of one fetcher, i.e. per endpoint:
+Throttling, both shared by all workers of one fetcher, i.e. per endpoint:
 
 - ``max_rps`` caps the request rate with :class:`_Pacer`, which gives each request the
   next free time slot ``1 / max_rps`` after the previous one (no burst).
@@ -96,7 +96,7 @@ _REQUEST_ID = b"x-openstack-request-id"
 _META_ID = istr("X-Image-Meta-Id")
 # Answers that say "too much, slow down": they shrink the adaptive concurrency limit.
 THROTTLE_STATUSES = frozenset({429, 503})
-# One path segment, nothing a server or proxy could reinterpret (DESIGN.md / issue 2):
+# One path segment, nothing a server or proxy could reinterpret (docs/ARCHITECTURE.md):
 # no / \ ? #, no ASCII or C1 control, no space or other Unicode separator, no "..", not
 # ".". RE2 syntax: checked for all ids at once in pyarrow.
 _UNSAFE_ID = r"[/\\?#\x{00}-\x{20}\x{7f}-\x{9f}\p{Z}]|\.\.|^\.$"
@@ -123,7 +123,7 @@ MAX_FIELD_SIZE = 128 * 1024  # bytes of one header line, name and value together
 MAX_LINE_SIZE = 8190  # the status line: aiohttp's default, nothing real is longer
 # ClientSession keywords; max_headers is one only in recent aiohttp (3.13.4's changelog
 # adds it), so each is passed only where it exists.
-PARSER_LIMITS: Mapping[str, int] = MappingProxyType(
+PARSER_LIMITS: Mapping[str, Any] = MappingProxyType(  # Any: ** into ClientSession
     {
         name: value
         for name, value in (
@@ -630,7 +630,7 @@ class HeadFetcher:
         # free -- a queue with no producer task and no hand-off per id. A feed hands out
         # one such iterator per page.
         feed = items if isinstance(items, IdFeed) else None
-        shared = items.current if feed is not None else iter(items)
+        shared = items.current if isinstance(items, IdFeed) else iter(items)
         watchdog = _Watchdog(self.concurrency, self.timeout.total)
         # None when off, so that the unthrottled path pays one `is not None` test each.
         pacer = None if self.max_rps is None else _Pacer(self.max_rps)
@@ -772,7 +772,7 @@ class HeadFetcher:
                     async with request as response:
                         status = response.status
                         headers = response.headers
-                        raw_headers = response.raw_headers
+                        raw_headers: Sequence[tuple[bytes, bytes]] = response.raw_headers
                         body = await response.read() if v2 and status == 200 else b""
                 finally:
                     if gate is not None:
@@ -878,8 +878,8 @@ class HeadFetcher:
                     self._token_dead = True
                     return FetchResult(position, image_id, 401, None, TOKEN_REJECTED, attempt)
                 if 300 < status < 400:
-                    target = _origin(response.headers.get("Location", ""))
-                    where = "another origin" if target != self._origin else "same origin"
+                    went = _origin(response.headers.get("Location", ""))
+                    where = "another origin" if went != self._origin else "same origin"
                     return FetchResult(
                         position,
                         image_id,

@@ -37,7 +37,7 @@ from imgframe.api import (
     run_sync,
 )
 from imgframe.checkpoint import fleet_folder, target_folder
-from imgframe.errors import ConfigError, ImgframeError
+from imgframe.errors import ConfigError, FleetWarning, ImgframeError
 from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
 from imgframe.schema import FLEET_INDEX, Kind
@@ -354,10 +354,6 @@ def fetch_fleet(
             include_deleted=include_deleted,
         )
     )
-
-
-class FleetWarning(UserWarning):
-    """Some targets of :func:`fetch_fleet` failed; the others were returned."""
 
 
 def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:

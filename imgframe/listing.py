@@ -41,7 +41,7 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -251,7 +251,7 @@ class _Lister:
                 for image_id in page:
                     yield image_id
 
-    async def pages(self) -> AsyncIterator[list[str]]:
+    async def pages(self) -> AsyncGenerator[list[str], None]:
         """The ids of each page not listed before (never an empty list), page by page."""
         if self._tokens is not None:
             try:
@@ -279,7 +279,7 @@ class _Lister:
                         seen.update(fresh)
                         yield fresh
 
-    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncIterator[list[str]]:
+    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[list[str], None]:
         # is_public=None: without it Glance v1 lists only public images to an admin
         # (registry _get_is_public); other tokens see their own, shared and public
         # images either way. changes-since: see V1_CHANGES_SINCE.
@@ -325,7 +325,7 @@ class _Lister:
             markers.add(marker)
             params["marker"] = marker
 
-    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncIterator[list[str]]:
+    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[list[str], None]:
         path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size)})
         followed: set[str] = set()
         markers: set[str] = set()

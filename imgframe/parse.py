@@ -472,6 +472,7 @@ def _fixed_length_micros(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return columns[k] if 0 <= k < length else 0
 
     year, month, day = number(0, 4), number(5, 2), number(8, 2)
+    second: np.ndarray | int  # 0 when the text stops before the seconds
     if length == 10:  # a date alone
         hour = minute = second = micros = offset = np.zeros(m, dtype=np.int32)
     else:
@@ -780,7 +781,8 @@ def build_frame(
         if f.kind is Kind.PROPERTIES:
             data[f.column] = _object_array(columns.properties())
         elif f.header is None:  # filled by the fetcher, not read from headers
-            values = fetched[f.column] if fetched[f.column] is not None else [None] * n
+            given = fetched[f.column]
+            values: Sequence[Any] = given if given is not None else [None] * n
             if f.kind is Kind.INT:
                 data[f.column] = pd.array(list(values), dtype=f.dtype)
             else:

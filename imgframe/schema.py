@@ -31,6 +31,7 @@ __all__ = [
     "FLEET_FIELDS",
     "FLEET_INDEX",
     "HEADER_FIELDS",
+    "OPTIONAL_COLUMNS",
     "PROPERTY_PREFIX",
     "V2_PREFIX",
     "Field",
@@ -38,7 +39,9 @@ __all__ = [
     "columns",
     "dtypes",
     "field",
+    "required_columns",
     "schema_markdown",
+    "with_optional_columns",
 ]
 
 #: Lower-cased prefix of custom-property headers; the rest of the name is the property key.
@@ -120,7 +123,7 @@ def _v2only(column: str, kind: Kind, description: str) -> Field:
     return Field(column, V2_PREFIX + column, kind, description, v2=column)
 
 
-# Order is the contract's column order (DESIGN.md); `id` becomes the index.
+# Order is the contract's column order (docs/ARCHITECTURE.md); `id` becomes the index.
 FIELDS: tuple[Field, ...] = (
     _v1("id", Kind.TEXT, "image UUID (the index)"),
     _v1("name", Kind.TEXT, "image name; NA when null; may be non-ASCII"),
@@ -162,6 +165,24 @@ HEADER_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.header is not No
 
 #: Columns the fetcher fills, not the headers.
 FETCH_COLUMNS: tuple[str, ...] = ("http_status", "error")
+
+# The columns the audit rules (imgframe.audits, df.img) read, the index aside.
+_RULE_COLUMNS = frozenset(
+    ("name", "status", "size", "virtual_size", "checksum", "container_format", "disk_format",
+     "owner", "is_public", "protected", "deleted", "min_ram", "min_disk", "created_at",
+     "updated_at", "properties", "http_status", "error")
+)  # fmt: skip
+# Columns added to the contract after tables were first written (and v2-only ones): a
+# table saved before they existed lacks them, and NA is what they would have held.
+_LATER_COLUMNS = frozenset(
+    ("virtual_size", "error", "request_id", *(f.column for f in FIELDS if f.header and
+                                              f.header.startswith(V2_PREFIX)))
+)  # fmt: skip
+
+#: Contract columns a table may lack: :func:`with_optional_columns` adds them as NA.
+OPTIONAL_COLUMNS: tuple[str, ...] = tuple(
+    f.column for f in FIELDS if f.column != "id" and f.column not in _RULE_COLUMNS - _LATER_COLUMNS
+)
 
 #: The columns :func:`imgframe.fetch_fleet` puts first, before ``id`` and the contract
 #: columns. A fleet frame's index is :data:`FLEET_INDEX`, not ``id``: the same image id
@@ -208,6 +229,43 @@ def dtypes() -> dict[str, Any]:
     'datetime64[ns, UTC]'
     """
     return {f.column: f.dtype for f in FIELDS if f.column != "id"}
+
+
+def required_columns() -> list[str]:
+    """The columns a table must have to be audited (``imgframe.audit``, ``df.img``), in
+    contract order: those the rules read, except :data:`OPTIONAL_COLUMNS`.
+
+    Examples
+    --------
+    >>> required_columns()[:4]
+    ['name', 'status', 'size', 'checksum']
+    >>> "virtual_size" in required_columns() or "tags" in required_columns()
+    False
+    """
+    return [c for c in columns() if c not in OPTIONAL_COLUMNS]
+
+
+def with_optional_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every missing :data:`OPTIONAL_COLUMNS` column added as NA of its schema
+    dtype (a table written before that column existed); ``df`` itself when none is
+    missing. The given frame is never changed.
+
+    Examples
+    --------
+    >>> old = pd.DataFrame({"status": ["active"]}, index=pd.Index(["a"], name="id"))
+    >>> full = with_optional_columns(old)
+    >>> str(full["virtual_size"].dtype), bool(full["virtual_size"].isna().all()), list(old.columns)
+    ('Int64', True, ['status'])
+    """
+    missing = [c for c in OPTIONAL_COLUMNS if c not in df.columns]
+    if not missing:
+        return df
+    out = df.copy(deep=False)
+    for column in missing:
+        kind = _BY_COLUMN[column].kind
+        values: list[Any] = [{} if kind is Kind.PROPERTIES else None for _ in range(len(df))]
+        out[column] = pd.Series(values, index=df.index, dtype=kind.dtype)
+    return out
 
 
 def schema_markdown() -> str:

@@ -76,7 +76,7 @@ import re
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgframe.audits import audit
+from imgframe.errors import ConfigError
 from imgframe.io import to_csv
 from imgframe.report_html import human_bytes
 from imgframe.schema import FLEET_INDEX
@@ -101,7 +102,7 @@ __all__ = [
 #: What the ImportError says when ipywidgets is missing.
 INSTALL_HINT = "pip install 'imgframe[notebook]'"
 
-DateBound = date | datetime | pd.Timestamp | str | None
+DateBound: TypeAlias = date | datetime | pd.Timestamp | str | None
 
 _ARROW_TEXT = pd.StringDtype("pyarrow")
 
@@ -252,7 +253,7 @@ def filter_images(
         if not chosen:
             continue
         if column not in df.columns:  # clouds/regions asked of a single-cloud frame
-            raise ValueError(f"{name} filters a fleet frame (imgframe.fetch_fleet); no {column!r}")
+            raise ConfigError(f"{name} filters a fleet frame (imgframe.fetch_fleet); no {column!r}")
         keep &= df[column].isin(chosen).to_numpy(dtype=bool)
     for column in ("is_public", "protected", "deleted"):
         wanted = getattr(c, column)
@@ -350,13 +351,13 @@ def parse_size(text: str) -> int | None:
     >>> parse_size("ten")
     Traceback (most recent call last):
     ...
-    ValueError: cannot read 'ten' as a size (e.g. 1048576, 200 MiB, 1.5G)
+    imgframe.errors.ConfigError: cannot read 'ten' as a size (e.g. 1048576, 200 MiB, 1.5G)
     """
     if not text or not text.strip():
         return None
     match = _SIZE.match(text)
     if match is None:
-        raise ValueError(f"cannot read {text!r} as a size (e.g. 1048576, 200 MiB, 1.5G)")
+        raise ConfigError(f"cannot read {text!r} as a size (e.g. 1048576, 200 MiB, 1.5G)")
     number, unit, _ = match.groups()
     power = " kmgtpe".index(unit.lower() or " ")
     return round(float(number) * 1024**power)
@@ -458,7 +459,7 @@ class Picker:
         page_size: int = 50,
     ) -> None:
         if page_size < 1:
-            raise ValueError(f"page_size must be >= 1, got {page_size}")
+            raise ConfigError(f"page_size must be >= 1, got {page_size}")
         w = _ipywidgets()
         self._df = df
         self._findings = audit(df) if findings is None else findings

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 import imgframe
+from imgframe.accessor import REQUIRED_COLUMNS
+from imgframe.schema import required_columns
 from imgframe.testing import FLEET_NOW, make_fleet, render_headers
 
 
@@ -51,6 +53,14 @@ def test_a_frame_without_image_columns_has_no_img_namespace() -> None:
     assert not hasattr(plain, "img")
     with pytest.raises(AttributeError, match=r"imgframe fleet frame .* lacks the columns"):
         _ = plain.img
+
+
+def test_the_accessor_needs_the_schema_required_columns_only(df) -> None:
+    assert list(REQUIRED_COLUMNS) == required_columns()
+    old = df.drop(columns=["virtual_size", "error", "request_id", "tags", "visibility"])
+    assert len(old.img.broken(now=FLEET_NOW)) == len(imgframe.broken(old, now=FLEET_NOW)) > 0
+    with pytest.raises(AttributeError, match=r"lacks the columns \['owner'\]"):
+        _ = df.drop(columns=["owner"]).img
 
 
 def test_the_accessor_keeps_no_state_between_uses(df) -> None:

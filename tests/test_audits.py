@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import imgframe
+from imgframe.errors import ConfigError, InvalidInputError
+from imgframe.schema import OPTIONAL_COLUMNS, required_columns
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator, make_fleet
 
 UNKNOWN_IDS = [f"00000000-0000-4000-8000-{n:012d}" for n in range(7)]
@@ -260,18 +263,72 @@ def test_registered_rule_never_sees_failed_rows(df, unnamed_rule) -> None:
 
 
 def test_unknown_rule_name_is_a_clear_error_listing_the_known_ones(df) -> None:
-    with pytest.raises(ValueError, match=r"unknown rules \['stael'\]; known: .*'stale'"):
+    with pytest.raises(ConfigError, match=r"unknown rules \['stael'\]; known: .*'stale'"):
         imgframe.audit(df, rules=["stael"])
 
 
 def test_unknown_severity_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown severity 'critical'"):
+    with pytest.raises(ConfigError, match="unknown severity 'critical'"):
         imgframe.register_rule("x", "critical", describe=str)
 
 
 def test_a_builtin_rule_cannot_be_replaced() -> None:
-    with pytest.raises(ValueError, match="built-in"):
+    with pytest.raises(ConfigError, match="built-in"):
         imgframe.register_rule("stale", "low", describe=str)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda df: imgframe.audit(df, rules=["nope"]),
+        lambda df: imgframe.audit(df, allow=lambda findings: [True]),
+        lambda df: imgframe.security_properties(df, checks=["nope"]),
+        lambda df: imgframe.unregister_rule("nope"),
+        lambda df: imgframe.unregister_rule("stale"),
+    ],
+)
+def test_bad_options_are_config_errors_and_still_value_errors(call) -> None:
+    df = frame({"id": "a", "status": "killed"}, {"id": "b", "status": "killed"})
+    with pytest.raises(ConfigError) as caught:
+        call(df)
+    assert isinstance(caught.value, ValueError)  # callers' `except ValueError` keeps working
+
+
+# --- a table written before the optional columns existed ---------------------------------
+
+LATER = ["virtual_size", "error", "request_id", "visibility", "os_hash_algo", "os_hash_value",
+         "tags", "deleted_at"]  # fmt: skip
+
+
+@pytest.mark.parametrize("writer", ["to_csv", "to_parquet"])
+def test_a_table_saved_without_the_optional_columns_is_audited_not_refused(
+    df, tmp_path: Path, writer
+) -> None:
+    assert set(LATER) == set(OPTIONAL_COLUMNS)
+    path = tmp_path / f"old.{writer[3:]}"
+    getattr(imgframe, writer)(df.drop(columns=LATER), path)
+    old = imgframe.read(path)
+    assert not set(LATER) & set(old.columns)  # the file really lacks them
+
+    findings = imgframe.audit(old, now=FLEET_NOW)
+    # Without `error` a lying 200 cannot be told from a good one: compare against the full
+    # frame with its errors cleared, and without virtual_size (unknown in the old table).
+    expected_frame = df.assign(error=pd.NA, virtual_size=pd.NA).astype(
+        {"error": df["error"].dtype, "virtual_size": "Int64"}
+    )
+    expected = imgframe.audit(expected_frame, now=FLEET_NOW)
+    assert len(findings) > 0
+    pd.testing.assert_frame_equal(findings, expected)
+    assert not set(LATER) & set(old.columns)  # audit added them to a copy only
+    found = imgframe.format_mismatch(old)
+    assert found["virtual_size"].isna().all() and str(found["virtual_size"].dtype) == "Int64"
+
+
+def test_a_table_missing_a_column_the_rules_need_is_refused_by_name(df) -> None:
+    for column in ("status", "properties", "http_status"):
+        with pytest.raises(InvalidInputError, match=rf"missing columns \['{column}'\]"):
+            imgframe.audit(df.drop(columns=[column]))
+    assert "virtual_size" not in required_columns()
 
 
 # --- checksum groups by hand --------------------------------------------------------------

@@ -64,6 +64,7 @@ NOTEBOOK_ERROR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.
 COUNT = re.compile(r"([\d,]+) of ([\d,]+) images")
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason=f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)",

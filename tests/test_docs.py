@@ -56,3 +56,51 @@ def test_frame_level_modules_never_import_aiohttp() -> None:
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in names if m.startswith(("aiohttp", "imgframe.fetch"))], module
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+# A citation of a file outside the repository, or of the tracker by number.
+OUTSIDE_CITATION = re.compile(r"DESIGN\.md|\bissues? #?[0-9]", re.IGNORECASE)
+
+
+def test_the_code_cites_only_files_in_the_repository() -> None:
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "imgframe").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE_CITATION.search(line) and "aiohttp issue" not in line  # upstream's tracker
+    ]
+    assert not cited, "\n".join(cited)
+    assert OUTSIDE_CITATION.search("see DESIGN.md") and OUTSIDE_CITATION.search("(issue 5)")
+
+
+def test_files_the_code_cites_exist() -> None:
+    for path in sorted((ROOT / "imgframe").rglob("*.py")):
+        for cited in re.findall(
+            r"\b((?:docs|benchmarks|tests)/[\w./-]+\.(?:md|py))", path.read_text()
+        ):
+            assert (ROOT / cited).is_file(), f"{path.relative_to(ROOT)} cites {cited}"
+
+
+def test_architecture_maps_every_module() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    map_block = text.split("## Module map", 1)[1].split("```")[1]
+    modules = {p.name for p in (ROOT / "imgframe").glob("*.py")} - {"__main__.py"}
+    missing = sorted(m for m in modules if not re.search(rf"^\s+{re.escape(m)}\s", map_block, re.M))
+    assert not missing, f"docs/ARCHITECTURE.md's module map lacks {missing}"
+    for status in ("0", "1", "2", "3", "4", "5", "130 / 143", "141"):
+        assert f"\n| {status} |" in text, status
+
+
+def test_every_warning_derives_from_imgframe_warning_and_is_drawn() -> None:
+    from imgframe import errors
+
+    warning_names = [n for n in imgframe.__all__ if n.endswith("Warning")]
+    assert {"FleetWarning", "ImgframeParseWarning", "CheckpointWarning"} <= set(warning_names)
+    for name in warning_names:
+        cls = getattr(imgframe, name)
+        assert issubclass(cls, imgframe.ImgframeWarning) and issubclass(cls, UserWarning), name
+        assert cls.__module__ == "imgframe.errors" and name in (errors.__doc__ or ""), name
+    from imgframe.fleet import FleetWarning  # the old home still works
+
+    assert FleetWarning is imgframe.FleetWarning

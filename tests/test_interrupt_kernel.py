@@ -22,6 +22,8 @@ from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 pytest.importorskip("ipykernel", reason="the Jupyter interrupt test needs ipykernel")
 manager = pytest.importorskip("jupyter_client.manager", reason="needs jupyter_client")
 
+pytestmark = pytest.mark.notebook  # a Jupyter kernel, interrupted as the stop button does
+
 N_IDS = 50_000
 STOP_WITHIN = 2.0  # seconds from the interrupt until no request arrives any more
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import imgframe
+from imgframe.errors import ConfigError
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator, make_fleet
 from imgframe.widgets import (
     Picker,
@@ -284,7 +285,7 @@ def test_parse_size_reads_bytes_and_binary_units() -> None:
     assert parse_size("2 KiB") == parse_size("2k") == parse_size("2KB") == 2048
     assert parse_size("0.5G") == 2**29
     assert parse_size("") is None
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read"):  # a ConfigError is a ValueError
         parse_size("-1")
 
 
@@ -546,7 +547,7 @@ def test_imgframe_imports_without_ipywidgets() -> None:
 
 
 def test_picker_rejects_a_page_size_below_one(df, findings) -> None:
-    with pytest.raises(ValueError, match="page_size must be >= 1"):
+    with pytest.raises(ConfigError, match="page_size must be >= 1"):
         picker(df, findings=findings, page_size=0)
 
 

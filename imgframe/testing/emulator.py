@@ -895,7 +895,7 @@ class GlanceEmulator:
             self._max_in_flight = self._in_flight
         try:
             if self.faults.rate_limit is not None and not self._within_rate(arrived):
-                response = await self._too_many(path)
+                response: web.StreamResponse = await self._too_many(path)
             elif image_id is not None:
                 response = await self._image(request, image_id, token)
             else:
@@ -936,7 +936,7 @@ class GlanceEmulator:
 
     async def _image(
         self, request: web.BaseRequest, image_id: str, token: str | None
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         method = request.method
         faults = self.faults
         if faults.no_v1:

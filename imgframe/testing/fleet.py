@@ -472,10 +472,10 @@ def make_fleet(
     public_positions = set(planted_positions[:n_public])
     group_of: dict[int, int] = {}
     offset = n_public
-    for g, size in enumerate(group_sizes):
-        for pos in planted_positions[offset : offset + size]:
+    for g, group_size in enumerate(group_sizes):
+        for pos in planted_positions[offset : offset + group_size]:
             group_of[pos] = g
-        offset += size
+        offset += group_size
 
     seen_ids: set[str] = set()
     seen_checksums: set[str] = set()
