@@ -33,15 +33,12 @@ from imgframe.atomic import atomic_path, check_writable
 from imgframe.auth import TokenArg
 from imgframe.errors import (
     CheckpointError,
-    CheckpointWarning,
     ConfigError,
     FetchError,
     ImgframeError,
-    ImgframeParseWarning,
-    IncompleteListingWarning,
+    ImgframeWarning,
 )
 from imgframe.fetch import RetryPolicy, Timeout
-from imgframe.fleet import FleetWarning
 from imgframe.io import FORMATS, FORMULA_STARTS, to_csv, write
 from imgframe.outcome import Outcome, run_outcome
 
@@ -1075,13 +1072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Shown as they come, one line each, so that the last line of a run is its
             # outcome, not a warning about one header.
             warnings.showwarning = _show_warning
-            for category in (
-                ImgframeParseWarning,
-                FleetWarning,
-                IncompleteListingWarning,
-                CheckpointWarning,
-            ):
-                warnings.simplefilter("always", category)
+            warnings.simplefilter("always", ImgframeWarning)  # every imgframe warning
             return int(args.run(args))
     except FetchError as exc:  # the run as a whole: no v1, TLS, login refused...
         _say(f"error: {exc}")
