@@ -229,6 +229,8 @@ password = {ADMIN_PASSWORD}
 project_name = admin
 user_domain_name = Default
 project_domain_name = Default
+# Validate every token with Keystone: a revoked token is refused at once (renewal tests).
+token_cache_time = -1
 [paste_deploy]
 flavor = keystone
 config_file = {paste}

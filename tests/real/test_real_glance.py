@@ -8,6 +8,7 @@ services. Known gaps are ``xfail(strict=True)``: they turn into failures once fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -153,6 +154,31 @@ def test_v1_answers_300_and_auto_switches_to_v2(
     assert df["visibility"].notna().all()  # only v2 knows visibility
     for label in COMPARED:
         _assert_row_is_document(df.loc[seeded.ids[label]], documents[label])
+
+
+def test_keystone_token_logs_in_again_after_a_401(
+    cloud: Any, seeded: Any, documents: dict[str, dict[str, Any]]
+) -> None:
+    """A token Keystone revoked mid-life: Glance answers 401, KeystoneToken logs in again."""
+    token = _keystone_token(cloud)
+    ids = [seeded.ids[label] for label in COMPARED]
+    first = imgframe.fetch_images(ids, token=token, api="v2", progress=False)
+    assert (first["http_status"] == 200).all() and token.logins == 1
+    revoked = asyncio.run(token.token())  # the TokenSource protocol is async
+    answer = requests.delete(
+        f"{cloud.keystone_url}/auth/tokens",
+        headers={"X-Auth-Token": cloud.admin_token(), "X-Subject-Token": revoked},
+        timeout=30,
+    )
+    assert answer.status_code == 204
+    check = requests.get(
+        f"{cloud.glance_url}/v2/images/{ids[0]}", headers={"X-Auth-Token": revoked}, timeout=30
+    )
+    assert check.status_code == 401  # Glance really refuses it now
+    again = imgframe.fetch_images(ids, token=token, api="v2", progress=False)
+    assert token.logins == 2 and asyncio.run(token.token()) != revoked
+    for label in COMPARED:
+        _assert_row_is_document(again.loc[seeded.ids[label]], documents[label])
 
 
 def test_an_unknown_id_is_a_404_row(cloud: Any, seeded: Any) -> None:
