@@ -13,6 +13,7 @@ log file per service. Both run under waitress through :data:`SERVE`, a wrapper t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -66,13 +67,21 @@ def ensure_venv(log: Path | None = None) -> Path:
     A virtualenv without its ``.complete`` stamp (an interrupted build) is built again.
     """
     root = venv_path()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs at once (two worktrees, CI and a developer) must not build over each other.
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(root, log)
+
+
+def _build(root: Path, log: Path | None) -> Path:
     python = root / "bin" / "python"
     stamp = root / ".complete"
     if stamp.exists() and python.exists():
         return python
     shutil.rmtree(root, ignore_errors=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    log = log or root.parent / f"{root.name}.install.log"
+    out = open(log, "ab")  # noqa: SIM115 - closed below
     try:
         base = shutil.which(PYTHON) or sys.executable
         subprocess.run([base, "-m", "venv", str(root)], check=True, stdout=out, stderr=out)
@@ -88,9 +97,10 @@ def ensure_venv(log: Path | None = None) -> Path:
             stderr=out,
             timeout=900,
         )
+    except subprocess.SubprocessError as exc:
+        raise RuntimeError(f"building {root} failed ({exc}); pip's output is in {log}") from exc
     finally:
-        if log:
-            out.close()  # type: ignore[union-attr]
+        out.close()
     stamp.write_text(" ".join(pins) + "\n")
     return python
 
