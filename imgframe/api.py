@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -55,6 +56,8 @@ from imgframe.parse import (
     build_frame,
     concat_frames,
     pack_headers,
+    v1_detail_header_pairs,
+    v2_header_pairs,
 )
 
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
@@ -311,7 +314,9 @@ def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> 
         return None
     from tqdm.auto import tqdm
 
-    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images"}.get(api, "images")
+    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images", "listing": "listing"}.get(
+        api, "images"
+    )
     label = PROGRESS_LABEL.get()
     if label:
         desc = f"{label}: {desc}"
@@ -361,6 +366,9 @@ async def fetch_images_async(
     api: Literal["v1", "v2", "auto"] = "v1",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
 
@@ -379,6 +387,7 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
+    token = cloud_token(token, cloud, region)
     requested = None if ids is None else normalize_ids(ids)
     manifest = None
     if checkpoint is not None:
@@ -398,7 +407,45 @@ async def fetch_images_async(
         checkpoint=checkpoint,
         manifest=manifest,
         include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
     )
+
+
+def cloud_token(token: TokenArg, cloud: str | None, region: str | None = None) -> TokenArg:
+    """``token``, or for ``cloud`` (a ``clouds.yaml`` name) its
+    :meth:`~imgframe.auth.KeystoneToken.from_cloud` token: the ``cloud=`` shorthand.
+
+    ``cloud`` with ``token`` is refused (which one should win?); ``region`` needs
+    ``cloud``. An ``endpoint=`` given with ``cloud=`` is used instead of the catalog's.
+
+    Examples
+    --------
+    >>> cloud_token("t", None)
+    't'
+    >>> cloud_token("t", "prod")
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: give cloud= or token=, not both: cloud='prod' logs in ...
+    """
+    if cloud is None:
+        if region is not None:
+            raise ConfigError(
+                f"region={region!r} needs cloud=: a region picks an endpoint from a "
+                "clouds.yaml cloud's catalog"
+            )
+        return token
+    if not isinstance(cloud, str) or not cloud:
+        raise ConfigError(f"cloud must be a clouds.yaml cloud name, got {cloud!r}")
+    if region is not None and (not isinstance(region, str) or not region):
+        raise ConfigError(f"region must be a region name or None, got {region!r}")
+    if token is not None:
+        raise ConfigError(
+            f"give cloud= or token=, not both: cloud={cloud!r} logs in with its "
+            "clouds.yaml credentials"
+        )
+    from imgframe.auth import KeystoneToken
+
+    return KeystoneToken.from_cloud(cloud, region=region)
 
 
 def _checkpoint_facts(
@@ -433,6 +480,7 @@ async def _fetch(
     checkpoint: str | os.PathLike[str] | None = None,
     manifest: Manifest | None = None,
     labels: tuple[str, str | None] | None = None,
+    verify_with_head: bool = False,
 ) -> pd.DataFrame:
     """:func:`fetch_images_async` on normalized ids; ``manifest`` (with ``checkpoint``)
     is the request's checkpoint facts, completed here with the endpoint and ``labels``
@@ -441,6 +489,8 @@ async def _fetch(
         raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
     if not isinstance(include_deleted, bool):
         raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
+    if not isinstance(verify_with_head, bool):
+        raise ConfigError(f"verify_with_head must be True or False, got {verify_with_head!r}")
     source = token_source(token)
     if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
         find = getattr(source, "endpoint", None)
@@ -481,14 +531,34 @@ async def _fetch(
             raise
     else:
         stored = None
+    from_listing = requested is None and not verify_with_head
     collector = _Collector(
-        _progress_bar(progress, None if requested is None else len(requested), api), store
+        _progress_bar(
+            progress,
+            None if requested is None else len(requested),
+            "listing" if from_listing else api,
+        ),
+        store,
     )
     try:
         if stored is not None and len(stored):
             collector.use_stored(stored)
-        items: Iterable[tuple[int, str]] | IdFeed
-        if requested is None:  # the whole cloud: every image the token may list
+        items: Iterable[tuple[int, str]] | IdFeed | None = None
+        if from_listing:  # the whole cloud, each row made from its listing record
+            rows = functools.partial(
+                _listed_rows,
+                fetcher,
+                collector,
+                endpoint=endpoint,
+                tokens=source,
+                api=api,
+                verify=verify,
+                timeout=timeout,
+                retries=retries,
+                include_deleted=include_deleted,
+                stored=stored,
+            )
+        elif requested is None:  # the whole cloud, one request per listed image
             pages = _listed_pages(
                 fetcher,
                 collector,
@@ -509,7 +579,10 @@ async def _fetch(
         if store is not None:
             ticker = asyncio.create_task(collector.flush_every(checkpoint_module.FLUSH_SECONDS))
         try:
-            await fetcher.run(items, collector.add)
+            if items is None:
+                await rows()
+            else:
+                await fetcher.run(items, collector.add)
         finally:
             if ticker is not None:
                 ticker.cancel()
@@ -607,6 +680,71 @@ async def _listed_pages(
             fetcher.use_v2("its v1 listing answered 300")
 
 
+async def _listed_rows(
+    fetcher: HeadFetcher,
+    collector: _Collector,
+    *,
+    endpoint: str,
+    tokens: TokenSource | RequestSigner,
+    api: str,
+    verify: bool | str,
+    timeout: float | Timeout,
+    retries: int | RetryPolicy,
+    include_deleted: bool = False,
+    stored: pd.DataFrame | None = None,
+) -> None:
+    """Every listed image's row made from its listing record, no request per image.
+
+    A v1 ``images/detail`` record (:func:`~imgframe.parse.v1_detail_header_pairs`) or a
+    v2 image document (:func:`~imgframe.parse.v2_header_pairs`) becomes the header
+    pairs its own HEAD (or v2 GET) would have answered, as a 200 result, so the rows are
+    those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
+    deduplicated, checked and restored from ``stored`` exactly as there. With
+    ``api="auto"`` a v1 listing answering 300 switches to the v2 listing (and
+    ``fetcher``, whose ``using_v2`` the caller reads) before any row.
+    """
+    from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
+
+    listing_api = "v2" if api == "v2" else "v1"
+    position = 0
+    while True:
+        pages = _Lister(
+            endpoint,
+            tokens,
+            api=listing_api,
+            page_size=LISTING_PAGE_SIZE,
+            verify=verify,
+            include_deleted=include_deleted,
+            timeout=timeout,
+            retries=retries,
+            max_pages=DEFAULT_MAX_PAGES,
+        ).detail_pages()
+        pairs_of = v2_header_pairs if listing_api == "v2" else v1_detail_header_pairs
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    collector.expect(len(page.ids))
+                    start = position
+                    position += len(page.ids)
+                    records = page.records
+                    extra = [] if page.request_id is None else [(_REQUEST_ID, page.request_id)]
+                    add = collector.add
+                    for at, image_id in _sendable(collector, page.ids, start, stored):
+                        pairs = pairs_of(records[at - start])
+                        pairs.extend(extra)
+                        add(FetchResult(at, image_id, 200, pairs, None, 1))
+                    await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
+            return
+        except NoV1ApiError:
+            if api != "auto" or listing_api == "v2" or position:
+                raise
+            listing_api = "v2"
+            fetcher.use_v2("its v1 listing answered 300")
+
+
+_REQUEST_ID = b"X-Openstack-Request-Id"
+
+
 def fetch_images(
     ids: Iterable[Any] | None = None,
     *,
@@ -622,14 +760,24 @@ def fetch_images(
     api: Literal["v1", "v2", "auto"] = "v1",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
-    ``ids`` None fetches every image the token may list (:func:`imgframe.list_image_ids`),
-    streaming the listing into the fetch; the rows are in listing order (newest first).
+    ``ids`` None fetches every image the token may list (:func:`imgframe.list_image_ids`);
+    the rows are in listing order (newest first). Each row is made from the listing's
+    own record of the image (v1 ``images/detail``, v2 ``/v2/images``: every field and
+    property, ~1 request per 1,000 images), the same row its HEAD would give, except
+    ``request_id``, which is the listing page's. ``verify_with_head=True`` instead sends
+    one HEAD (v2: GET) per listed id, streamed as the pages arrive: the answers of the
+    image's own URL, and a project token's HEAD of a deleted image answering 404.
     A listing that fails midway raises its error and returns no rows.
     ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
-    from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
+    from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``cloud`` (and
+    ``region``) is the ``clouds.yaml`` shorthand for
+    ``token=KeystoneToken.from_cloud(cloud, region=region)``; not with ``token``. ``token``
     is a string, a :class:`~imgframe.auth.TokenSource`, a function returning a token, or
     a :class:`~imgframe.auth.HuaweiAkSk` access key that signs each request; None reads
     ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
@@ -694,6 +842,9 @@ def fetch_images(
         api=api,
         checkpoint=checkpoint,
         include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
+        cloud=cloud,
+        region=region,
     )
     return run_sync(coroutine)
 

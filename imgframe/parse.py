@@ -69,6 +69,7 @@ __all__ = [
     "frame_from_headers",
     "parse_headers",
     "repair_text",
+    "v1_detail_header_pairs",
     "v2_header_pairs",
 ]
 
@@ -622,6 +623,42 @@ def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     for key, value in image.items():
         if key not in V2_CORE_ATTRIBUTES and value is not None:
             pairs.append((_PROPERTY_PREFIX_BYTES + _v2_wire(key), _v2_wire(value)))
+    return pairs
+
+
+_V1_META_PREFIX = b"x-image-meta-"
+
+
+def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A Glance v1 ``images/detail`` record as the ``HEAD /v1/images/{id}`` header pairs.
+
+    Glance v1 makes its HEAD headers from the same record (``image_meta_to_http_headers``
+    in ``glance/common/utils.py``): every attribute ``k`` becomes ``x-image-meta-k``, each
+    entry of ``properties`` ``x-image-meta-property-k``, null ones are left out. JSON
+    booleans become ``True``/``False`` and ints decimal, as in the headers, so one parser
+    (:class:`_Columns`) reads both and gives the same row.
+
+    Examples
+    --------
+    >>> pairs = v1_detail_header_pairs({"id": "a", "is_public": False, "size": None,
+    ...                                 "min_ram": 0, "properties": {"Env": "prod"}})
+    >>> [(k.decode(), v.decode()) for k, v in pairs]  # doctest: +NORMALIZE_WHITESPACE
+    [('x-image-meta-id', 'a'), ('x-image-meta-is_public', 'False'),
+     ('x-image-meta-min_ram', '0'), ('x-image-meta-property-Env', 'prod')]
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    properties: Any = None
+    for key, value in image.items():
+        if key == "properties":
+            properties = value
+        elif value is not None:
+            pairs.append((_V1_META_PREFIX + _v2_wire(key), _v2_wire(value)))
+    if isinstance(properties, Mapping):
+        for key, value in properties.items():
+            if value is not None:
+                pairs.append((_PROPERTY_PREFIX_BYTES + _v2_wire(key), _v2_wire(value)))
+    elif properties is not None:  # not an object: kept as text, as HEAD would show it
+        pairs.append((_V1_META_PREFIX + b"properties", _v2_wire(properties)))
     return pairs
 
 
