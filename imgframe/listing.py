@@ -83,7 +83,7 @@ DEFAULT_MAX_PAGES = 100_000
 
 async def list_image_ids_async(
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     api: Literal["v1", "v2"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
@@ -92,11 +92,15 @@ async def list_image_ids_async(
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     max_pages: int = DEFAULT_MAX_PAGES,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> AsyncIterator[str]:
     """Yield every image id the token can see, page by page, each id once.
 
-    ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``); ``token`` is what
-    :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``); a 401 asks the
+    ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``; None: the
+    catalog's, with a :class:`~imgframe.auth.KeystoneToken`); ``token`` is what
+    :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``), ``cloud`` and
+    ``region`` its ``clouds.yaml`` shorthand (not with ``token``); a 401 asks the
     token source for a fresh token once per page. A :class:`~imgframe.HuaweiAkSk` (any
     :class:`~imgframe.auth.RequestSigner`) signs each page's URL, query string included.
     ``api="v1"`` pages ``/v1/images/detail``
@@ -127,9 +131,20 @@ async def list_image_ids_async(
     >>> sorted(ids) == sorted(i.id for i in fleet.images if not i.deleted)
     True
     """
+    from imgframe.api import cloud_token  # see list_image_ids
+
+    source = token_source(cloud_token(token, cloud, region))
+    if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
+        find = getattr(source, "endpoint", None)
+        if not callable(find):
+            raise ConfigError(
+                "endpoint is required: the Glance/IMS URL (only a KeystoneToken, or "
+                "cloud=, can find it in its service catalog)"
+            )
+        endpoint = await find()
     lister = _Lister(
         endpoint,
-        token_source(token),
+        source,
         api=api,
         page_size=page_size,
         verify=verify,
@@ -144,7 +159,7 @@ async def list_image_ids_async(
 
 def list_image_ids(
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     api: Literal["v1", "v2"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
@@ -153,6 +168,8 @@ def list_image_ids(
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     max_pages: int = DEFAULT_MAX_PAGES,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> list[str]:
     """Every image id the token can see, in listing order (newest first), each once.
 
@@ -185,6 +202,8 @@ def list_image_ids(
                 timeout=timeout,
                 retries=retries,
                 max_pages=max_pages,
+                cloud=cloud,
+                region=region,
             )
         ]
 
