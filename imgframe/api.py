@@ -50,13 +50,14 @@ from imgframe.fetch import (
     invalid_ids,
 )
 from imgframe.parse import (
+    PACK_SEPARATOR,
     ParseProblems,
     _Columns,
     _gc_paused,
     build_frame,
     concat_frames,
     pack_headers,
-    v1_detail_header_pairs,
+    v1_detail_packed,
     v2_header_pairs,
 )
 
@@ -164,16 +165,28 @@ class _Collector:
         self.restored = 0
 
     def add(self, result: FetchResult) -> None:
+        packed = pack_headers(result.raw_headers) if result.raw_headers else None
+        self.add_packed(result.position, result.image_id, result.http_status, result.error, packed)
+
+    def add_packed(
+        self,
+        position: int,
+        image_id: str,
+        http_status: int | None,
+        error: str | None,
+        packed: bytes | None,
+    ) -> None:
+        """:meth:`add` of a result whose headers are already :func:`pack_headers`'d."""
         if not self.ids:
             self._batch_started = time.monotonic()
-        self.positions_batch.append(result.position)
-        self.ids.append(result.image_id)
-        self.statuses.append(result.http_status)
-        self.errors.append(result.error)
-        self.packed.append(pack_headers(result.raw_headers) if result.raw_headers else None)
-        if result.http_status == 200 and result.error is None:
+        self.positions_batch.append(position)
+        self.ids.append(image_id)
+        self.statuses.append(http_status)
+        self.errors.append(error)
+        self.packed.append(packed)
+        if http_status == 200 and error is None:
             self.counts["ok"] += 1
-        elif result.http_status == 404:
+        elif http_status == 404:
             self.counts["not found"] += 1
         else:
             self.counts["errors"] += 1
@@ -722,7 +735,7 @@ async def _listed_rows(
         # The next page is asked for while this one becomes rows: at 50 ms a page, the
         # listing's own latency is then the run's only cost.
         pages = _read_ahead(pages, LISTING_PAGES_AHEAD)
-        pairs_of = v2_header_pairs if listing_api == "v2" else v1_detail_header_pairs
+        packed_of = _v2_packed if listing_api == "v2" else v1_detail_packed
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
@@ -730,12 +743,11 @@ async def _listed_rows(
                     start = position
                     position += len(page.ids)
                     records = page.records
-                    extra = [] if page.request_id is None else [(_REQUEST_ID, page.request_id)]
-                    add = collector.add
+                    rid = page.request_id
+                    tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
+                    add = collector.add_packed
                     for at, image_id in _sendable(collector, page.ids, start, stored):
-                        pairs = pairs_of(records[at - start])
-                        pairs.extend(extra)
-                        add(FetchResult(at, image_id, 200, pairs, None, 1))
+                        add(at, image_id, 200, None, packed_of(records[at - start]) + tail)
                     await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
             return
         except NoV1ApiError:
@@ -746,6 +758,12 @@ async def _listed_rows(
 
 
 _REQUEST_ID = b"X-Openstack-Request-Id"
+
+
+def _v2_packed(image: dict[str, Any]) -> bytes:
+    return pack_headers(v2_header_pairs(image))
+
+
 _T = TypeVar("_T")
 
 

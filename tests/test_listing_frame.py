@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import imgframe
 from imgframe import ConfigError
@@ -268,3 +270,38 @@ def test_cloud_with_token_or_region_alone_is_a_config_error(cloud) -> None:
         imgframe.list_image_ids(cloud="lab", token=ADMIN_TOKEN)
     with pytest.raises(ConfigError, match="no-such-cloud"):
         imgframe.list_image_ids(cloud="no-such-cloud")
+
+
+# ----------------------------------------------------------------------- the mapping
+_json_values = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1),
+        _json_values
+        | st.lists(_json_values, max_size=3)
+        | st.dictionaries(st.text(), _json_values, max_size=3),
+        max_size=8,
+    )
+)
+def test_the_packed_detail_record_is_its_packed_header_pairs(record: dict) -> None:
+    from imgframe.parse import pack_headers, v1_detail_header_pairs, v1_detail_packed
+
+    assert v1_detail_packed(record) == pack_headers(v1_detail_header_pairs(record))
+
+
+def test_a_detail_record_reads_as_its_head_answer(fleet: Fleet) -> None:
+    from imgframe.parse import frame_from_headers, v1_detail_header_pairs
+    from imgframe.testing.emulator import _detail, render_headers
+
+    images = fleet.images[:300]
+    records = json.loads(json.dumps([_detail(i) for i in images]))  # as the wire has them
+    from_detail = frame_from_headers(
+        [{k.decode(): v.decode() for k, v in v1_detail_header_pairs(r)} for r in records]
+    )
+    from_head = frame_from_headers([dict(render_headers(i)) for i in images])
+    pd.testing.assert_frame_equal(
+        from_detail.drop(columns="request_id"), from_head.drop(columns="request_id")
+    )
