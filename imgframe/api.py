@@ -714,7 +714,9 @@ async def _listed_rows(
     those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
     deduplicated, checked and restored from ``stored`` exactly as there. With
     ``api="auto"`` a v1 listing answering 300 switches to the v2 listing (and
-    ``fetcher``, whose ``using_v2`` the caller reads) before any row.
+    ``fetcher``, as :func:`_listed_pages` does) before any row. The image's own URL is
+    not asked: a project token's row of a deleted image it may list is a 200 here
+    (``deleted`` True) where its HEAD would answer 404.
     """
     from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
 
