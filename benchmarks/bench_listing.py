@@ -57,22 +57,27 @@ def emulator_process(images: int, latency: float) -> Iterator[str]:
             process.wait(10)
 
 
+def fetch(url: str, head: bool | None) -> pd.DataFrame:
+    """The whole-cloud fetch; ``head`` None: only the listing (``list_image_ids``)."""
+    if head is None:
+        return pd.DataFrame(index=imgframe.list_image_ids(endpoint=url, token=ADMIN_TOKEN))
+    return imgframe.fetch_images(
+        endpoint=url, token=ADMIN_TOKEN, progress=False, verify_with_head=head
+    )
+
+
 def one_run(
-    fleet: Fleet, latency: float, head: bool, server: str = "thread"
+    fleet: Fleet, latency: float, head: bool | None, server: str = "thread"
 ) -> tuple[float, int | None, int | None, pd.DataFrame]:
     """Seconds, listing requests, image requests and the frame of one whole-cloud fetch."""
     if server == "process":
         with emulator_process(len(fleet.images), latency) as url:
             started = time.perf_counter()
-            df = imgframe.fetch_images(
-                endpoint=url, token=ADMIN_TOKEN, progress=False, verify_with_head=head
-            )
+            df = fetch(url, head)
             return time.perf_counter() - started, None, None, df
     with GlanceEmulator(fleet, faults=Faults(latency=latency)) as emu:
         started = time.perf_counter()
-        df = imgframe.fetch_images(
-            endpoint=emu.url, token=ADMIN_TOKEN, progress=False, verify_with_head=head
-        )
+        df = fetch(emu.url, head)
         seconds = time.perf_counter() - started
         log = emu.request_log
     pages = sum(1 for r in log if r.path in LIST_PATHS)
@@ -112,6 +117,8 @@ def main() -> None:
         f"emulator in a {args.server}"
     )
     for latency in (0.0, args.latency):
+        runs = [one_run(fleet, latency, None, args.server) for _ in range(args.repeat)]
+        print(f"latency {latency * 1000:g} ms  listing ids alone: {min(r[0] for r in runs):.2f} s")
         runs = [one_run(fleet, latency, False, args.server) for _ in range(args.repeat)]
         detail_s, pages, images_sent, detail_df = min(runs, key=lambda run: run[0])
         print(
