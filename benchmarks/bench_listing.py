@@ -10,7 +10,8 @@
     per listed image, at the default concurrency (32).
 
 Each at zero latency and with the emulator's latency fault (``--latency``, default 50 ms
-per request, listing pages included). At that latency a HEAD of every image takes
+per request, listing pages included), after the listing alone (``list_image_ids``) for
+reference. At that latency a HEAD of every image takes
 ``images x latency / concurrency`` (~78 s for 50,000): with ``--head-images N`` (default
 10,000) the HEAD way is measured on an N-image fleet and its time scaled linearly to
 ``--images`` (printed as "extrapolated"); ``--head-images 0`` measures the whole fleet.

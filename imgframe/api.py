@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -557,6 +557,7 @@ async def _fetch(
         if stored is not None and len(stored):
             collector.use_stored(stored)
         items: Iterable[tuple[int, str]] | IdFeed | None = None
+        rows: Callable[[], Awaitable[None]] | None = None
         if from_listing:  # the whole cloud, each row made from its listing record
             rows = functools.partial(
                 _listed_rows,
@@ -592,9 +593,10 @@ async def _fetch(
         if store is not None:
             ticker = asyncio.create_task(collector.flush_every(checkpoint_module.FLUSH_SECONDS))
         try:
-            if items is None:
+            if rows is not None:
                 await rows()
             else:
+                assert items is not None
                 await fetcher.run(items, collector.add)
         finally:
             if ticker is not None:
