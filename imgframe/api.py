@@ -1,18 +1,23 @@
 """fetch -> parse -> frame: the functions most users call.
 
 :func:`fetch_images` (blocking, notebook-safe) and :func:`fetch_images_async` return the
-contract frame of docs/ARCHITECTURE.md: one row per distinct requested id, in input order, indexed
-by ``id``, failures included with ``http_status`` and ``error``.
+contract frame of docs/ARCHITECTURE.md: one row per distinct requested id, in input
+order, indexed by ``id``, failures included with ``http_status`` and ``error``.
 
-With ``ids=None`` the cloud's listing is streamed into the fetch: a producer task reads
-the listing page by page into an :class:`~imgframe.fetch.IdFeed` and the workers send
-HEADs as soon as the first page arrives. Listed ids get their positions in listing
-order, are checked (``invalid_ids``) page by page and deduplicated by the listing, so
-the frame is the one ``list_image_ids`` followed by ``fetch_images`` gives. At most
-``LISTING_PAGES_AHEAD`` pages wait in the feed (~3,000 ids with the default page size):
-memory stays flat however large the cloud. A listing that fails midway ends the whole
-call with its error (which names the listing URL); the rows fetched so far are not
-returned, since a frame missing an unknown part of the cloud would look complete.
+With ``ids=None`` the rows are made from the listing's own records (v1
+``images/detail``, v2 ``/v2/images``: every field and property of up to 1,000 images per
+request), through the same parser as a HEAD answer (``parse.v1_detail_header_pairs``,
+``parse.v2_header_pairs``), so the frame is the one ``list_image_ids`` followed by
+``fetch_images`` gives, ``request_id`` being the listing page's. The next page is asked
+for while the current one becomes rows. With ``verify_with_head=True`` the listing is
+instead streamed into the fetch: a producer task reads it page by page into an
+:class:`~imgframe.fetch.IdFeed` and the workers send HEADs (v2: GETs) as soon as the
+first page arrives; at most ``LISTING_PAGES_AHEAD`` pages wait in the feed, so memory
+stays flat however large the cloud. Either way listed ids get their positions in listing
+order and are checked (``invalid_ids``) and deduplicated page by page. A listing that
+fails midway ends the whole call with its error (which names the listing URL); the rows
+read so far are not returned (a frame missing an unknown part of the cloud would look
+complete) but stay in the checkpoint, if there is one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -28,8 +34,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -49,12 +55,15 @@ from imgframe.fetch import (
     invalid_ids,
 )
 from imgframe.parse import (
+    PACK_SEPARATOR,
     ParseProblems,
     _Columns,
     _gc_paused,
     build_frame,
     concat_frames,
     pack_headers,
+    v1_detail_packed,
+    v2_header_pairs,
 )
 
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
@@ -161,16 +170,28 @@ class _Collector:
         self.restored = 0
 
     def add(self, result: FetchResult) -> None:
+        packed = pack_headers(result.raw_headers) if result.raw_headers else None
+        self.add_packed(result.position, result.image_id, result.http_status, result.error, packed)
+
+    def add_packed(
+        self,
+        position: int,
+        image_id: str,
+        http_status: int | None,
+        error: str | None,
+        packed: bytes | None,
+    ) -> None:
+        """:meth:`add` of a result whose headers are already :func:`pack_headers`'d."""
         if not self.ids:
             self._batch_started = time.monotonic()
-        self.positions_batch.append(result.position)
-        self.ids.append(result.image_id)
-        self.statuses.append(result.http_status)
-        self.errors.append(result.error)
-        self.packed.append(pack_headers(result.raw_headers) if result.raw_headers else None)
-        if result.http_status == 200 and result.error is None:
+        self.positions_batch.append(position)
+        self.ids.append(image_id)
+        self.statuses.append(http_status)
+        self.errors.append(error)
+        self.packed.append(packed)
+        if http_status == 200 and error is None:
             self.counts["ok"] += 1
-        elif result.http_status == 404:
+        elif http_status == 404:
             self.counts["not found"] += 1
         else:
             self.counts["errors"] += 1
@@ -311,7 +332,9 @@ def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> 
         return None
     from tqdm.auto import tqdm
 
-    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images"}.get(api, "images")
+    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images", "listing": "listing"}.get(
+        api, "images"
+    )
     label = PROGRESS_LABEL.get()
     if label:
         desc = f"{label}: {desc}"
@@ -361,6 +384,9 @@ async def fetch_images_async(
     api: Literal["v1", "v2", "auto"] = "v1",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
 
@@ -379,6 +405,7 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
+    token = cloud_token(token, cloud, region)
     requested = None if ids is None else normalize_ids(ids)
     manifest = None
     if checkpoint is not None:
@@ -398,7 +425,45 @@ async def fetch_images_async(
         checkpoint=checkpoint,
         manifest=manifest,
         include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
     )
+
+
+def cloud_token(token: TokenArg, cloud: str | None, region: str | None = None) -> TokenArg:
+    """``token``, or for ``cloud`` (a ``clouds.yaml`` name) its
+    :meth:`~imgframe.auth.KeystoneToken.from_cloud` token: the ``cloud=`` shorthand.
+
+    ``cloud`` with ``token`` is refused (which one should win?); ``region`` needs
+    ``cloud``. An ``endpoint=`` given with ``cloud=`` is used instead of the catalog's.
+
+    Examples
+    --------
+    >>> cloud_token("t", None)
+    't'
+    >>> cloud_token("t", "prod")
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: give cloud= or token=, not both: cloud='prod' logs in ...
+    """
+    if cloud is None:
+        if region is not None:
+            raise ConfigError(
+                f"region={region!r} needs cloud=: a region picks an endpoint from a "
+                "clouds.yaml cloud's catalog"
+            )
+        return token
+    if not isinstance(cloud, str) or not cloud:
+        raise ConfigError(f"cloud must be a clouds.yaml cloud name, got {cloud!r}")
+    if region is not None and (not isinstance(region, str) or not region):
+        raise ConfigError(f"region must be a region name or None, got {region!r}")
+    if token is not None:
+        raise ConfigError(
+            f"give cloud= or token=, not both: cloud={cloud!r} logs in with its "
+            "clouds.yaml credentials"
+        )
+    from imgframe.auth import KeystoneToken
+
+    return KeystoneToken.from_cloud(cloud, region=region)
 
 
 def _checkpoint_facts(
@@ -433,6 +498,7 @@ async def _fetch(
     checkpoint: str | os.PathLike[str] | None = None,
     manifest: Manifest | None = None,
     labels: tuple[str, str | None] | None = None,
+    verify_with_head: bool = False,
 ) -> pd.DataFrame:
     """:func:`fetch_images_async` on normalized ids; ``manifest`` (with ``checkpoint``)
     is the request's checkpoint facts, completed here with the endpoint and ``labels``
@@ -441,6 +507,8 @@ async def _fetch(
         raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
     if not isinstance(include_deleted, bool):
         raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
+    if not isinstance(verify_with_head, bool):
+        raise ConfigError(f"verify_with_head must be True or False, got {verify_with_head!r}")
     source = token_source(token)
     if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
         find = getattr(source, "endpoint", None)
@@ -481,14 +549,35 @@ async def _fetch(
             raise
     else:
         stored = None
+    from_listing = requested is None and not verify_with_head
     collector = _Collector(
-        _progress_bar(progress, None if requested is None else len(requested), api), store
+        _progress_bar(
+            progress,
+            None if requested is None else len(requested),
+            "listing" if from_listing else api,
+        ),
+        store,
     )
     try:
         if stored is not None and len(stored):
             collector.use_stored(stored)
-        items: Iterable[tuple[int, str]] | IdFeed
-        if requested is None:  # the whole cloud: every image the token may list
+        items: Iterable[tuple[int, str]] | IdFeed | None = None
+        rows: Callable[[], Awaitable[None]] | None = None
+        if from_listing:  # the whole cloud, each row made from its listing record
+            rows = functools.partial(
+                _listed_rows,
+                fetcher,
+                collector,
+                endpoint=endpoint,
+                tokens=source,
+                api=api,
+                verify=verify,
+                timeout=timeout,
+                retries=retries,
+                include_deleted=include_deleted,
+                stored=stored,
+            )
+        elif requested is None:  # the whole cloud, one request per listed image
             pages = _listed_pages(
                 fetcher,
                 collector,
@@ -509,7 +598,11 @@ async def _fetch(
         if store is not None:
             ticker = asyncio.create_task(collector.flush_every(checkpoint_module.FLUSH_SECONDS))
         try:
-            await fetcher.run(items, collector.add)
+            if rows is not None:
+                await rows()
+            else:
+                assert items is not None
+                await fetcher.run(items, collector.add)
         finally:
             if ticker is not None:
                 ticker.cancel()
@@ -607,6 +700,116 @@ async def _listed_pages(
             fetcher.use_v2("its v1 listing answered 300")
 
 
+async def _listed_rows(
+    fetcher: HeadFetcher,
+    collector: _Collector,
+    *,
+    endpoint: str,
+    tokens: TokenSource | RequestSigner,
+    api: str,
+    verify: bool | str,
+    timeout: float | Timeout,
+    retries: int | RetryPolicy,
+    include_deleted: bool = False,
+    stored: pd.DataFrame | None = None,
+) -> None:
+    """Every listed image's row made from its listing record, no request per image.
+
+    A v1 ``images/detail`` record (:func:`~imgframe.parse.v1_detail_header_pairs`) or a
+    v2 image document (:func:`~imgframe.parse.v2_header_pairs`) becomes the header
+    pairs its own HEAD (or v2 GET) would have answered, as a 200 result, so the rows are
+    those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
+    deduplicated, checked and restored from ``stored`` exactly as there. With
+    ``api="auto"`` a v1 listing answering 300 switches to the v2 listing (and
+    ``fetcher``, as :func:`_listed_pages` does) before any row. The image's own URL is
+    not asked: a project token's row of a deleted image it may list is a 200 here
+    (``deleted`` True) where its HEAD would answer 404.
+    """
+    from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
+
+    listing_api = "v2" if api == "v2" else "v1"
+    position = 0
+    while True:
+        pages = _Lister(
+            endpoint,
+            tokens,
+            api=listing_api,
+            page_size=LISTING_PAGE_SIZE,
+            verify=verify,
+            include_deleted=include_deleted,
+            timeout=timeout,
+            retries=retries,
+            max_pages=DEFAULT_MAX_PAGES,
+        ).detail_pages()
+        # The next page is asked for while this one becomes rows: at 50 ms a page, the
+        # listing's own latency is then the run's only cost.
+        pages = _read_ahead(pages, LISTING_PAGES_AHEAD)
+        packed_of = _v2_packed if listing_api == "v2" else v1_detail_packed
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    collector.expect(len(page.ids))
+                    start = position
+                    position += len(page.ids)
+                    records = page.records
+                    rid = page.request_id
+                    tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
+                    add = collector.add_packed
+                    for at, image_id in _sendable(collector, page.ids, start, stored):
+                        add(at, image_id, 200, None, packed_of(records[at - start]) + tail)
+                    await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
+            return
+        except NoV1ApiError:
+            if api != "auto" or listing_api == "v2" or position:
+                raise
+            listing_api = "v2"
+            fetcher.use_v2("its v1 listing answered 300")
+
+
+_REQUEST_ID = b"X-Openstack-Request-Id"
+
+
+def _v2_packed(image: dict[str, Any]) -> bytes:
+    return pack_headers(v2_header_pairs(image))
+
+
+_T = TypeVar("_T")
+
+
+async def _read_ahead(source: AsyncIterator[_T], ahead: int) -> AsyncGenerator[_T, None]:
+    """``source``'s items, read by a task of their own up to ``ahead`` items ahead.
+
+    ``source``'s error is raised here, after the items before it; closing (or
+    cancelling) this generator cancels the reading task, which closes ``source``.
+    """
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=ahead)
+
+    async def read() -> None:
+        try:
+            async with contextlib.aclosing(source):  # type: ignore[type-var]
+                async for item in source:
+                    await queue.put((True, item))
+        except Exception as exc:  # handed to the reader; CancelledError is not
+            await queue.put((False, exc))
+        else:
+            await queue.put((False, None))
+
+    task = asyncio.create_task(read())
+    try:
+        while True:
+            ok, item = await queue.get()
+            if ok:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def fetch_images(
     ids: Iterable[Any] | None = None,
     *,
@@ -622,14 +825,24 @@ def fetch_images(
     api: Literal["v1", "v2", "auto"] = "v1",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
-    ``ids`` None fetches every image the token may list (:func:`imgframe.list_image_ids`),
-    streaming the listing into the fetch; the rows are in listing order (newest first).
+    ``ids`` None fetches every image the token may list (:func:`imgframe.list_image_ids`);
+    the rows are in listing order (newest first). Each row is made from the listing's
+    own record of the image (v1 ``images/detail``, v2 ``/v2/images``: every field and
+    property, ~1 request per 1,000 images), the same row its HEAD would give, except
+    ``request_id``, which is the listing page's. ``verify_with_head=True`` instead sends
+    one HEAD (v2: GET) per listed id, streamed as the pages arrive: the answers of the
+    image's own URL, and a project token's HEAD of a deleted image answering 404.
     A listing that fails midway raises its error and returns no rows.
     ``endpoint`` is the Glance (or Huawei IMS) URL, with or without ``/v1`` (None: taken
-    from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``token``
+    from a :class:`~imgframe.auth.KeystoneToken`'s service catalog). ``cloud`` (and
+    ``region``) is the ``clouds.yaml`` shorthand for
+    ``token=KeystoneToken.from_cloud(cloud, region=region)``; not with ``token``. ``token``
     is a string, a :class:`~imgframe.auth.TokenSource`, a function returning a token, or
     a :class:`~imgframe.auth.HuaweiAkSk` access key that signs each request; None reads
     ``OS_AUTH_TOKEN``. ``concurrency`` is the number of requests in flight
@@ -694,6 +907,9 @@ def fetch_images(
         api=api,
         checkpoint=checkpoint,
         include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
+        cloud=cloud,
+        region=region,
     )
     return run_sync(coroutine)
 

@@ -347,6 +347,8 @@ def _fetch(args: argparse.Namespace) -> int:
         raise ImgframeError(
             "--include-deleted goes with --all (named ids are asked, deleted or not)"
         )
+    if args.head and ids is not None:
+        raise ImgframeError("--head goes with --all (named ids are always asked one by one)")
     if args.token:
         _say(
             "warning: a token given with --token is visible to every user of this machine "
@@ -361,6 +363,7 @@ def _fetch(args: argparse.Namespace) -> int:
         "max_rps": args.max_rps,
         "api": args.api,
         "include_deleted": args.include_deleted,
+        "verify_with_head": args.head,
     }
     run = _Run(args, checkpoint_folder(args, ids))
     with _Interrupts() as interrupts:
@@ -878,7 +881,16 @@ def build_parser() -> argparse.ArgumentParser:
         "wrote); '-' = stdin",
     )
     fetch.add_argument(
-        "--all", action="store_true", help="list every image the credentials can see, then HEAD"
+        "--all",
+        action="store_true",
+        help="every image the credentials can see, each row from the listing's own record "
+        "(about one request per 1,000 images)",
+    )
+    fetch.add_argument(
+        "--head",
+        action="store_true",
+        help="with --all: send one HEAD (v2: GET) per listed image instead of using the "
+        "listing's records (its answers, not the listing's)",
     )
     where = fetch.add_argument_group("where and who")
     where.add_argument(

@@ -178,6 +178,7 @@ async def fetch_fleet_async(
     errors: Literal["raise", "warn"] = "raise",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_fleet` (same arguments, same frame).
 
@@ -221,6 +222,7 @@ async def fetch_fleet_async(
                 adaptive=adaptive,
                 api=api,
                 include_deleted=include_deleted,
+                verify_with_head=verify_with_head,
                 checkpoint=folder,
                 manifest=manifest,
                 labels=(target.cloud, target.region),
@@ -296,6 +298,7 @@ def fetch_fleet(
     errors: Literal["raise", "warn"] = "raise",
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
+    verify_with_head: bool = False,
 ) -> pd.DataFrame:
     """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
 
@@ -324,7 +327,8 @@ def fetch_fleet(
     ``pyarrow.dataset.dataset(folder, partitioning="hive")`` reads every stored row with
     its cloud and region.
     Interrupting stops every target's sending and writes each one's rows.
-    ``include_deleted`` applies to each target's listing (``ids=None``).
+    ``include_deleted`` applies to each target's listing (``ids=None``), and so does
+    ``verify_with_head`` (one HEAD per listed id instead of rows from the listing).
 
     Examples
     --------
@@ -352,6 +356,7 @@ def fetch_fleet(
             errors=errors,
             checkpoint=checkpoint,
             include_deleted=include_deleted,
+            verify_with_head=verify_with_head,
         )
     )
 

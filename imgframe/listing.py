@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import warnings
@@ -82,7 +83,7 @@ DEFAULT_MAX_PAGES = 100_000
 
 async def list_image_ids_async(
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     api: Literal["v1", "v2"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
@@ -91,11 +92,15 @@ async def list_image_ids_async(
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     max_pages: int = DEFAULT_MAX_PAGES,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> AsyncIterator[str]:
     """Yield every image id the token can see, page by page, each id once.
 
-    ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``); ``token`` is what
-    :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``); a 401 asks the
+    ``endpoint`` is the Glance URL with or without ``/v1`` (or ``/v2``; None: the
+    catalog's, with a :class:`~imgframe.auth.KeystoneToken`); ``token`` is what
+    :func:`imgframe.fetch_images` takes (None reads ``OS_AUTH_TOKEN``), ``cloud`` and
+    ``region`` its ``clouds.yaml`` shorthand (not with ``token``); a 401 asks the
     token source for a fresh token once per page. A :class:`~imgframe.HuaweiAkSk` (any
     :class:`~imgframe.auth.RequestSigner`) signs each page's URL, query string included.
     ``api="v1"`` pages ``/v1/images/detail``
@@ -126,9 +131,20 @@ async def list_image_ids_async(
     >>> sorted(ids) == sorted(i.id for i in fleet.images if not i.deleted)
     True
     """
+    from imgframe.api import cloud_token  # see list_image_ids
+
+    source = token_source(cloud_token(token, cloud, region))
+    if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
+        find = getattr(source, "endpoint", None)
+        if not callable(find):
+            raise ConfigError(
+                "endpoint is required: the Glance/IMS URL (only a KeystoneToken, or "
+                "cloud=, can find it in its service catalog)"
+            )
+        endpoint = await find()
     lister = _Lister(
         endpoint,
-        token_source(token),
+        source,
         api=api,
         page_size=page_size,
         verify=verify,
@@ -143,7 +159,7 @@ async def list_image_ids_async(
 
 def list_image_ids(
     *,
-    endpoint: str,
+    endpoint: str | None = None,
     token: TokenArg = None,
     api: Literal["v1", "v2"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
@@ -152,6 +168,8 @@ def list_image_ids(
     timeout: float | Timeout = Timeout(),
     retries: int | RetryPolicy = RetryPolicy(),
     max_pages: int = DEFAULT_MAX_PAGES,
+    cloud: str | None = None,
+    region: str | None = None,
 ) -> list[str]:
     """Every image id the token can see, in listing order (newest first), each once.
 
@@ -184,6 +202,8 @@ def list_image_ids(
                 timeout=timeout,
                 retries=retries,
                 max_pages=max_pages,
+                cloud=cloud,
+                region=region,
             )
         ]
 
@@ -201,6 +221,19 @@ class _Page:
     ids: list[str]
     next_path: str | None  # v2 only: the server's ``next`` link
     deleted: frozenset[str] = frozenset()  # v1 detail: ids whose "deleted" is true
+    # The page's image records (v1 detail records or v2 documents), one per id.
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    request_id: bytes | None = None  # the page's X-Openstack-Request-Id, undecoded
+
+
+@dataclass(frozen=True, slots=True)
+class DetailPage:
+    """One listing page's images not listed before: ids, their records (v1 detail
+    records or v2 image documents, as sent) and the page's request id (raw bytes)."""
+
+    ids: list[str]
+    records: list[dict[str, Any]]
+    request_id: bytes | None
 
 
 class _Lister:
@@ -253,6 +286,14 @@ class _Lister:
 
     async def pages(self) -> AsyncGenerator[list[str], None]:
         """The ids of each page not listed before (never an empty list), page by page."""
+        pages = self.detail_pages()
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                yield page.ids
+
+    async def detail_pages(self) -> AsyncGenerator[DetailPage, None]:
+        """Each page's images not listed before (never an empty page), with their
+        records: an id listed twice keeps its first record."""
         if self._tokens is not None:
             try:
                 self._token = await self._tokens.token()
@@ -274,12 +315,15 @@ class _Lister:
             pages = self._v2_pages(session) if self.api == "v2" else self._v1_pages(session)
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    fresh = [i for i in dict.fromkeys(page) if i not in seen]
-                    if fresh:
-                        seen.update(fresh)
-                        yield fresh
+                    first: dict[str, dict[str, Any]] = {}
+                    for image_id, record in zip(page.ids, page.records, strict=True):
+                        if image_id not in seen and image_id not in first:
+                            first[image_id] = record
+                    if first:
+                        seen.update(first)
+                        yield DetailPage(list(first), list(first.values()), page.request_id)
 
-    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[list[str], None]:
+    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[_Page, None]:
         # is_public=None: without it Glance v1 lists only public images to an admin
         # (registry _get_is_public); other tokens see their own, shared and public
         # images either way. changes-since: see V1_CHANGES_SINCE.
@@ -312,9 +356,16 @@ class _Lister:
             if not page.ids:  # only an empty raw page ends it, not one of deleted images
                 return
             if page.deleted and not self.include_deleted:
-                yield [i for i in page.ids if i not in page.deleted]
+                kept = [
+                    (i, r)
+                    for i, r in zip(page.ids, page.records, strict=True)
+                    if i not in page.deleted
+                ]
+                yield dataclasses.replace(
+                    page, ids=[i for i, _ in kept], records=[r for _, r in kept]
+                )
             else:
-                yield page.ids
+                yield page
             marker = page.ids[-1]  # deleted or not: the server pages by the raw listing
             if marker in markers:
                 raise FetchError(
@@ -325,13 +376,13 @@ class _Lister:
             markers.add(marker)
             params["marker"] = marker
 
-    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[list[str], None]:
+    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[_Page, None]:
         path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size)})
         followed: set[str] = set()
         markers: set[str] = set()
         while path is not None:
             page = await self._get(session, path)
-            yield page.ids
+            yield page
             path = page.next_path
             if path is None:
                 return
@@ -373,7 +424,11 @@ class _Lister:
                     status = response.status
                     if status == 200:
                         body = await response.read()
-                        return self._parse(url, body)
+                        request_id = None
+                        for name, value in response.raw_headers:
+                            if name.lower() == b"x-openstack-request-id":
+                                request_id = value
+                        return self._parse(url, body, request_id)
                     retry_after = response.headers.get("Retry-After")
                     await response.read()  # keep the connection reusable
                 problem = f"HTTP {status} {_reason(status)}".rstrip()
@@ -421,7 +476,7 @@ class _Lister:
         self._token = fresh
         return True
 
-    def _parse(self, url: str, body: bytes) -> _Page:
+    def _parse(self, url: str, body: bytes, request_id: bytes | None = None) -> _Page:
         try:
             document: Any = json.loads(body)
             images = document["images"]
@@ -432,6 +487,7 @@ class _Lister:
             ) from None
         if not all(isinstance(image_id, str) and image_id for image_id in ids):
             raise FetchError(f"listing {url} failed: an image without a string id", url=url)
+        # image["id"] worked for each, so each record is a dict (or a str-keyed lookalike).
         next_path = None
         if self.api == "v2" and ids:  # an empty page ends the listing whatever it links to
             next_path = self._next_path(url, document.get("next"))
@@ -444,7 +500,7 @@ class _Lister:
                 for image in images
                 if isinstance(image, dict) and image.get("deleted") is True
             )
-        return _Page(ids, next_path, deleted)
+        return _Page(ids, next_path, deleted, images, request_id)
 
     def _next_path(self, url: str, link: object) -> str | None:
         if link is None:

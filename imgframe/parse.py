@@ -69,6 +69,8 @@ __all__ = [
     "frame_from_headers",
     "parse_headers",
     "repair_text",
+    "v1_detail_header_pairs",
+    "v1_detail_packed",
     "v2_header_pairs",
 ]
 
@@ -624,6 +626,135 @@ def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
         if key not in V2_CORE_ATTRIBUTES and value is not None:
             pairs.append((_PROPERTY_PREFIX_BYTES + _v2_wire(key), _v2_wire(value)))
     return pairs
+
+
+_V1_META_PREFIX = b"x-image-meta-"
+
+
+def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A Glance v1 ``images/detail`` record as the ``HEAD /v1/images/{id}`` header pairs.
+
+    Glance v1 makes its HEAD headers from the same record (``image_meta_to_http_headers``
+    in ``glance/common/utils.py``): every attribute ``k`` becomes ``x-image-meta-k``, each
+    entry of ``properties`` ``x-image-meta-property-k``, null ones are left out. JSON
+    booleans become ``True``/``False`` and ints decimal, as in the headers, so one parser
+    (:class:`_Columns`) reads both and gives the same row.
+
+    Examples
+    --------
+    >>> pairs = v1_detail_header_pairs({"id": "a", "is_public": False, "size": None,
+    ...                                 "min_ram": 0, "properties": {"Env": "prod"}})
+    >>> [(k.decode(), v.decode()) for k, v in pairs]  # doctest: +NORMALIZE_WHITESPACE
+    [('x-image-meta-id', 'a'), ('x-image-meta-is_public', 'False'),
+     ('x-image-meta-min_ram', '0'), ('x-image-meta-property-Env', 'prod')]
+    """
+    # ~40 values per image, a million images in a big cloud: the header names come from
+    # a cache (a listing has a few distinct keys), plain str/bool/int values skip _v2_wire.
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    names = _V1_NAMES
+    properties: Any = None
+    for key, value in image.items():
+        if value is None:
+            continue
+        if key == "properties":
+            properties = value
+            continue
+        name = names.get(key)
+        if name is None:
+            name = names[key] = _V1_META_PREFIX + _v2_wire(key)
+        append((name, _fast_wire(value)))
+    if isinstance(properties, Mapping):
+        names = _V1_PROPERTY_NAMES
+        for key, value in properties.items():
+            if value is not None:
+                name = names.get(key)
+                if name is None:
+                    name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+                append((name, _fast_wire(value)))
+    elif properties is not None:  # not an object: kept as text, as HEAD would show it
+        append((_V1_META_PREFIX + b"properties", _v2_wire(properties)))
+    if len(_V1_NAMES) > _NAME_CACHE_MAX or len(_V1_PROPERTY_NAMES) > _NAME_CACHE_MAX:
+        _V1_NAMES.clear()  # a server inventing keys must not grow the cache forever
+        _V1_PROPERTY_NAMES.clear()
+    return pairs
+
+
+_V1_NAMES: dict[Any, bytes] = {}
+_V1_PROPERTY_NAMES: dict[Any, bytes] = {}
+_NAME_CACHE_MAX = 10_000
+
+
+def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
+    r"""``pack_headers(v1_detail_header_pairs(image))``, built in one pass.
+
+    What a whole-cloud fetch keeps per listed image: no pair tuples, one join.
+
+    Examples
+    --------
+    >>> v1_detail_packed({"id": "a", "protected": True, "properties": {"os": "ü"}})
+    b'x-image-meta-id\x00a\x00x-image-meta-protected\x00True\x00x-image-meta-property-os\x00\xc3\xbc'
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    names = _V1_NAMES
+    properties: Any = None
+    for key, value in image.items():
+        if value is None:
+            continue
+        if key == "properties":
+            properties = value
+            continue
+        name = names.get(key)
+        if name is None:
+            name = names[key] = _V1_META_PREFIX + _v2_wire(key)
+        append(name)
+        cls = value.__class__
+        if cls is str:
+            try:
+                append(value.encode())
+            except UnicodeEncodeError:
+                append(_utf8(value))
+        elif cls is bool:
+            append(b"True" if value else b"False")
+        elif cls is int and -_BIG_INT < value < _BIG_INT:
+            append(b"%d" % value)
+        else:
+            append(_v2_wire(value))
+    if properties is not None:
+        if not isinstance(properties, Mapping):
+            return pack_headers(v1_detail_header_pairs(image))
+        names = _V1_PROPERTY_NAMES
+        for key, value in properties.items():
+            if value is None:
+                continue
+            name = names.get(key)
+            if name is None:
+                name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+            append(name)
+            append(_fast_wire(value))
+    if len(names) > _NAME_CACHE_MAX or len(_V1_NAMES) > _NAME_CACHE_MAX:
+        _V1_NAMES.clear()
+        _V1_PROPERTY_NAMES.clear()
+    blob = PACK_SEPARATOR.join(parts)
+    if blob.count(PACK_SEPARATOR) != len(parts) - 1:  # a NUL inside a value: pack_headers'
+        return pack_headers(v1_detail_header_pairs(image))
+    return blob
+
+
+_BIG_INT = 10**18  # "%d" of any smaller int is safe and fast
+
+
+def _fast_wire(value: Any) -> bytes:
+    """:func:`_v2_wire`, with its common cases first."""
+    cls = value.__class__
+    if cls is str:
+        if value.isascii():
+            return value.encode("ascii")
+        return _utf8(value)
+    if cls is bool:
+        return b"True" if value else b"False"
+    return _v2_wire(value)
 
 
 class _Columns:

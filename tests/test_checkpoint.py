@@ -258,13 +258,22 @@ def test_a_listing_resumes_with_the_new_listing(fleet: Fleet, tmp_path: Path) ->
     with GlanceEmulator(fleet, faults=Faults(latency=0.002), api_limit_max=200) as emu:
         port = int(emu.url.rsplit(":", 1)[1])
         asyncio.run(
-            cancel_after(1500, emu, endpoint=emu.url, token=ADMIN_TOKEN, checkpoint=tmp_path)
+            cancel_after(
+                1500,
+                emu,
+                endpoint=emu.url,
+                token=ADMIN_TOKEN,
+                checkpoint=tmp_path,
+                verify_with_head=True,
+            )
         )
     stored = stored_ids(tmp_path)
     assert 1000 < len(stored) < len(listed_before)
     # The cloud changed before the resume: 20 images gone, 15 new; same endpoint.
     with GlanceEmulator(changed, port=port, api_limit_max=200) as emu:
-        resumed = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, checkpoint=tmp_path)
+        resumed = imgframe.fetch_images(
+            endpoint=emu.url, token=ADMIN_TOKEN, checkpoint=tmp_path, verify_with_head=True
+        )
         resent = sent_ids(emu)
         emu.reset_log()
         fresh = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
@@ -415,7 +424,9 @@ def test_a_cancelled_fleet_fetch_resumes_each_target(tmp_path: Path) -> None:
 
         async def cancelled() -> None:
             task = asyncio.create_task(
-                imgframe.fetch_fleet_async(targets, concurrency=4, checkpoint=tmp_path)
+                imgframe.fetch_fleet_async(
+                    targets, concurrency=4, checkpoint=tmp_path, verify_with_head=True
+                )
             )
             deadline = time.monotonic() + 60
             while len(e.request_log) + len(w.request_log) < 800:
@@ -434,7 +445,9 @@ def test_a_cancelled_fleet_fetch_resumes_each_target(tmp_path: Path) -> None:
         }
         e.reset_log()
         w.reset_log()
-        resumed = imgframe.fetch_fleet(targets, concurrency=4, checkpoint=tmp_path)
+        resumed = imgframe.fetch_fleet(
+            targets, concurrency=4, checkpoint=tmp_path, verify_with_head=True
+        )
         resent = {"east": sent_ids(e), "west": sent_ids(w)}
     assert all(stored.values())
     for label, fleet in (("east", east), ("west", west)):

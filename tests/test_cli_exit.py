@@ -346,7 +346,7 @@ def test_include_deleted_keeps_the_deleted_images_of_a_listing(fleet, emulator, 
 def test_a_listing_that_fails_midway_keeps_the_rows_read_and_the_rerun_resumes(cli, tmp_path):
     fleet = make_fleet(2500, seed=12)
     out = tmp_path / "all.csv"
-    args = ("fetch", "--all", "--token", ADMIN_TOKEN, "--retries", "1", "-o", str(out))
+    args = ("fetch", "--all", "--head", "--token", ADMIN_TOKEN, "--retries", "1", "-o", str(out))
     with GlanceEmulator(fleet, faults=Faults(list_fail_from=2, latency=0.002)) as emu:
         ran = cli(*args, "--endpoint", emu.url)
         assert ran.status == 5, ran.err

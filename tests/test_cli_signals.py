@@ -247,7 +247,7 @@ def test_sigterm_stops_a_fleet_fetch_and_the_same_command_resumes_it(tmp_path) -
         env = {k: v for k, v in _environment().items() if not k.startswith("OS_")}
         env |= {"OS_CLIENT_CONFIG_FILE": str(clouds),
                 "OS_CLIENT_SECURE_FILE": str(tmp_path / "secure.yaml")}  # fmt: skip
-        command = [sys.executable, "-m", "imgframe", "fetch", "--cloud", "lab", "--all",
+        command = [sys.executable, "-m", "imgframe", "fetch", "--cloud", "lab", "--all", "--head",
                    "--concurrency", "2", "-o", str(out)]  # fmt: skip
 
         def sent() -> int:

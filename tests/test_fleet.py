@@ -305,7 +305,7 @@ def test_each_target_has_its_own_labelled_progress_bar(regions, fleets, capsys) 
         progress=True,
     )
     bars = capsys.readouterr().err
-    assert "lab/east: HEAD /v1/images" in bars and "lab/west: HEAD /v1/images" in bars
+    assert "lab/east: listing" in bars and "lab/west: listing" in bars
     # The label lives in each target's task only: a plain fetch afterwards has none.
     imgframe.fetch_images(
         ids=[fleets[0].images[0].id], endpoint=east_glance.url, token=ADMIN_TOKEN, progress=True

@@ -1,4 +1,5 @@
-"""fetch_images(ids=None): the listing streams into the fetch, against the real emulator."""
+"""fetch_images(ids=None, verify_with_head=True): the listing streams into the HEADs,
+against the real emulator (the default, rows from the listing: tests/test_listing_frame.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from imgframe.fetch import RetryPolicy
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, LoggedRequest, make_fleet
 
 LIST_PATHS = ("/v1/images/detail", "/v2/images")
+HEAD = {"verify_with_head": True}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_first_head_is_answered_before_the_last_listing_page(fleet: Fleet) -> No
     # 20 ms per request: six listing pages take >= 120 ms one after the other, while a
     # HEAD of the first page's ids is answered ~20 ms after that page arrives.
     with GlanceEmulator(fleet, api_limit_max=50, faults=Faults(latency=0.02)) as emu:
-        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
+        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, **HEAD)
         log = emu.request_log
     pages, heads = listing_requests(log), image_requests(log)
     assert len(pages) == 7  # 6 pages of <= 50 ids, then the empty page that ends it
@@ -51,9 +53,10 @@ def test_first_head_is_answered_before_the_last_listing_page(fleet: Fleet) -> No
     assert (df["http_status"] == 200).all() and len(df) == len(heads)
 
 
-def test_streamed_frame_equals_listing_then_fetching(fleet: Fleet) -> None:
+@pytest.mark.parametrize("head", [True, False])
+def test_streamed_frame_equals_listing_then_fetching(fleet: Fleet, head: bool) -> None:
     with GlanceEmulator(fleet, api_limit_max=20) as emu:
-        streamed = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN)
+        streamed = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, verify_with_head=head)
         ids = imgframe.list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN)
         two_step = imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
     assert list(streamed.index) == ids  # listing order, one row per listed id
@@ -62,10 +65,15 @@ def test_streamed_frame_equals_listing_then_fetching(fleet: Fleet) -> None:
     )
 
 
+@pytest.mark.parametrize("head", [True, False])
 @pytest.mark.parametrize("api", ["auto", "v2"])
-def test_a_cloud_without_v1_is_listed_and_fetched_with_v2(fleet: Fleet, api: str) -> None:
+def test_a_cloud_without_v1_is_listed_and_fetched_with_v2(
+    fleet: Fleet, api: str, head: bool
+) -> None:
     with GlanceEmulator(fleet, api_limit_max=40, faults=Faults(no_v1=True)) as emu:
-        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, api=api)
+        df = imgframe.fetch_images(
+            endpoint=emu.url, token=ADMIN_TOKEN, api=api, verify_with_head=head
+        )
         log = emu.request_log
     assert set(df.index) == {i.id for i in fleet.images if not i.deleted}
     assert (df["http_status"] == 200).all()
@@ -73,6 +81,7 @@ def test_a_cloud_without_v1_is_listed_and_fetched_with_v2(fleet: Fleet, api: str
     # auto: the one 300 of the first listing page switches listing and fetch alike
     assert len(v1) == (1 if api == "auto" else 0) and all(r.status == 300 for r in v1)
     assert not any(r.method == "HEAD" for r in log)
+    assert bool(image_requests(log)) is head
 
 
 def test_a_listing_failing_on_page_3_raises_quickly_and_leaves_nothing_running(
@@ -88,6 +97,7 @@ def test_a_listing_failing_on_page_3_raises_quickly_and_leaves_nothing_running(
                 token=ADMIN_TOKEN,
                 retries=RetryPolicy(attempts=2, backoff=0.01),
                 progress=False,
+                **HEAD,
             )
         seconds = time.monotonic() - started
         await asyncio.sleep(0.05)  # let cancelled tasks finish being cancelled
@@ -107,7 +117,9 @@ def test_a_listing_failing_on_page_3_raises_quickly_and_leaves_nothing_running(
 def test_cancelling_the_run_stops_the_listing_too(fleet: Fleet) -> None:
     async def run(url: str) -> set[asyncio.Task]:
         task = asyncio.create_task(
-            fetch_images_async(endpoint=url, token=ADMIN_TOKEN, concurrency=2, progress=False)
+            fetch_images_async(
+                endpoint=url, token=ADMIN_TOKEN, concurrency=2, progress=False, **HEAD
+            )
         )
         await asyncio.sleep(0.3)
         task.cancel()
@@ -133,7 +145,9 @@ def test_the_listing_never_runs_more_than_a_few_pages_ahead_of_the_fetch() -> No
     # Every request takes 5 ms: a listing page (10 ids) every 5 ms, while two workers need
     # 25 ms to HEAD a page. Unbounded, the listing would end with ~40 HEADs answered.
     with GlanceEmulator(fleet, api_limit_max=page, faults=Faults(latency=0.005)) as emu:
-        df = imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, concurrency=concurrency)
+        df = imgframe.fetch_images(
+            endpoint=emu.url, token=ADMIN_TOKEN, concurrency=concurrency, **HEAD
+        )
         log = emu.request_log
     assert len(df) == sum(not i.deleted for i in fleet.images)
     # The ids each raw page adds to the feed (deleted ones are dropped, empty pages skipped).
@@ -150,9 +164,12 @@ def test_the_listing_never_runs_more_than_a_few_pages_ahead_of_the_fetch() -> No
     assert answered < len(df)  # the listing did get ahead: the bound was what held it
 
 
-def test_the_progress_bar_total_grows_as_pages_arrive(fleet: Fleet, capsys) -> None:
+@pytest.mark.parametrize("head", [True, False])
+def test_the_progress_bar_total_grows_as_pages_arrive(fleet: Fleet, capsys, head: bool) -> None:
     with GlanceEmulator(fleet, api_limit_max=100) as emu:
-        imgframe.fetch_images(endpoint=emu.url, token=ADMIN_TOKEN, progress=True)
+        imgframe.fetch_images(
+            endpoint=emu.url, token=ADMIN_TOKEN, progress=True, verify_with_head=head
+        )
     final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     listed = sum(not i.deleted for i in fleet.images)
     assert f"{listed}/{listed}" in final
