@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fetch.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_million.py
+	$(BIN)/python benchmarks/bench_unreachable.py
+	$(BIN)/python benchmarks/bench_listing.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
