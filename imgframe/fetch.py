@@ -889,7 +889,10 @@ class HeadFetcher:
                         attempt,
                     )
                 if status not in self.retry.statuses:
-                    return FetchResult(position, image_id, status, None, error, attempt)
+                    # A 404 or 403 keeps the server's request id: what support asks for.
+                    return FetchResult(
+                        position, image_id, status, _request_id_only(headers), error, attempt
+                    )
                 retry_after = _retry_after(headers.get("Retry-After"))
             if attempt >= self.retry.attempts:
                 suffix = f" (gave up after {attempt} attempts)" if attempt > 1 else ""
@@ -1316,6 +1319,14 @@ def _broken_http(exc: BaseException) -> str:
     if "header" in message.lower():
         return BROKE_HTTP_HEADER
     return BROKE_HTTP
+
+
+def _request_id_only(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]] | None:
+    """The answer's ``X-Openstack-Request-Id`` as the only header pair kept, if sent."""
+    request_id = headers.get("X-Openstack-Request-Id")
+    if request_id is None:
+        return None
+    return [(_REQUEST_ID, request_id.encode("utf-8", "surrogateescape"))]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

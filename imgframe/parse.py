@@ -557,7 +557,8 @@ def pack_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
 
 
 # Glance v2 image attributes that are not custom properties (v2 flattens properties into
-# the top level of the image document, next to these).
+# the top level of the image document, next to these). ``os_hidden`` is not one of them:
+# no column holds it, so it is kept in ``properties`` ("True"/"False") rather than lost.
 V2_CORE_ATTRIBUTES = frozenset(
     {f.v2 for f in FIELDS if f.v2 is not None}
     | {
@@ -568,7 +569,6 @@ V2_CORE_ATTRIBUTES = frozenset(
         "schema",
         "direct_url",
         "locations",
-        "os_hidden",
         "stores",
     }
 )

@@ -430,3 +430,13 @@ def test_batches_concatenate_into_one_typed_frame(fleet, emulator, monkeypatch) 
         expected.drop(columns=["request_id"]),
         check_categorical=False,
     )
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_a_404_row_keeps_the_servers_request_id(emulator, api) -> None:
+    missing = "00000000-0000-4000-8000-000000000404"
+    df = fetch_images([missing], endpoint=emulator.url, token=ADMIN_TOKEN, api=api)
+    row = df.loc[missing]
+    assert row["http_status"] == 404 and row["error"] == "HTTP 404 Not Found"
+    assert str(row["request_id"]).startswith("req-")  # what a support ticket needs
+    assert pd.isna(row["name"]) and row["properties"] == {}

@@ -197,6 +197,8 @@ def test_v2_document_maps_to_v1_header_pairs() -> None:
     assert props == {
         b"x-image-meta-property-hw_cpu_count": b"4",
         b"x-image-meta-property-Os_Distro": b"cirros",
+        # No column holds os_hidden: it is kept as a property rather than lost.
+        b"x-image-meta-property-os_hidden": b"False",
     }
 
 

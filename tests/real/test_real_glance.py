@@ -29,11 +29,12 @@ IMGFRAME = str(Path(sys.executable).with_name("imgframe"))
 
 # What a v2 document holds besides custom properties (imgframe/parse.py's list, written
 # out again here so that the test does not take imgframe's word for it).
+# os_hidden is not in it: no column holds it, so imgframe keeps it as a property.
 V2_NOT_PROPERTIES = {
     "id", "name", "status", "size", "virtual_size", "checksum", "container_format",
     "disk_format", "owner", "protected", "min_ram", "min_disk", "created_at", "updated_at",
     "visibility", "tags", "os_hash_algo", "os_hash_value", "self", "file", "schema",
-    "direct_url", "locations", "stores", "os_hidden",
+    "direct_url", "locations", "stores",
 }  # fmt: skip
 
 # Compared below except the one whose property keys differ only in case (its own test).
@@ -276,14 +277,9 @@ def test_cli_wrong_token_exits_5_and_writes_nothing(
     assert "401" in run.stderr.strip().splitlines()[-1] or "token" in run.stderr.lower()
 
 
-# -- known gaps (ISSUE 10 section 3); strict: each turns into a failure once fixed ---------
+# -- known gaps; strict: each turns into a failure once fixed ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="os_hidden (v2) is dropped: no column, not in properties",
-)
 def test_os_hidden_is_kept(cloud: Any, seeded: Any) -> None:
     df = imgframe.fetch_images(
         [seeded.ids["hidden"], seeded.ids["public"]],
@@ -318,11 +314,6 @@ def test_property_keys_keep_their_case(
     _assert_row_is_document(df.iloc[0], documents["mixed_case"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a failed row has no request_id, though Glance sends one",
-)
 def test_a_404_row_keeps_the_request_id(cloud: Any) -> None:
     missing = str(uuid.uuid4())
     answer = requests.get(
