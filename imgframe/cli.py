@@ -38,7 +38,7 @@ from imgframe.errors import (
     ImgframeError,
     ImgframeWarning,
 )
-from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.fetch import RetryPolicy
 from imgframe.io import FORMATS, FORMULA_STARTS, to_csv, write
 from imgframe.outcome import Outcome, run_outcome
 
@@ -356,7 +356,7 @@ def _fetch(args: argparse.Namespace) -> int:
         )
     options = {
         "concurrency": args.concurrency,
-        "timeout": Timeout(total=args.timeout),
+        "timeout": args.timeout,  # seconds, converted as fetch_images(timeout=5) converts them
         "retries": RetryPolicy(attempts=args.retries + 1),
         "progress": args.progress,
         "verify": args.ca_bundle or not args.insecure,
