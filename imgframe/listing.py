@@ -408,7 +408,7 @@ class _Lister:
                     async for page in pages:
                         yield page
             except _FilterRefused:
-                # A v2 server that is not Glance Pike+ may refuse these filters: list what
+                # An older Glance, or a v2 server that is not Glance, may refuse these filters: list what
                 # it can rather than nothing, and say what may lack.
                 what = "hidden images" if "os_hidden" in extra else "community images, shares"
                 message = (
