@@ -408,8 +408,8 @@ class _Lister:
                     async for page in pages:
                         yield page
             except _FilterRefused:
-                # An older Glance, or a v2 server that is not Glance, may refuse these filters: list what
-                # it can rather than nothing, and say what may lack.
+                # An older Glance, or a v2 server that is not Glance, may refuse these
+                # filters: list what it can rather than nothing, and say what may lack.
                 what = "hidden images" if "os_hidden" in extra else "community images, shares"
                 message = (
                     f"{self.endpoint} refused {urlencode(extra)} in its v2 listing (HTTP 400): "
