@@ -13,7 +13,12 @@ Paging rules, and why:
   body has none.
 * A marker (or v2 ``next`` link) seen before means the server is going round in circles:
   :class:`~imgframe.FetchError`, never an endless loop. ``max_pages`` bounds the rest.
-* An id listed twice (the fleet changed between pages) is yielded once.
+* An id listed twice (the fleet changed between pages, or v2's passes overlap) is
+  yielded once, with its first record.
+* v2 lists in the passes of :data:`V2_PASSES` (Glance's default leaves out hidden images,
+  other projects' community images and pending or rejected shares); a pass whose first
+  page answers 400 to its filters is skipped with an
+  :class:`~imgframe.IncompleteListingWarning` (the first falls back to the default).
 
 Killed images and v1's ``changes-since`` (Glance Queens, read from its source):
 the v1 API passes on only its ``SUPPORTED_FILTERS`` (``glance/api/v1/__init__.py``;
@@ -106,8 +111,9 @@ async def list_image_ids_async(
     ``api="v1"`` pages ``/v1/images/detail``
     with ``is_public=None``, without which Glance v1 shows an admin only public images,
     and ``changes-since``, without which it hides killed images (see the module
-    docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links (v2's default
-    listing: public, own and shared images; never deleted ones). ``page_size`` is the
+    docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links in two passes,
+    every visibility and share status, then the hidden images (:data:`V2_PASSES`; Glance's
+    default listing has neither; never deleted ones). ``page_size`` is the
     ``limit`` asked for (the server may clamp it). ``include_deleted`` (v1) also lists
     soft-deleted images: all of them for an admin, a project's own and public ones for
     a project token (whose HEADs of them then answer 404). Transient failures (429,
@@ -214,6 +220,23 @@ def list_image_ids(
 # v1 listings ask for everything changed since the epoch: the only way Glance v1 lists
 # killed images (module docstring). Deleted ones come too and are dropped client-side.
 V1_CHANGES_SINCE = "1970-01-01T00:00:00"
+
+
+# Glance v2's default listing (glance/api/v2/images.py index, glance/db/sqlalchemy/api.py
+# _image_get_all) leaves out hidden images (os_hidden is always a filter, false unless
+# "true" is asked), other projects' community images (even for an admin: only
+# visibility=community or =all lists them) and shares not accepted (member_status
+# defaults to accepted). So v2 lists in two passes, in this order, each paged on its own:
+# every visibility and share status, not hidden; then the same, hidden. An id listed by
+# both (an image hidden between them) keeps its first record.
+V2_PASSES: tuple[dict[str, str], ...] = (
+    {"visibility": "all", "member_status": "all"},
+    {"visibility": "all", "member_status": "all", "os_hidden": "true"},
+)
+
+
+class _FilterRefused(Exception):
+    """A v2 listing pass's first page answered 400 to its filters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,11 +400,45 @@ class _Lister:
             params["marker"] = marker
 
     async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[_Page, None]:
-        path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size)})
+        # Two passes (V2_PASSES), each paged on its own; detail_pages dedupes across them.
+        for number, extra in enumerate(V2_PASSES):
+            try:
+                pages = self._v2_pass(session, extra)
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        yield page
+            except _FilterRefused:
+                # An older Glance, or a v2 server that is not Glance, may refuse these
+                # filters: list what it can rather than nothing, and say what may lack.
+                what = "hidden images" if "os_hidden" in extra else "community images, shares"
+                message = (
+                    f"{self.endpoint} refused {urlencode(extra)} in its v2 listing (HTTP 400): "
+                    f"{what} may be missing"
+                )
+                logger.warning("%s", message)
+                warnings.warn(message, IncompleteListingWarning, stacklevel=2)
+                if number == 0:  # at least Glance's default listing
+                    pages = self._v2_pass(session, {})
+                    async with contextlib.aclosing(pages):
+                        async for page in pages:
+                            yield page
+
+    async def _v2_pass(
+        self, session: aiohttp.ClientSession, extra: dict[str, str]
+    ) -> AsyncGenerator[_Page, None]:
+        """One listing pass with the ``extra`` filters, following ``next`` links."""
+        path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size), **extra})
         followed: set[str] = set()
         markers: set[str] = set()
+        first = True
         while path is not None:
-            page = await self._get(session, path)
+            try:
+                page = await self._get(session, path)
+            except FetchError as exc:
+                if first and extra and exc.status == 400:
+                    raise _FilterRefused from None
+                raise
+            first = False
             yield page
             path = page.next_path
             if path is None:

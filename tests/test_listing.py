@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -12,9 +13,15 @@ import pytest
 import requests
 from aiohttp import web
 
-from imgframe.errors import AuthError, ConfigError, FetchError, NoV1ApiError
+from imgframe.errors import (
+    AuthError,
+    ConfigError,
+    FetchError,
+    IncompleteListingWarning,
+    NoV1ApiError,
+)
 from imgframe.fetch import RetryPolicy
-from imgframe.listing import list_image_ids, list_image_ids_async
+from imgframe.listing import V2_PASSES, list_image_ids, list_image_ids_async
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
 
 APIS = ["v1", "v2"]
@@ -328,7 +335,7 @@ def test_an_empty_v2_page_ends_the_listing_even_with_a_next_link() -> None:
         return image_list(next_link="/v2/images?marker=x")
 
     result, seen = run_against(empty, api="v2")
-    assert result == [] and len(seen) == 1
+    assert result == [] and len(seen) == len(V2_PASSES)  # one empty page per pass
 
 
 def test_total_pages_are_bounded(emulator: GlanceEmulator) -> None:
@@ -505,3 +512,105 @@ def test_fetch_images_needs_an_endpoint_unless_the_token_knows_it() -> None:
 
     with pytest.raises(imgframe.ConfigError, match="endpoint is required"):
         imgframe.fetch_images(["a"], token="t")
+
+
+# --- v2: hidden images, community images, shares ------------------------------------------
+
+
+def test_v2_lists_hidden_and_other_projects_community_images() -> None:
+    fleet = make_fleet(120, seed=7, hidden=9)
+    hidden = {image.id for image in fleet.images if image.os_hidden}
+    assert len(hidden) == 9
+    with GlanceEmulator(fleet, api_limit_max=10) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api="v2", page_size=7)
+        default = requests.get(
+            emu.url + "/v2/images?limit=1000", headers={"X-Auth-Token": ADMIN_TOKEN}, timeout=10
+        ).json()["images"]
+    assert len(ids) == len(set(ids)) and set(ids) == live_ids(fleet)
+    # Glance's default, which the emulator models, really leaves both kinds out.
+    default_ids = {image["id"] for image in default}
+    assert not default_ids & hidden
+    assert any(image.get("visibility") == "community" for image in default) is False
+    assert len(default_ids) < len(live_ids(fleet) - hidden)
+    # Documented order: the hidden pass comes last.
+    assert set(ids[-len(hidden) :]) == hidden
+
+
+def test_v2_passes_dedupe_across_passes_and_keep_the_first() -> None:
+    async def passes(request: web.Request) -> web.Response:
+        assert request.query["visibility"] == "all" and request.query["member_status"] == "all"
+        if request.query.get("os_hidden") == "true":
+            return image_list("b", "c")  # b was hidden between the two passes
+        return image_list("a", "b")
+
+    result, seen = run_against(passes, api="v2")
+    assert result == ["a", "b", "c"]
+    assert [("os_hidden=true" in path) for path in seen] == [False, True]
+
+
+def test_v2_each_pass_follows_its_own_next_links() -> None:
+    async def paged(request: web.Request) -> web.Response:
+        tag = "h" if request.query.get("os_hidden") == "true" else "v"
+        if request.query.get("marker") is None:
+            query = "&".join(f"{k}={v}" for k, v in request.query.items())
+            return image_list(f"{tag}1", next_link=f"/v2/images?{query}&marker={tag}1")
+        return image_list(f"{tag}2")
+
+    result, seen = run_against(paged, api="v2", page_size=1)
+    assert result == ["v1", "v2", "h1", "h2"] and len(seen) == 4
+
+
+def test_v2_server_refusing_the_filters_is_listed_by_default_with_a_warning() -> None:
+    async def old_server(request: web.Request) -> web.Response:
+        if "visibility" in request.query or "os_hidden" in request.query:
+            return web.Response(status=400, text="Invalid visibility value: all")
+        return image_list("a", "b")
+
+    with pytest.warns(IncompleteListingWarning) as caught:
+        result, seen = run_against(old_server, api="v2")
+    assert result == ["a", "b"]
+    assert len(caught) == 2 and "hidden images may be missing" in str(caught[-1].message)
+    assert len(seen) == 3
+
+
+def test_a_400_on_a_later_v2_page_is_an_error_not_a_fallback() -> None:
+    async def broken(request: web.Request) -> web.Response:
+        if request.query.get("marker"):
+            return web.Response(status=400, text="Invalid marker")
+        return image_list("a", next_link="/v2/images?visibility=all&marker=a")
+
+    result, seen = run_against(broken, api="v2")
+    assert isinstance(result, FetchError) and result.status == 400
+    assert len(seen) == 2
+
+
+def test_emulator_v2_listing_filters_like_glance() -> None:
+    fleet = make_fleet(40, seed=2, hidden=4)
+    hidden = {image.id for image in fleet.images if image.os_hidden}
+    with GlanceEmulator(fleet) as emu:
+
+        def get(query: str) -> requests.Response:
+            return requests.get(
+                emu.url + "/v2/images?limit=100&" + query,
+                headers={"X-Auth-Token": ADMIN_TOKEN},
+                timeout=10,
+            )
+
+        only_hidden = get("os_hidden=true&visibility=all").json()["images"]
+        community = get("visibility=community").json()["images"]
+        statuses = [
+            get(q).status_code for q in ("os_hidden=maybe", "visibility=x", "member_status=x")
+        ]
+    assert {image["id"] for image in only_hidden} == hidden
+    assert all(image["os_hidden"] is True for image in only_hidden)
+    assert community and all(image["visibility"] == "community" for image in community)
+    assert statuses == [400, 400, 400]
+
+
+def test_hidden_images_leave_the_rest_of_the_fleet_unchanged() -> None:
+    plain, with_hidden = make_fleet(200, seed=4), make_fleet(200, seed=4, hidden=6)
+    for a, b in zip(plain.images, with_hidden.images, strict=True):
+        b_copy = dataclasses.replace(b, os_hidden=False)
+        assert a == b_copy
+    assert plain.planted == with_hidden.planted
+    assert make_fleet(200, seed=4, hidden=6) == with_hidden

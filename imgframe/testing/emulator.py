@@ -539,9 +539,13 @@ def _v2_draw(image: FleetImage) -> int:
     return int.from_bytes(hashlib.sha256(f"v2:{image.id}".encode()).digest()[:8], "big")
 
 
+_V2_VISIBILITIES = ("community", "public", "private", "shared", "all")
+
+
 def _v2_visibility(image: FleetImage) -> str:
     """Public images are "public"; the others mostly "private", some "shared" or
-    "community" (a label only: the emulator's visibility rules are v1's for all)."""
+    "community" (a label for who may see an image: the emulator's rules are v1's for
+    all; only the v2 listing's default hides other projects' community images)."""
     if image.is_public:
         return "public"
     draw = _v2_draw(image) % 10
@@ -579,6 +583,8 @@ def _v2_image(image: FleetImage) -> dict[str, Any]:
         "file": f"/v2/images/{image.id}/file",
         "schema": "/v2/schemas/image",
     }
+    if image.os_hidden:  # sent only when true, so the documents of other images stay as
+        body["os_hidden"] = True  # they were before the fleet knew os_hidden
     for key, value in image.properties.items():
         body.setdefault(key, value)  # a property never shadows a core attribute
     return body
@@ -1165,8 +1171,33 @@ class GlanceEmulator:
         return _body(200, json.dumps({"images": [render(i) for i in found[0]]}).encode(), _JSON)
 
     def _list_v2(self, request: web.BaseRequest, who: Token) -> web.Response:
+        # Glance v2 (glance/api/v2/images.py index, glance/db/sqlalchemy/api.py
+        # _image_get_all): os_hidden is always a filter, false unless "true" is asked;
+        # without a visibility, community images are listed only to their owner (an
+        # admin too); "all" lists every visibility. member_status is validated only:
+        # the emulator keeps no share memberships.
+        is_head = request.method == "HEAD"
+        hidden_text = request.query.get("os_hidden", "false").lower()
+        if hidden_text not in ("true", "false"):
+            return _error(400, f"Invalid value {hidden_text!r} for 'os_hidden' filter.", is_head)
+        visibility = request.query.get("visibility")
+        if visibility is not None and visibility not in _V2_VISIBILITIES:
+            return _error(400, f"Invalid visibility value: {visibility}", is_head)
+        member_status = request.query.get("member_status", "accepted")
+        if member_status not in ("pending", "accepted", "rejected", "all"):
+            return _error(400, f"Invalid status: {member_status}", is_head)
+        hidden = hidden_text == "true"
+
+        def keep(image: FleetImage) -> bool:
+            if image.os_hidden != hidden:
+                return False
+            label = _v2_visibility(image)
+            if visibility is None:
+                return label != "community" or image.owner == who.project_id
+            return visibility == "all" or label == visibility
+
         found = self._page(
-            request, who, False, "Invalid marker. Image {marker} could not be found."
+            request, who, False, "Invalid marker. Image {marker} could not be found.", keep
         )
         if isinstance(found, web.StreamResponse):
             return found

@@ -88,6 +88,7 @@ class FleetImage:
     updated_at: datetime
     deleted_at: datetime | None
     properties: dict[str, str]
+    os_hidden: bool = False  # v2 only: Glance's default v2 listing leaves it out
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ def make_fleet(
     public_unprotected: int | None = None,
     duplicate_groups: int | None = None,
     projects: int | None = None,
+    hidden: int = 0,
 ) -> Fleet:
     """Build ``n`` realistic images deterministically from ``seed``.
 
@@ -431,7 +433,8 @@ def make_fleet(
     A public-unprotected image is never also a duplicate; the other planted answers
     (stale, broken, format mismatch, missing requirements and security properties) are
     drawn per image and may overlap each other and those two, as in a real catalogue.
-    Time-based answers hold at :data:`FLEET_NOW`.
+    Time-based answers hold at :data:`FLEET_NOW`. ``hidden`` images that are not deleted
+    get ``os_hidden`` (v2), drawn apart so that the rest of the fleet stays the same.
 
     Examples
     --------
@@ -440,13 +443,15 @@ def make_fleet(
     (3, 2)
     >>> make_fleet(100, seed=1) == make_fleet(100, seed=2)
     False
+    >>> sum(image.os_hidden for image in make_fleet(100, seed=1, hidden=4).images)
+    4
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     n_public = round(0.02 * n) if public_unprotected is None else public_unprotected
     n_groups = round(0.01 * n / 3) if duplicate_groups is None else duplicate_groups
     n_projects = _default_projects(n) if projects is None else projects
-    if n_public < 0 or n_groups < 0 or n_projects < 1:
+    if n_public < 0 or n_groups < 0 or n_projects < 1 or hidden < 0:
         raise ValueError("planted counts must be >= 0 and projects >= 1")
     if n_public + 2 * n_groups > n:
         raise ValueError(
@@ -648,4 +653,9 @@ def make_fleet(
         missing_secure_boot=frozenset(missing_secure_boot),
         missing_mem_encryption=frozenset(missing_mem_encryption),
     )
+    # Hidden images come from a generator of their own, after everything else is drawn:
+    # asking for some leaves every other attribute of the fleet as it was.
+    live = [image for image in images if not image.deleted]
+    for image in random.Random(f"hidden:{seed}").sample(live, min(hidden, len(live))):
+        image.os_hidden = True
     return Fleet(images=images, seed=seed, projects=project_ids, planted=planted)
