@@ -164,7 +164,11 @@ def test_a_signer_is_given_the_exact_url_sent_for_every_request(emu, fleet) -> N
         ("HEAD", f"{emu.url}/v1/images/img%3A1"),
     ]
     imgframe.list_image_ids(endpoint=emu.url, token=signer, api="v2", page_size=500)
-    assert signer.signed[-1] == ("GET", f"{emu.url}/v2/images?limit=500")
+    query = "limit=500&visibility=all&member_status=all"  # the two passes of every image
+    assert signer.signed[-2:] == [
+        ("GET", f"{emu.url}/v2/images?{query}"),
+        ("GET", f"{emu.url}/v2/images?{query}&os_hidden=true"),
+    ]
 
 
 def test_an_id_that_needs_percent_encoding_is_signed_as_sent(emu) -> None:
