@@ -103,10 +103,10 @@ _MIN_MICROS = -(-pd.Timestamp.min.value // 1000)
 _MAX_MICROS = pd.Timestamp.max.value // 1000
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _PREFIX_LEN = len(PROPERTY_PREFIX)
-#: Prefix of the pseudo-headers :func:`v2_header_pairs` and :func:`v1_detail_header_pairs`
-#: give a custom property: its key comes from a JSON document, where case is significant
-#: (``{"Env": "prod", "env": "dev"}`` are two properties), so the parsers keep the case
-#: of what follows it, where an ``X-Image-Meta-Property-*`` key is lower-cased.
+#: Prefix of the pseudo-headers :func:`v2_header_pairs` gives a custom property: its key
+#: comes from a v2 JSON document, where case is significant (``{"Env": "prod", "env":
+#: "dev"}`` are two properties), so the parsers keep the case of what follows it, where
+#: an ``X-Image-Meta-Property-*`` key (v1 HEAD, v1 listing) is lower-cased.
 JSON_PROPERTY_PREFIX = "x-imgframe-property-"
 _JSON_PREFIX_LEN = len(JSON_PROPERTY_PREFIX)
 _WARN_IDS = 3
@@ -603,6 +603,7 @@ V2_CORE_ATTRIBUTES = frozenset(
 )
 _V2_HEADERS = tuple((f.v2, f.header.encode()) for f in HEADER_FIELDS if f.v2 is not None)  # type: ignore[union-attr]
 _PROPERTY_PREFIX_BYTES = JSON_PROPERTY_PREFIX.encode()
+_HEAD_PROPERTY_BYTES = PROPERTY_PREFIX.encode()
 
 
 def _utf8(text: str) -> bytes:
@@ -667,9 +668,9 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
     in ``glance/common/utils.py``): every attribute ``k`` becomes ``x-image-meta-k``, each
     entry of ``properties`` ``x-image-meta-property-k``, null ones are left out. JSON
     booleans become ``True``/``False`` and ints decimal, as in the headers, so one parser
-    (:class:`_Columns`) reads both and gives the same row, but for one thing: a property
-    goes to ``x-imgframe-property-k`` (:data:`JSON_PROPERTY_PREFIX`), so its key keeps
-    its case (HEAD lower-cases it: a header name is case-insensitive).
+    (:class:`_Columns`) reads both and gives the same row. So a property key is
+    lower-cased like HEAD's (whose names are case-insensitive): a v1 listing gives the
+    frame v1 HEAD gives; two keys differing only in case keep the last value and warn.
 
     Examples
     --------
@@ -677,7 +678,7 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
     ...                                 "min_ram": 0, "properties": {"Env": "prod"}})
     >>> [(k.decode(), v.decode()) for k, v in pairs]  # doctest: +NORMALIZE_WHITESPACE
     [('x-image-meta-id', 'a'), ('x-image-meta-is_public', 'False'),
-     ('x-image-meta-min_ram', '0'), ('x-imgframe-property-Env', 'prod')]
+     ('x-image-meta-min_ram', '0'), ('x-image-meta-property-Env', 'prod')]
     """
     # ~40 values per image, a million images in a big cloud: the header names come from
     # a cache (a listing has a few distinct keys), plain str/bool/int values skip _v2_wire.
@@ -701,7 +702,7 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
             if value is not None:
                 name = names.get(key)
                 if name is None:
-                    name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+                    name = names[key] = _HEAD_PROPERTY_BYTES + _v2_wire(key)
                 append((name, _fast_wire(value)))
     elif properties is not None:  # not an object: kept as text, as HEAD would show it
         append((_V1_META_PREFIX + b"properties", _v2_wire(properties)))
@@ -724,7 +725,7 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
     Examples
     --------
     >>> v1_detail_packed({"id": "a", "protected": True, "properties": {"os": "ü"}})
-    b'x-image-meta-id\x00a\x00x-image-meta-protected\x00True\x00x-imgframe-property-os\x00\xc3\xbc'
+    b'x-image-meta-id\x00a\x00x-image-meta-protected\x00True\x00x-image-meta-property-os\x00\xc3\xbc'
     """
     parts: list[bytes] = []
     append = parts.append
@@ -761,7 +762,7 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
                 continue
             name = names.get(key)
             if name is None:
-                name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+                name = names[key] = _HEAD_PROPERTY_BYTES + _v2_wire(key)
             append(name)
             append(_fast_wire(value))
     if len(names) > _NAME_CACHE_MAX or len(_V1_NAMES) > _NAME_CACHE_MAX:

@@ -147,7 +147,7 @@ FIELDS: tuple[Field, ...] = (
         "properties",
         None,
         Kind.PROPERTIES,
-        "custom properties; v1 HEAD keys lower-cased, JSON (v2, listing) keys as sent",
+        "custom properties; keys lower-cased from v1, as sent from v2",
     ),
     Field("http_status", None, Kind.INT, "HTTP status of the final attempt; NA if none"),
     # category, not string: a run has a handful of distinct messages (1 byte/row, not 8+).
