@@ -103,6 +103,12 @@ _MIN_MICROS = -(-pd.Timestamp.min.value // 1000)
 _MAX_MICROS = pd.Timestamp.max.value // 1000
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _PREFIX_LEN = len(PROPERTY_PREFIX)
+#: Prefix of the pseudo-headers :func:`v2_header_pairs` gives a custom property: its key
+#: comes from a v2 JSON document, where case is significant (``{"Env": "prod", "env":
+#: "dev"}`` are two properties), so the parsers keep the case of what follows it, where
+#: an ``X-Image-Meta-Property-*`` key (v1 HEAD, v1 listing) is lower-cased.
+JSON_PROPERTY_PREFIX = "x-imgframe-property-"
+_JSON_PREFIX_LEN = len(JSON_PROPERTY_PREFIX)
 _WARN_IDS = 3
 _WARN_ID_CHARS = 40
 
@@ -262,21 +268,42 @@ _SCALAR = {
 }
 
 
-def _lower_items(headers: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Split one mapping into (lower-cased plain headers, properties); None is absent."""
+def _property_key(name: str) -> str | None:
+    """The property key of a (repaired) header name, or None when it names no property.
+
+    A HEAD header name is case-insensitive (proxies and HTTP/2 re-case it), so its key is
+    lower-cased; a key from a JSON document (:data:`JSON_PROPERTY_PREFIX`) keeps its case.
+    """
+    if name.startswith(JSON_PROPERTY_PREFIX):
+        return name[_JSON_PREFIX_LEN:]
+    lowered = name.lower()
+    return lowered[_PREFIX_LEN:] if lowered.startswith(PROPERTY_PREFIX) else None
+
+
+def _lower_items(
+    headers: Mapping[Any, Any],
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Split one mapping into (lower-cased plain headers, properties, collided keys).
+
+    None is absent; of two property headers with one key and different values the last
+    one is kept and the key is listed in the third item.
+    """
     plain: dict[str, Any] = {}
     properties: dict[str, str] = {}
+    collided: list[str] = []
     for key, value in headers.items():
         if value is None:
             continue
-        key = (key if key.__class__ is str and key.isascii() else repair_text(key)).lower()
-        if key.startswith(PROPERTY_PREFIX):
-            properties[key[_PREFIX_LEN:]] = (
-                value if value.__class__ is str and value.isascii() else repair_text(value)
-            )
+        key = key if key.__class__ is str and key.isascii() else repair_text(key)
+        prop = _property_key(key)
+        if prop is not None:
+            text = value if value.__class__ is str and value.isascii() else repair_text(value)
+            if properties.get(prop, text) != text and prop not in collided:
+                collided.append(prop)
+            properties[prop] = text
         else:
-            plain[key] = value
-    return plain, properties
+            plain[key.lower()] = value
+    return plain, properties, collided
 
 
 def parse_headers(headers: Mapping[Any, Any]) -> Any:
@@ -296,7 +323,7 @@ def parse_headers(headers: Mapping[Any, Any]) -> Any:
     >>> rec.id, rec.size, rec.is_public, rec.created_at.isoformat(), rec.properties
     ('abc', 13167616, True, '2016-05-22T06:04:20.425843+00:00', {'os_distro': 'cirros'})
     """
-    plain, properties = _lower_items(headers)
+    plain, properties, collided = _lower_items(headers)
     values: dict[str, Any] = {"properties": properties}
     bad: list[str] = []
     for f in HEADER_FIELDS:
@@ -307,10 +334,12 @@ def parse_headers(headers: Mapping[Any, Any]) -> Any:
             values[f.column] = _SCALAR[f.kind](raw)
         except _Bad:
             bad.append(f.column)
-    if bad:
+    if bad or collided:
         problems = ParseProblems()
         for column in bad:
             problems.add(column, [values.get("id")])
+        for prop in collided:
+            problems.collide(prop, [values.get("id")])
         problems.warn()
     return ImageRecord(**values)
 
@@ -573,7 +602,8 @@ V2_CORE_ATTRIBUTES = frozenset(
     }
 )
 _V2_HEADERS = tuple((f.v2, f.header.encode()) for f in HEADER_FIELDS if f.v2 is not None)  # type: ignore[union-attr]
-_PROPERTY_PREFIX_BYTES = PROPERTY_PREFIX.encode()
+_PROPERTY_PREFIX_BYTES = JSON_PROPERTY_PREFIX.encode()
+_HEAD_PROPERTY_BYTES = PROPERTY_PREFIX.encode()
 
 
 def _utf8(text: str) -> bytes:
@@ -613,7 +643,7 @@ def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     >>> [(k.decode(), v.decode()) for k, v in pairs]  # doctest: +NORMALIZE_WHITESPACE
     [('x-image-meta-id', 'a'), ('x-imgframe-v2-visibility', 'shared'),
      ('x-imgframe-v2-tags', '["gold"]'), ('x-image-meta-is_public', 'False'),
-     ('x-image-meta-deleted', 'False'), ('x-image-meta-property-os_distro', 'cirros')]
+     ('x-image-meta-deleted', 'False'), ('x-imgframe-property-os_distro', 'cirros')]
     """
     pairs = [
         (header, _v2_wire(image[key])) for key, header in _V2_HEADERS if image.get(key) is not None
@@ -638,7 +668,9 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
     in ``glance/common/utils.py``): every attribute ``k`` becomes ``x-image-meta-k``, each
     entry of ``properties`` ``x-image-meta-property-k``, null ones are left out. JSON
     booleans become ``True``/``False`` and ints decimal, as in the headers, so one parser
-    (:class:`_Columns`) reads both and gives the same row.
+    (:class:`_Columns`) reads both and gives the same row. So a property key is
+    lower-cased like HEAD's (whose names are case-insensitive): a v1 listing gives the
+    frame v1 HEAD gives; two keys differing only in case keep the last value and warn.
 
     Examples
     --------
@@ -670,7 +702,7 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
             if value is not None:
                 name = names.get(key)
                 if name is None:
-                    name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+                    name = names[key] = _HEAD_PROPERTY_BYTES + _v2_wire(key)
                 append((name, _fast_wire(value)))
     elif properties is not None:  # not an object: kept as text, as HEAD would show it
         append((_V1_META_PREFIX + b"properties", _v2_wire(properties)))
@@ -730,7 +762,7 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
                 continue
             name = names.get(key)
             if name is None:
-                name = names[key] = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+                name = names[key] = _HEAD_PROPERTY_BYTES + _v2_wire(key)
             append(name)
             append(_fast_wire(value))
     if len(names) > _NAME_CACHE_MAX or len(_V1_NAMES) > _NAME_CACHE_MAX:
@@ -781,14 +813,17 @@ class _Columns:
         self.values = values
         self.rows = rows
         # Lower-case only the few distinct names (servers spell each header one way) and
-        # merge the spellings that differ only in case (or only in their repair).
-        lowered: dict[str, int] = {}
+        # merge the spellings that differ only in case (or only in their repair). A
+        # property's name becomes ("property", key): it can never equal a plain header.
+        canonical: dict[str | tuple[str, str], int] = {}
         remap = np.empty(len(names), dtype=np.int64)
         for i, name in enumerate(names):
             text = name if name.__class__ is str and name.isascii() else repair_text(name)
-            remap[i] = lowered.setdefault(text.lower(), len(lowered))
+            prop = _property_key(text)
+            key = text.lower() if prop is None else ("property", prop)
+            remap[i] = canonical.setdefault(key, len(canonical))
         self._codes = remap[codes] if len(codes) else codes.astype(np.int64)
-        self._names: list[str] = list(lowered)
+        self._names: list[str | tuple[str, str]] = list(canonical)
 
     @classmethod
     def from_mappings(cls, headers: Iterable[Mapping[str, Any]]) -> _Columns:
@@ -796,7 +831,12 @@ class _Columns:
         mappings = headers if isinstance(headers, list | tuple) else list(headers)
         lengths = np.fromiter(map(len, mappings), dtype=np.int64, count=len(mappings))
         keys = list(chain.from_iterable(mappings))
-        values = list(chain.from_iterable(m.values() for m in mappings))
+        if len(keys) == lengths.sum():
+            values = list(chain.from_iterable(m.values() for m in mappings))
+        else:  # multidict 7 iterates a repeated name once (len and values() count each)
+            pairs = list(chain.from_iterable(m.items() for m in mappings))
+            keys = [key for key, _ in pairs]
+            values = [value for _, value in pairs]
         # Header names are a few distinct strings repeated: a dict lookup per name (at C
         # speed through map) is 3x cheaper than converting them all to arrow and encoding.
         names = list(dict.fromkeys(keys))
@@ -832,29 +872,44 @@ class _Columns:
         mask = where < 0
         return self.values.take(pa.array(where, mask=mask))
 
-    def properties(self) -> list[dict[str, str]]:
-        """One dict per row of its ``X-Image-Meta-Property-*`` headers."""
+    def properties(self) -> tuple[list[dict[str, str]], dict[str, list[int]]]:
+        """One dict per row of its custom properties, and the collisions: for each key
+        that had two different values in a row (the last one is kept), those rows."""
         result: list[dict[str, str]] = [{} for _ in range(self.n)]
-        prop_codes = [i for i, name in enumerate(self._names) if name.startswith(PROPERTY_PREFIX)]
+        prop_codes = [i for i, name in enumerate(self._names) if name.__class__ is tuple]
         if not prop_codes:
-            return result
+            return result, {}
         positions = np.flatnonzero(np.isin(self._codes, prop_codes))
-        names = [name[_PREFIX_LEN:] for name in self._names]
+        keys = [name[1] if name.__class__ is tuple else "" for name in self._names]
+        rows = self.rows[positions].tolist()
         codes = self._codes[positions].tolist()
         values = self.values.take(pa.array(positions)).to_pylist()
-        for row, code, value in zip(self.rows[positions].tolist(), codes, values, strict=True):
-            result[row][names[code]] = value
-        return result
+        for row, code, value in zip(rows, codes, values, strict=True):
+            result[row][keys[code]] = value
+        if sum(map(len, result)) == len(positions):  # no key twice in a row: nothing lost
+            return result, {}
+        collided: dict[str, list[int]] = {}
+        seen: dict[tuple[int, int], str] = {}
+        for row, code, value in zip(rows, codes, values, strict=True):
+            if seen.setdefault((row, code), value) != value:
+                where = collided.setdefault(keys[code], [])
+                if not where or where[-1] != row:
+                    where.append(row)
+            seen[(row, code)] = value
+        return result, collided
 
 
 class ParseProblems:
-    """Unparseable values seen while building frames, merged and reported as one warning."""
+    """Unparseable values and collided property keys seen while building frames, merged
+    and reported as one warning."""
 
-    __slots__ = ("counts", "examples")
+    __slots__ = ("collided", "counts", "examples", "lost_examples")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[Any]] = {}
+        self.collided: dict[str, int] = {}
+        self.lost_examples: dict[str, list[Any]] = {}
 
     def add(self, column: str, ids: Sequence[Any], count: int | None = None) -> None:
         """Record ``count`` bad values of ``column`` (default ``len(ids)``), ``ids`` among them."""
@@ -862,23 +917,44 @@ class ParseProblems:
         shown = self.examples.setdefault(column, [])
         shown.extend(ids[: _WARN_IDS - len(shown)])
 
+    def collide(self, key: str, ids: Sequence[Any], count: int | None = None) -> None:
+        """Record ``count`` images (default ``len(ids)``) where property ``key`` had two
+        different values and one was dropped, ``ids`` among them."""
+        self.collided[key] = self.collided.get(key, 0) + (len(ids) if count is None else count)
+        shown = self.lost_examples.setdefault(key, [])
+        shown.extend(ids[: _WARN_IDS - len(shown)])
+
     def __bool__(self) -> bool:
-        return bool(self.counts)
+        return bool(self.counts or self.collided)
 
     def warn(self, stacklevel: int = 3) -> None:
-        """Emit one :class:`~imgframe.ImgframeParseWarning` naming fields and a few ids."""
+        """Emit one :class:`~imgframe.ImgframeParseWarning` naming fields, keys and a few ids."""
         if not self:
             return
-        parts = []
-        for column, count in self.counts.items():
-            shown = ", ".join(map(_shown_id, self.examples[column]))
-            more = ", ..." if count > len(self.examples[column]) else ""
-            parts.append(f"{column} ({count} value{'s' if count != 1 else ''}; ids {shown}{more})")
-        warnings.warn(
-            "unparseable header values became NA: " + "; ".join(parts),
-            ImgframeParseWarning,
-            stacklevel=stacklevel,
-        )
+        messages = []
+        if self.counts:
+            parts = [
+                _described(column, count, self.examples[column], "value")
+                for column, count in self.counts.items()
+            ]
+            messages.append("unparseable header values became NA: " + "; ".join(parts))
+        if self.collided:
+            parts = [
+                "properties[" + _shown_id(key) + "] " + _described("", count, shown, "image")
+                for key, count in self.collided.items()
+                for shown in [self.lost_examples[key]]
+            ]
+            messages.append(
+                "property keys given twice with different values kept the last one: "
+                + "; ".join(parts)
+            )
+        warnings.warn("; ".join(messages), ImgframeParseWarning, stacklevel=stacklevel)
+
+
+def _described(name: str, count: int, examples: Sequence[Any], unit: str) -> str:
+    shown = ", ".join(map(_shown_id, examples))
+    more = ", ..." if count > len(examples) else ""
+    return f"{name} ({count} {unit}{'s' if count != 1 else ''}; ids {shown}{more})".lstrip()
 
 
 def _shown_id(image_id: Any) -> str:
@@ -908,9 +984,11 @@ def build_frame(
     data: dict[str, Any] = {}
     bad_rows: dict[str, np.ndarray] = {}
     ids: Any = None
+    collided: dict[str, list[int]] = {}
     for f in FIELDS:
         if f.kind is Kind.PROPERTIES:
-            data[f.column] = _object_array(columns.properties())
+            properties, collided = columns.properties()
+            data[f.column] = _object_array(properties)
         elif f.header is None:  # filled by the fetcher, not read from headers
             given = fetched[f.column]
             values: Sequence[Any] = given if given is not None else [None] * n
@@ -931,6 +1009,8 @@ def build_frame(
     if problems is not None:
         for column, rows in bad_rows.items():
             problems.add(column, [index_values[i] for i in rows[:_WARN_IDS]], count=len(rows))
+        for key, where in collided.items():
+            problems.collide(key, [index_values[i] for i in where[:_WARN_IDS]], len(where))
     return frame
 
 

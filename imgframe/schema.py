@@ -143,7 +143,12 @@ FIELDS: tuple[Field, ...] = (
     _v1("created_at", Kind.TIMESTAMP, "creation time, UTC"),
     _v1("updated_at", Kind.TIMESTAMP, "last update time, UTC"),
     Field("deleted_at", _h("deleted_at"), Kind.TIMESTAMP, "deletion time, UTC"),
-    Field("properties", None, Kind.PROPERTIES, "custom properties, lower-cased keys"),
+    Field(
+        "properties",
+        None,
+        Kind.PROPERTIES,
+        "custom properties; keys lower-cased from v1, as sent from v2",
+    ),
     Field("http_status", None, Kind.INT, "HTTP status of the final attempt; NA if none"),
     # category, not string: a run has a handful of distinct messages (1 byte/row, not 8+).
     Field("error", None, Kind.CATEGORY, "why the image could not be read; NA when fine"),

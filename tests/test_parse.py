@@ -210,6 +210,62 @@ def test_properties_lower_cased_with_empty_values_kept() -> None:
     assert frame_from_headers([headers])["properties"].iloc[0] == expected
 
 
+def _parse_warnings(call: object) -> tuple[object, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()  # type: ignore[operator]
+    return result, [str(w.message) for w in caught if issubclass(w.category, ImgframeParseWarning)]
+
+
+def test_v2_property_keys_keep_their_case_v1_listing_keys_do_not() -> None:
+    from imgframe.parse import v1_detail_header_pairs, v2_header_pairs
+
+    v2 = v2_header_pairs({"id": "a", "Env": "prod", "env": "dev", "OS_Distro": "cirros"})
+    record, scalar_warnings = _parse_warnings(lambda: parse_headers(dict(v2)))
+    problems = ParseProblems()
+    frame = packed_frame(v2, problems=problems)
+    expected = {"Env": "prod", "env": "dev", "OS_Distro": "cirros"}
+    assert record.properties == expected  # type: ignore[attr-defined]
+    assert frame["properties"].iloc[0] == expected
+    assert scalar_warnings == [] and not problems
+    # A v1 listing record reads as its HEAD answer, whose names are case-insensitive.
+    v1 = v1_detail_header_pairs({"id": "b", "properties": {"Env": "prod", "env": "dev"}})
+    record, scalar_warnings = _parse_warnings(lambda: parse_headers(dict(v1)))
+    problems = ParseProblems()
+    frame = packed_frame(v1, problems=problems)
+    assert record.properties == frame["properties"].iloc[0] == {"env": "dev"}  # type: ignore
+    assert len(scalar_warnings) == 1 and problems.collided == {"env": 1}
+    assert "properties['env'] (1 image; ids 'b')" in scalar_warnings[0]
+
+
+def test_head_property_names_differing_in_case_keep_the_last_value_and_warn() -> None:
+    def head(image_id: str, *pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+        return CIMultiDictProxy(CIMultiDict([("X-Image-Meta-Id", image_id), *pairs]))
+
+    rows = [
+        head("a", ("X-Image-Meta-Property-Env", "prod"), ("x-image-meta-property-env", "dev")),
+        head("b", ("X-Image-Meta-Property-Env", "x"), ("X-Image-Meta-Property-Env", "y")),
+        head("c", ("X-Image-Meta-Property-Env", "same"), ("x-image-meta-property-ENV", "same")),
+    ]
+    frame, frame_warnings = _parse_warnings(lambda: frame_from_headers(rows))
+    assert frame["properties"].tolist() == [{"env": "dev"}, {"env": "y"}, {"env": "same"}]
+    assert len(frame_warnings) == 1
+    assert "properties['env'] (2 images; ids 'a', 'b')" in frame_warnings[0]
+    for row, expected in zip(rows, ({"env": "dev"}, {"env": "y"}), strict=False):
+        record, scalar_warnings = _parse_warnings(lambda r=row: parse_headers(r))
+        assert record.properties == expected  # type: ignore[attr-defined]
+        assert len(scalar_warnings) == 1 and "properties['env'] (1 image; ids" in scalar_warnings[0]
+    assert _parse_warnings(lambda: parse_headers(rows[2]))[1] == []  # same value: nothing lost
+
+
+def test_a_collision_and_a_bad_value_are_one_warning() -> None:
+    row = {**with_(size="x"), "X-Image-Meta-Property-A": "1", "x-image-meta-property-a": "2"}
+    for call in (lambda: parse_headers(row), lambda: frame_from_headers([row])):
+        _, messages = _parse_warnings(call)
+        assert len(messages) == 1 and "size (1 value" in messages[0]
+        assert "properties['a'] (1 image" in messages[0]
+
+
 def test_each_row_gets_its_own_properties_dict() -> None:
     df = frame_from_headers([SAMPLE, {**SAMPLE, "X-Image-Meta-Id": "b"}])
     df["properties"].iloc[0]["x"] = "1"
@@ -564,8 +620,8 @@ def test_v2_values_that_cannot_be_rendered_are_replacement_characters() -> None:
         deep = [deep]
     pairs = dict(v2_header_pairs({"id": "a", "size": 10**5000, "deep": deep, "odd": {(1,): 2}}))
     assert pairs[b"x-image-meta-size"] == "\ufffd".encode()
-    assert pairs[b"x-image-meta-property-deep"] == "\ufffd".encode()
-    assert pairs[b"x-image-meta-property-odd"] == "\ufffd".encode()
+    assert pairs[b"x-imgframe-property-deep"] == "\ufffd".encode()
+    assert pairs[b"x-imgframe-property-odd"] == "\ufffd".encode()
 
 
 def test_hostile_values_from_a_real_server_cost_only_their_own_cells() -> None:

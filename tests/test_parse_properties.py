@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgframe import ImgframeParseWarning, frame_from_headers, parse_headers
-from imgframe.parse import ParseProblems, _Columns, build_frame, pack_headers, v2_header_pairs
+from imgframe.parse import (
+    JSON_PROPERTY_PREFIX,
+    ParseProblems,
+    _Columns,
+    build_frame,
+    pack_headers,
+    v2_header_pairs,
+)
 from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind, dtypes
 
 SETTINGS = settings(
@@ -149,6 +156,9 @@ def as_wire(text: str) -> st.SearchStrategy[Any]:
     return st.sampled_from(choices)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _escapes(text: str) -> bool:
     return all(not ("\ud800" <= c <= "\udfff") or "\udc80" <= c <= "\udcff" for c in text)
 
@@ -163,8 +173,9 @@ def header_pair(draw: st.DrawFn) -> tuple[Any, Any]:
         f = draw(st.sampled_from(HEADER_FIELDS))
         name = draw(recased(f.header))  # type: ignore[arg-type]
         value = draw(st.one_of(padded(kind_values[f.kind]), nulls, garbage_value))
-    elif choice <= 7:  # a custom property
-        name = draw(recased(PROPERTY_PREFIX)) + draw(any_text)
+    elif choice <= 7:  # a custom property; keys differing in case only collide in HEAD
+        prefix = draw(st.one_of(recased(PROPERTY_PREFIX), st.just(JSON_PROPERTY_PREFIX)))
+        name = prefix + draw(st.one_of(any_text, recased("Env")))
         value = draw(st.one_of(any_text, st.binary(max_size=20), st.none()))
     else:  # anything
         name = draw(st.one_of(any_text, st.binary(max_size=30)))
@@ -185,7 +196,12 @@ def _parse_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def _warned_fields(messages: list[str]) -> set[str]:
-    return {m for text in messages for m in re.findall(r"(\w+) \(\d+ values?; ids", text)}
+    """The fields with unparseable values and the collided ``properties[key]`` named."""
+    fields = {m for text in messages for m in re.findall(r"(\w+) \(\d+ values?; ids", text)}
+    keys = {
+        m for text in messages for m in re.findall(r"(properties\[.+?\]) \(\d+ images?; ids", text)
+    }
+    return fields | keys
 
 
 def scalar(mapping: Mapping[Any, Any]) -> tuple[Any, set[str]]:
@@ -319,7 +335,9 @@ v2_field_values = st.one_of(
 @SETTINGS
 @given(
     st.dictionaries(
-        st.one_of(v2_keys, any_text), st.one_of(v2_field_values, json_values), max_size=12
+        st.one_of(v2_keys, any_text, recased("Env")),
+        st.one_of(v2_field_values, json_values),
+        max_size=12,
     ),
     st.integers(0, 3),
 )
@@ -336,3 +354,8 @@ def test_any_v2_document_parses_like_its_header_pairs(image: dict[str, Any], mor
     assert frame_warned == warned
     assert not frame["deleted"].any() and frame["deleted"].notna().all()  # v2 shows no deleted
     assert frame["is_public"].iloc[0] == (image.get("visibility") == "public")
+    for key in {"Env", "ENV", "env", "eNV"} & set(image):  # JSON keys keep their case
+        if image[key] is not None:
+            assert key in frame["properties"].iloc[0]
+    if all(not _SURROGATE.search(key) for key in image):  # else two may repair alike
+        assert not {k for k in frame_warned if k.startswith("properties[")}

@@ -193,12 +193,12 @@ def test_v2_document_maps_to_v1_header_pairs() -> None:
     assert pairs[b"x-image-meta-size"] == b"10"
     assert b"x-image-meta-checksum" not in pairs  # null: left out, as v1 leaves it out
     assert json.loads(pairs[V2_PREFIX.encode() + b"tags"]) == ["a,b", "c"]
-    props = {k: v for k, v in pairs.items() if k.startswith(b"x-image-meta-property-")}
+    props = {k: v for k, v in pairs.items() if k.startswith(b"x-imgframe-property-")}
     assert props == {
-        b"x-image-meta-property-hw_cpu_count": b"4",
-        b"x-image-meta-property-Os_Distro": b"cirros",
+        b"x-imgframe-property-hw_cpu_count": b"4",
+        b"x-imgframe-property-Os_Distro": b"cirros",
         # No column holds os_hidden: it is kept as a property rather than lost.
-        b"x-image-meta-property-os_hidden": b"False",
+        b"x-imgframe-property-os_hidden": b"False",
     }
 
 

@@ -294,11 +294,6 @@ def test_os_hidden_is_kept(cloud: Any, seeded: Any) -> None:
     assert str(hidden[seeded.ids["public"]]) == "False"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="property keys are lower-cased: Env=prod is lost to env",
-)
 def test_property_keys_keep_their_case(
     cloud: Any, seeded: Any, documents: dict[str, dict[str, Any]]
 ) -> None:
