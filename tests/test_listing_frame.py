@@ -92,7 +92,10 @@ def test_the_frame_from_the_listing_equals_listing_then_head(
     assert len(pages) <= len(fleet.images) // 100 + 3
     special = from_listing.loc[fleet.images[3].id]
     assert special["name"] == fleet.images[3].name
-    assert special["properties"] == {"env": "prod", "owner_team": "Équipe ☃", "empty": ""}
+    if api == "v1":  # v1 keys are lower-cased (a HEAD header name has no case)
+        assert special["properties"] == {"env": "prod", "owner_team": "Équipe ☃", "empty": ""}
+    else:  # v2 keys keep their case
+        assert special["properties"] == {"Env": "prod", "Owner_Team": "Équipe ☃", "empty": ""}
     # One request id per page, the one that page's answer sent.
     assert from_listing["request_id"].notna().all()
     assert from_listing["request_id"].nunique() <= len(pages)
