@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from imgframe import checkpoint as checkpoint_module
-from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
+from imgframe.auth import RequestSigner, TokenArg, TokenSource, image_endpoint, token_source
 from imgframe.checkpoint import Checkpoint, Manifest, restored_positions
 from imgframe.errors import CheckpointError, ConfigError, InvalidInputError, NoV1ApiError
 from imgframe.fetch import (
@@ -510,14 +510,7 @@ async def _fetch(
     if not isinstance(verify_with_head, bool):
         raise ConfigError(f"verify_with_head must be True or False, got {verify_with_head!r}")
     source = token_source(token)
-    if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
-        find = getattr(source, "endpoint", None)
-        if not callable(find):
-            raise ConfigError(
-                "endpoint is required: the Glance/IMS URL (only a KeystoneToken can find it "
-                "in its service catalog)"
-            )
-        endpoint = await find()
+    endpoint = await image_endpoint(source, endpoint)
     fetcher = HeadFetcher(
         endpoint,
         source,

@@ -758,3 +758,30 @@ def token_source(token: TokenArg) -> TokenSource | RequestSigner:
         "token must be a string, a TokenSource, a RequestSigner (HuaweiAkSk) or a function, "
         f"not {type(token).__name__}"
     )
+
+
+async def image_endpoint(source: TokenSource | RequestSigner, endpoint: str | None) -> str:
+    """``endpoint`` if given, else the image endpoint of ``source``'s service catalog.
+
+    Only a :class:`KeystoneToken` (what ``cloud=`` makes) has a catalog to look in; for
+    any other source a missing endpoint is a :class:`~imgframe.ConfigError`.
+
+    Examples
+    --------
+    >>> asyncio.run(image_endpoint(StaticToken("t"), "https://glance.example.com"))
+    'https://glance.example.com'
+    >>> asyncio.run(image_endpoint(StaticToken("t"), None))
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: endpoint is required: the Glance/IMS URL (only a KeystoneToken...)
+    """
+    if endpoint is not None:
+        return endpoint
+    find = getattr(source, "endpoint", None)
+    if not callable(find):
+        raise ConfigError(
+            "endpoint is required: the Glance/IMS URL (only a KeystoneToken, or cloud=, "
+            "can find it in its service catalog)"
+        )
+    found: str = await find()
+    return found

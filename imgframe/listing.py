@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 from yarl import URL
 
-from imgframe.auth import RequestSigner, TokenArg, TokenSource, token_source
+from imgframe.auth import RequestSigner, TokenArg, TokenSource, image_endpoint, token_source
 from imgframe.errors import (
     AuthError,
     ConfigError,
@@ -140,14 +140,7 @@ async def list_image_ids_async(
     from imgframe.api import cloud_token  # see list_image_ids
 
     source = token_source(cloud_token(token, cloud, region))
-    if endpoint is None:  # a Keystone token source finds the image endpoint in its catalog
-        find = getattr(source, "endpoint", None)
-        if not callable(find):
-            raise ConfigError(
-                "endpoint is required: the Glance/IMS URL (only a KeystoneToken, or "
-                "cloud=, can find it in its service catalog)"
-            )
-        endpoint = await find()
+    endpoint = await image_endpoint(source, endpoint)
     lister = _Lister(
         endpoint,
         source,
