@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,9 @@ from imgframe.parse import (
     v1_detail_packed,
     v2_header_pairs,
 )
+
+if TYPE_CHECKING:  # listing imports this module at run time
+    from imgframe.listing import DetailPage
 
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
@@ -556,36 +559,24 @@ async def _fetch(
             collector.use_stored(stored)
         items: Iterable[tuple[int, str]] | IdFeed | None = None
         rows: Callable[[], Awaitable[None]] | None = None
-        if from_listing:  # the whole cloud, each row made from its listing record
-            rows = functools.partial(
-                _listed_rows,
-                fetcher,
-                collector,
-                endpoint=endpoint,
-                tokens=source,
-                api=api,
-                verify=verify,
-                timeout=timeout,
-                retries=retries,
-                include_deleted=include_deleted,
-                stored=stored,
-            )
-        elif requested is None:  # the whole cloud, one request per listed image
-            pages = _listed_pages(
-                fetcher,
-                collector,
-                endpoint=endpoint,
-                tokens=source,
-                api=api,
-                verify=verify,
-                timeout=timeout,
-                retries=retries,
-                include_deleted=include_deleted,
-                stored=stored,
-            )
-            items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
-        else:
+        if requested is not None:
             items = _sendable(collector, requested, stored=stored)
+        else:  # the whole cloud
+            listing = _listing(
+                fetcher,
+                endpoint=endpoint,
+                tokens=source,
+                api=api,
+                verify=verify,
+                timeout=timeout,
+                retries=retries,
+                include_deleted=include_deleted,
+            )
+            if from_listing:  # each row made from its listing record
+                rows = functools.partial(_listed_rows, fetcher, collector, listing, stored)
+            else:  # one request per listed image
+                pages = _listed_pages(collector, listing, stored)
+                items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
         stored = None  # the collector keeps it until the frame is made, then lets it go
         ticker = None
         if store is not None:
@@ -641,9 +632,8 @@ def _sendable(
     return itertools.compress(zip(itertools.count(start), ids), send.tolist())
 
 
-async def _listed_pages(
+async def _listing(
     fetcher: HeadFetcher,
-    collector: _Collector,
     *,
     endpoint: str,
     tokens: TokenSource | RequestSigner,
@@ -651,19 +641,15 @@ async def _listed_pages(
     verify: bool | str,
     timeout: float | Timeout,
     retries: int | RetryPolicy,
-    include_deleted: bool = False,
-    stored: pd.DataFrame | None = None,
-) -> AsyncIterator[Iterable[tuple[int, str]]]:
-    """Each listing page as the ``(position, image_id)`` pairs to send, in listing order.
-
-    Invalid ids become their rows here and are not sent, and so do ids with a stored
-    row (a checkpoint). With ``api="auto"`` a v1 listing answering 300 switches the
-    listing and ``fetcher`` to v2 before any id.
-    """
+    include_deleted: bool,
+) -> AsyncGenerator[DetailPage, None]:
+    """The cloud's listing, page by page (ids with their records), for both ways of
+    making rows from it. With ``api="auto"`` a v1 listing answering 300 before its
+    first page switches the listing and ``fetcher`` to v2."""
     from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
 
     listing_api = "v2" if api == "v2" else "v1"
-    position = 0
+    listed = False
     while True:
         # Listed ids are taken as sent (not stripped): the listing dedupes them, and an
         # id with spaces is invalid and reported as such rather than silently changed.
@@ -677,34 +663,45 @@ async def _listed_pages(
             timeout=timeout,
             retries=retries,
             max_pages=DEFAULT_MAX_PAGES,
-        ).pages()
+        ).detail_pages()
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    collector.expect(len(page))
-                    sendable = _sendable(collector, page, position, stored)
-                    position += len(page)
-                    yield sendable
+                    listed = True
+                    yield page
             return
         except NoV1ApiError:
-            if api != "auto" or listing_api == "v2" or position:
+            if api != "auto" or listing_api == "v2" or listed:
                 raise
             listing_api = "v2"
             fetcher.use_v2("its v1 listing answered 300")
 
 
+async def _listed_pages(
+    collector: _Collector,
+    pages: AsyncGenerator[DetailPage, None],
+    stored: pd.DataFrame | None,
+) -> AsyncIterator[Iterable[tuple[int, str]]]:
+    """Each page of :func:`_listing` as the ``(position, image_id)`` pairs to send, in
+    listing order.
+
+    Invalid ids become their rows here and are not sent, and so do ids with a stored
+    row (a checkpoint).
+    """
+    position = 0
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            collector.expect(len(page.ids))
+            sendable = _sendable(collector, page.ids, position, stored)
+            position += len(page.ids)
+            yield sendable
+
+
 async def _listed_rows(
     fetcher: HeadFetcher,
     collector: _Collector,
-    *,
-    endpoint: str,
-    tokens: TokenSource | RequestSigner,
-    api: str,
-    verify: bool | str,
-    timeout: float | Timeout,
-    retries: int | RetryPolicy,
-    include_deleted: bool = False,
-    stored: pd.DataFrame | None = None,
+    listing: AsyncGenerator[DetailPage, None],
+    stored: pd.DataFrame | None,
 ) -> None:
     """Every listed image's row made from its listing record, no request per image.
 
@@ -712,51 +709,28 @@ async def _listed_rows(
     v2 image document (:func:`~imgframe.parse.v2_header_pairs`) becomes the header
     pairs its own HEAD (or v2 GET) would have answered, as a 200 result, so the rows are
     those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
-    deduplicated, checked and restored from ``stored`` exactly as there. With
-    ``api="auto"`` a v1 listing answering 300 switches to the v2 listing (and
-    ``fetcher``, as :func:`_listed_pages` does) before any row. The image's own URL is
-    not asked: a project token's row of a deleted image it may list is a 200 here
-    (``deleted`` True) where its HEAD would answer 404.
+    deduplicated, checked and restored from ``stored`` exactly as there. The image's own
+    URL is not asked: a project token's row of a deleted image it may list is a 200 here
+    (``deleted`` True) where its HEAD would answer 404. ``listing`` is :func:`_listing`.
     """
-    from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
-
-    listing_api = "v2" if api == "v2" else "v1"
+    # The next page is asked for while this one becomes rows: at 50 ms a page, the
+    # listing's own latency is then the run's only cost.
+    pages = _read_ahead(listing, LISTING_PAGES_AHEAD)
     position = 0
-    while True:
-        pages = _Lister(
-            endpoint,
-            tokens,
-            api=listing_api,
-            page_size=LISTING_PAGE_SIZE,
-            verify=verify,
-            include_deleted=include_deleted,
-            timeout=timeout,
-            retries=retries,
-            max_pages=DEFAULT_MAX_PAGES,
-        ).detail_pages()
-        # The next page is asked for while this one becomes rows: at 50 ms a page, the
-        # listing's own latency is then the run's only cost.
-        pages = _read_ahead(pages, LISTING_PAGES_AHEAD)
-        packed_of = _v2_packed if listing_api == "v2" else v1_detail_packed
-        try:
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    collector.expect(len(page.ids))
-                    start = position
-                    position += len(page.ids)
-                    records = page.records
-                    rid = page.request_id
-                    tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
-                    add = collector.add_packed
-                    for at, image_id in _sendable(collector, page.ids, start, stored):
-                        add(at, image_id, 200, None, packed_of(records[at - start]) + tail)
-                    await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
-            return
-        except NoV1ApiError:
-            if api != "auto" or listing_api == "v2" or position:
-                raise
-            listing_api = "v2"
-            fetcher.use_v2("its v1 listing answered 300")
+    add = collector.add_packed
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            # The page was listed after any api="auto" switch: the fetcher says which API.
+            packed_of = _v2_packed if fetcher.using_v2 else v1_detail_packed
+            collector.expect(len(page.ids))
+            start = position
+            position += len(page.ids)
+            records = page.records
+            rid = page.request_id
+            tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
+            for at, image_id in _sendable(collector, page.ids, start, stored):
+                add(at, image_id, 200, None, packed_of(records[at - start]) + tail)
+            await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
 
 
 _REQUEST_ID = b"X-Openstack-Request-Id"
