@@ -31,6 +31,9 @@ GLANCE_VERSION = "33.0.0"
 WAITRESS_VERSION = "3.0.2"
 PYTHON = "python3.11"
 ADMIN_PASSWORD = "real-admin-s3cret"
+#: The main Keystone's token life: well above the 120 s under which keystoneauth (and
+#: KeystoneToken) count a token as expiring, so that no test but the renewal one renews.
+TOKEN_LIFE = 3600
 REGION = "RegionOne"
 
 #: Runs a WSGI application under waitress: ``SERVE module attribute port``. An attribute
@@ -113,11 +116,16 @@ def free_port() -> int:
 
 
 def _json_request(
-    url: str, *, method: str = "GET", body: Any = None, token: str | None = None
+    url: str,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One HTTP request to 127.0.0.1 with a JSON body: (status, headers, decoded body)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if token:
@@ -151,6 +159,22 @@ class RealCloud:
         self._logs: list[Any] = []
 
     # -- configuration ----------------------------------------------------------------
+    def _keystone_conf(self, name: str, expiration: int) -> str:
+        """A keystone.conf on this cloud's database and keys; tokens live ``expiration`` s."""
+        root = self.root
+        return f"""[DEFAULT]
+log_file = {root}/{name}.log
+[database]
+connection = sqlite:///{root}/keystone.sqlite
+[token]
+provider = fernet
+expiration = {expiration}
+[fernet_tokens]
+key_repository = {root}/fernet-keys
+[credential]
+key_repository = {root}/credential-keys
+"""
+
     def _manage(self, project: str, *args: str) -> None:
         """``keystone-manage`` / ``glance-manage`` through the venv's python (no shebangs:
         the virtualenv may have been moved)."""
@@ -173,20 +197,7 @@ class RealCloud:
         for folder in ("fernet-keys", "credential-keys", "images", "staging", "glance"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         keystone_conf = root / "keystone.conf"
-        keystone_conf.write_text(
-            f"""[DEFAULT]
-log_file = {root}/keystone.log
-[database]
-connection = sqlite:///{root}/keystone.sqlite
-[token]
-provider = fernet
-expiration = 3600
-[fernet_tokens]
-key_repository = {root}/fernet-keys
-[credential]
-key_repository = {root}/credential-keys
-"""
-        )
+        keystone_conf.write_text(self._keystone_conf("keystone", TOKEN_LIFE))
         user, group = _user_and_group()
         ks = ("--config-file", str(keystone_conf))
         self._manage("keystone", *ks, "db_sync")
@@ -322,8 +333,15 @@ config_file = {paste}
 
     def admin_token(self, project: str = "admin") -> str:
         """A fresh project-scoped admin token (3600 s: keystoneauth renews under 120 s)."""
+        return self.login("admin", ADMIN_PASSWORD, project)
+
+    def login(
+        self, user: str, password: str, project: str, *, keystone_url: str | None = None
+    ) -> str:
+        """A fresh token of ``user`` scoped to ``project`` (names in the Default domain),
+        from ``keystone_url`` (default: the main Keystone)."""
         status, headers, body = _json_request(
-            f"{self.keystone_url}/auth/tokens",
+            f"{keystone_url or self.keystone_url}/auth/tokens",
             method="POST",
             body={
                 "auth": {
@@ -331,9 +349,9 @@ config_file = {paste}
                         "methods": ["password"],
                         "password": {
                             "user": {
-                                "name": "admin",
+                                "name": user,
                                 "domain": {"id": "default"},
-                                "password": ADMIN_PASSWORD,
+                                "password": password,
                             }
                         },
                     },
@@ -342,8 +360,42 @@ config_file = {paste}
             },
         )
         if status != 201:
-            raise RuntimeError(f"Keystone login: {status} {body}")
+            raise RuntimeError(f"Keystone login of {user!r}: {status} {body}")
         return headers["X-Subject-Token"]
+
+    def short_lived_keystone(self, expiration: int) -> str:
+        """A second Keystone on this cloud's database and fernet keys whose tokens live
+        ``expiration`` s; its URL (``.../v3``). Stopped by :meth:`stop`.
+
+        Its tokens are the same users' and projects' and carry the same catalog; the main
+        Keystone (the one Glance asks) validates them too, since fernet tokens carry their
+        own expiry and both share the keys. So one test can renew tokens without every
+        other test's tokens being short.
+        """
+        name = f"keystone-{expiration}s"
+        conf = self.root / f"{name}.conf"
+        conf.write_text(self._keystone_conf(name, expiration))
+        port = free_port()
+        process = self._spawn(
+            name,
+            "keystone.server.wsgi",
+            "initialize_public_application",
+            port,
+            {"OS_KEYSTONE_CONFIG_FILES": str(conf)},
+        )
+        url = f"http://127.0.0.1:{port}/v3"
+        self._wait(url, process)
+        return url
+
+    def validate(self, token: str) -> tuple[int, Any]:
+        """Keystone's own view of ``token`` (``GET /v3/auth/tokens``, as the admin):
+        (status, the ``token`` document or the error body)."""
+        status, _, body = _json_request(
+            f"{self.keystone_url}/auth/tokens",
+            token=self.admin_token(),
+            headers={"X-Subject-Token": token},
+        )
+        return status, body["token"] if status == 200 else body
 
     def stop(self, seconds: float = 15) -> None:
         """Terminate every process started; kill what is still running after ``seconds``."""

@@ -18,18 +18,20 @@ from typing import Any
 import pytest
 import requests
 
-_TOOL = Path(__file__).resolve().parents[2] / "tools" / "real_openstack.py"
+_HERE = Path(__file__).resolve().parent
 
 
-def _load_tool() -> Any:
-    spec = importlib.util.spec_from_file_location("real_openstack", _TOOL)
+def _load(name: str, path: Path) -> Any:
+    """Import ``path`` as module ``name`` (the test modules then import it by name)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["real_openstack"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
 
-real_openstack = _load_tool()
+real_openstack = _load("real_openstack", _HERE.parents[1] / "tools" / "real_openstack.py")
+_load("realcheck", _HERE / "realcheck.py")
 
 #: Identical bytes behind two images: a checksum duplicate.
 DUPLICATE_DATA = b"imgframe real tier: the same bytes twice\n" * 64

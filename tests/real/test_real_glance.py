@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import requests
+from realcheck import admin_password, assert_row_is_document, keystone_token, na
 
 import imgframe
 
@@ -27,84 +28,11 @@ pytestmark = pytest.mark.real
 
 IMGFRAME = str(Path(sys.executable).with_name("imgframe"))
 
-# What a v2 document holds besides custom properties (imgframe/parse.py's list, written
-# out again here so that the test does not take imgframe's word for it).
-# os_hidden is not in it: no column holds it, so imgframe keeps it as a property.
-V2_NOT_PROPERTIES = {
-    "id", "name", "status", "size", "virtual_size", "checksum", "container_format",
-    "disk_format", "owner", "protected", "min_ram", "min_disk", "created_at", "updated_at",
-    "visibility", "tags", "os_hash_algo", "os_hash_value", "self", "file", "schema",
-    "direct_url", "locations", "stores",
-}  # fmt: skip
-
 # Compared below except the one whose property keys differ only in case (its own test).
 COMPARED = [
     "public", "private", "duplicate", "shared", "community", "protected", "queued",
     "deactivated", "unicode", "hidden", "signed",
 ]  # fmt: skip
-
-
-def _keystone_token(cloud: Any, **kwargs: Any) -> imgframe.KeystoneToken:
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=cloud.keystone_url,
-        username="admin",
-        password=cloud_password(),
-        user_domain_name="Default",
-        project_name="admin",
-        project_domain_name="Default",
-    )
-    return imgframe.KeystoneToken(auth, region="RegionOne", **kwargs)
-
-
-def cloud_password() -> str:
-    from real_openstack import ADMIN_PASSWORD
-
-    return ADMIN_PASSWORD
-
-
-def _text(value: Any) -> str:
-    """A v2 property value as imgframe keeps it: v1 header text."""
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _na(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value))
-
-
-def _assert_row_is_document(row: pd.Series, doc: dict[str, Any]) -> None:
-    label = f"{doc['name']!r} ({doc['id']})"
-    for column in (
-        "name", "status", "size", "virtual_size", "checksum", "container_format",
-        "disk_format", "owner", "visibility", "os_hash_algo", "os_hash_value",
-    ):  # fmt: skip
-        expected, got = doc.get(column), row[column]
-        if expected is None:
-            assert _na(got), (label, column, got)
-        else:
-            assert not _na(got) and str(got) == str(expected), (label, column, got, expected)
-    for column in ("min_ram", "min_disk"):
-        assert row[column] == doc[column], (label, column)
-    assert bool(row["protected"]) is doc["protected"], label
-    assert bool(row["is_public"]) is (doc["visibility"] == "public"), label
-    assert bool(row["deleted"]) is False, label
-    for column in ("created_at", "updated_at"):
-        assert row[column] == pd.Timestamp(doc[column]), (label, column)
-    if doc["tags"]:
-        assert json.loads(row["tags"]) == doc["tags"], label
-    else:
-        assert _na(row["tags"]) or json.loads(row["tags"]) == [], label
-    expected_properties = {
-        key: _text(value)
-        for key, value in doc.items()
-        if key not in V2_NOT_PROPERTIES and value is not None
-    }
-    assert dict(row["properties"]) == expected_properties, label
-    assert row["http_status"] == 200 and _na(row["error"]), label
-    assert isinstance(row["request_id"], str) and row["request_id"].startswith("req-"), label
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +64,12 @@ def test_v2_rows_equal_v2_documents(
             ids, endpoint=cloud.glance_url, token=cloud.admin_token(), api="v2", progress=False
         )
     else:  # the endpoint from Keystone's service catalog
-        token = _keystone_token(cloud)
+        token = keystone_token(cloud)
         df = imgframe.fetch_images(ids, token=token, api="v2", progress=False)
         assert token.logins == 1
     assert list(df.index) == ids
     for label in COMPARED:
-        _assert_row_is_document(df.loc[seeded.ids[label]], documents[label])
+        assert_row_is_document(df.loc[seeded.ids[label]], documents[label])
 
 
 def test_v1_answers_300_and_auto_switches_to_v2(
@@ -150,18 +78,18 @@ def test_v1_answers_300_and_auto_switches_to_v2(
     answer = requests.head(f"{cloud.glance_url}/v1/images/{seeded.ids['public']}", timeout=30)
     assert answer.status_code == 300  # before any authentication
     ids = [seeded.ids[label] for label in COMPARED]
-    df = imgframe.fetch_images(ids, endpoint=cloud.glance_url, token=_keystone_token(cloud),
+    df = imgframe.fetch_images(ids, endpoint=cloud.glance_url, token=keystone_token(cloud),
                                api="auto", progress=False)  # fmt: skip
     assert df["visibility"].notna().all()  # only v2 knows visibility
     for label in COMPARED:
-        _assert_row_is_document(df.loc[seeded.ids[label]], documents[label])
+        assert_row_is_document(df.loc[seeded.ids[label]], documents[label])
 
 
 def test_keystone_token_logs_in_again_after_a_401(
     cloud: Any, seeded: Any, documents: dict[str, dict[str, Any]]
 ) -> None:
     """A token Keystone revoked mid-life: Glance answers 401, KeystoneToken logs in again."""
-    token = _keystone_token(cloud)
+    token = keystone_token(cloud)
     ids = [seeded.ids[label] for label in COMPARED]
     first = imgframe.fetch_images(ids, token=token, api="v2", progress=False)
     assert (first["http_status"] == 200).all() and token.logins == 1
@@ -179,7 +107,7 @@ def test_keystone_token_logs_in_again_after_a_401(
     again = imgframe.fetch_images(ids, token=token, api="v2", progress=False)
     assert token.logins == 2 and asyncio.run(token.token()) != revoked
     for label in COMPARED:
-        _assert_row_is_document(again.loc[seeded.ids[label]], documents[label])
+        assert_row_is_document(again.loc[seeded.ids[label]], documents[label])
 
 
 def test_an_unknown_id_is_a_404_row(cloud: Any, seeded: Any) -> None:
@@ -192,8 +120,8 @@ def test_an_unknown_id_is_a_404_row(cloud: Any, seeded: Any) -> None:
         progress=False,
     )
     assert df.loc[missing, "http_status"] == 404
-    assert not _na(df.loc[missing, "error"])
-    assert _na(df.loc[missing, "name"])
+    assert not na(df.loc[missing, "error"])
+    assert na(df.loc[missing, "name"])
     assert df.loc[seeded.ids["public"], "http_status"] == 200
 
 
@@ -212,7 +140,7 @@ def test_cli_fetch_all_from_clouds_yaml_then_audit(cloud: Any, seeded: Any, tmp_
                 "auth": {
                     "auth_url": cloud.keystone_url,
                     "username": "admin",
-                    "password": cloud_password(),
+                    "password": admin_password(),
                     "project_name": "admin",
                     "user_domain_name": "Default",
                     "project_domain_name": "Default",
@@ -304,7 +232,7 @@ def test_property_keys_keep_their_case(
         api="v2",
         progress=False,
     )
-    _assert_row_is_document(df.iloc[0], documents["mixed_case"])
+    assert_row_is_document(df.iloc[0], documents["mixed_case"])
 
 
 def test_a_404_row_keeps_the_request_id(cloud: Any) -> None:
