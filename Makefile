@@ -26,9 +26,11 @@ test: $(STAMP)
 
 # Real Keystone and Glance (pinned, from PyPI) in their own cached virtualenv: the first
 # run builds it (~60-95 s), later runs reuse it. Not part of `make test` (-m 'not real').
+# Its path is found before pytest starts and handed over: the suite's conftest.py points
+# XDG_CACHE_HOME at a temporary folder, where the cache would be built again every run.
 test-real: $(STAMP)
-	$(BIN)/python tools/real_openstack.py
-	$(BIN)/pytest tests/real -m real -p no:cacheprovider --timeout 900
+	services="$$($(BIN)/python tools/real_openstack.py)" && \
+	IMGFRAME_REAL_VENV="$$services" $(BIN)/pytest tests/real -m real -p no:cacheprovider --timeout 900
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

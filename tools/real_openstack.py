@@ -1,8 +1,9 @@
 """A real Keystone and Glance on 127.0.0.1, from pinned PyPI releases, for ``tests/real``.
 
 ``python tools/real_openstack.py`` builds (or finds) the cached virtualenv and prints its
-path; ``tests/real/conftest.py`` imports :class:`RealCloud` to configure, start and stop
-the two services. The services get their own virtualenv, never the project's: their pins
+path (``make test-real`` hands it to pytest as ``IMGFRAME_REAL_VENV``);
+``tests/real/conftest.py`` imports :class:`RealCloud` to configure, start and stop the two
+services. The services get their own virtualenv, never the project's: their pins
 (oslo, SQLAlchemy, ...) must not decide what imgframe is tested with.
 
 Layout of one cloud (a temporary folder): ``keystone.conf``, ``glance/glance-api.conf``,
@@ -422,4 +423,4 @@ def _user_and_group() -> tuple[str, str]:
 
 
 if __name__ == "__main__":
-    print(ensure_venv())
+    print(ensure_venv().parent.parent)  # the virtualenv itself: what IMGFRAME_REAL_VENV names

@@ -2,8 +2,11 @@
 
 ``make test-real`` runs it; ``make test`` never collects this folder. The services live in
 their own cached virtualenv (``tools/real_openstack.py``); the first run builds it
-(~60-95 s), later runs reuse it. A seeded set of images (:class:`Seeded`) is created
-through the v2 API once per session; tests read it and never change it.
+(~60-95 s), later runs reuse it. Run by hand, pytest needs ``IMGFRAME_REAL_VENV`` (what
+``python tools/real_openstack.py`` prints): the suite's root ``conftest.py`` moves
+``XDG_CACHE_HOME`` to a temporary folder, where the cache would be built again. A seeded
+set of images (:class:`Seeded`) is created through the v2 API once per session; tests
+read it and never change it (some add images, projects or catalog entries of their own).
 """
 
 from __future__ import annotations
