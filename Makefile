@@ -30,7 +30,7 @@ test: $(STAMP)
 # XDG_CACHE_HOME at a temporary folder, where the cache would be built again every run.
 test-real: $(STAMP)
 	services="$$($(BIN)/python tools/real_openstack.py)" && \
-	IMGFRAME_REAL_VENV="$$services" $(BIN)/pytest tests/real -m real -p no:cacheprovider --timeout 900
+	IMGFRAME_REAL_VENV="$$services" $(BIN)/pytest tests/real -m real -p no:cacheprovider --timeout 900 --durations=8
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
