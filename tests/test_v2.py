@@ -1,5 +1,5 @@
-"""Glance v2 fallback (issue 5, section 3): the same fleet through v1 and v2 gives the same
-columns; ``api="auto"`` switches a cloud without /v1 to v2; the v2-only columns."""
+"""Glance v2 fallback (docs/ARCHITECTURE.md, "The wire"): the same fleet through v1 and v2
+gives the same columns; ``api="auto"`` switches a cloud without /v1 to v2; the v2-only columns."""
 
 from __future__ import annotations
 
