@@ -16,6 +16,10 @@ IPython, matplotlib, the CLI's checkpoints); this one holds what tests ask for b
   event loop policy, threads) fails the test, and the state is put back.
 - ``global_state``: that check as a context manager, for other in-process runs.
 - ``use_clouds_yaml``: writes a clouds.yaml that only ``OS_CLIENT_CONFIG_FILE`` points at.
+
+A module that uses Playwright (Chromium) or a Jupyter kernel must mark its tests
+``browser`` / ``notebook`` (pyproject.toml), so that ``-m "not browser and not notebook"``
+is the quick loop: collection stops with a usage error otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -340,3 +345,36 @@ def use_clouds_yaml(
         return path
 
     return write
+
+
+# --------------------------------------------------------------------------- markers
+#: Marker -> packages whose use in a test module means the module's tests need it.
+_MARKER_PACKAGES = {
+    "browser": ("playwright",),
+    "notebook": ("jupyter_client", "nbclient", "ipykernel"),
+}
+
+
+def _packages_used(module: types.ModuleType) -> set[str]:
+    """Top-level packages of the modules, classes and functions a module imported."""
+    used = set()
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else None
+        name = name or getattr(value, "__module__", None)
+        if isinstance(name, str):
+            used.add(name.partition(".")[0])
+    return used
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = []
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        used = _packages_used(module)
+        for marker, packages in _MARKER_PACKAGES.items():
+            if used.intersection(packages) and item.get_closest_marker(marker) is None:
+                unmarked.append(f"{item.nodeid} (uses {'/'.join(packages)}: mark it {marker!r})")
+    if unmarked:
+        raise pytest.UsageError("tests without their tier marker:\n  " + "\n  ".join(unmarked))
