@@ -8,7 +8,8 @@ rows that failed to fetch (HTTP 404, metadata NA). ``--via-headers`` builds it t
 faithful way instead: ``render_headers`` per image, then ``frame_from_headers``.
 
 Prints seconds per rule, the findings per rule, and ``audit()``'s total against the goal
-(issue 3): all rules in under 10 s on this 2-core machine. Figures, not a timed test.
+(README.md, Benchmarks): all rules in under 10 s on this 2-core machine. Figures, not a
+timed test.
 
 Run: ``.venv/bin/python benchmarks/bench_audit.py [--rows N] [--repeat R] [--via-headers]``.
 """

@@ -9,7 +9,8 @@ mixed-case names, a few custom properties, some queued images without size/check
 
 seconds, rows/s, the ratio, and bytes per row of each frame (``memory_usage(deep=True)``
 including the index, ``properties`` excluded: a dict per row costs what its content
-costs). Goals (issue 2): >= 3x faster than the baseline and <= 250 bytes per row.
+costs). Goals (README.md, Benchmarks): >= 3x faster than the baseline and <= 250 bytes
+per row.
 
 Run: ``.venv/bin/python benchmarks/bench_parse.py [--rows N]``.
 """

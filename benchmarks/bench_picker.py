@@ -10,7 +10,7 @@ runs the change handler (rebuild a ``PickerFilter``, ``filter_images``, sort, re
 count, the page table and the row selector) synchronously, so the wall time of the
 assignment is the time a change takes on the Python side (no browser: the frontend's
 rendering of one 50-row page is not included). Prints milliseconds per change, best of
-``--repeat``, and PASS/MISS against the goal (issue 4): under 300 ms per change.
+``--repeat``, and PASS/MISS against the goal: under 300 ms per change.
 Figures, not a timed test.
 
 Run: ``.venv/bin/python benchmarks/bench_picker.py [--rows N] [--repeat R]``.

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -24,7 +24,7 @@ import imgframe
 from imgframe.auth import RequestSigner, token_source
 from imgframe.errors import AuthError, ConfigError
 from imgframe.fetch import SIGNATURE_NOT_SENT, SIGNATURE_REJECTED
-from imgframe.testing import ADMIN_TOKEN, AccessKey, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, AccessKey, GlanceEmulator
 from imgframe.testing.fleet import Fleet
 
 pytest.importorskip("huaweicloudsdkcore")
@@ -34,9 +34,7 @@ USER_AK, USER_SK = "HPUAUSERKEY00002", "sk-Us3r-s3cret-91c0"
 TEMP_AK, TEMP_SK, TEMP_TOKEN = "HPUATEMPKEY00003", "sk-T3mp-s3cret-7d1a", "sts-T0ken-s3cret-55ef"
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(120, seed=5)
+FLEET = {"n": 120, "seed": 5}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +44,13 @@ def owner(fleet: Fleet) -> str:
 
 
 @pytest.fixture(scope="module")
-def emulator(fleet: Fleet, owner: str) -> Iterator[GlanceEmulator]:
+def emulator(module_servers, fleet: Fleet, owner: str) -> GlanceEmulator:
     keys = {
         ADMIN_AK: AccessKey(ADMIN_SK, ADMIN_PROJECT, admin=True),
         USER_AK: (USER_SK, owner),
         TEMP_AK: AccessKey(TEMP_SK, owner, security_token=TEMP_TOKEN),
     }
-    with GlanceEmulator(fleet, access_keys=keys) as emu:
-        yield emu
+    return module_servers.glance(fleet, access_keys=keys)
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import pytest
 import imgframe
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.schema import OPTIONAL_COLUMNS, required_columns
-from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator
 
 UNKNOWN_IDS = [f"00000000-0000-4000-8000-{n:012d}" for n in range(7)]
 BAD_ID = "../etc"  # never sent: its row says "invalid image id"
@@ -28,16 +28,13 @@ RULES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(2000, seed=42)
+FLEET = {"n": 2000, "seed": 42}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def fetched(fleet: Fleet) -> pd.DataFrame:
+def fetched(fleet: Fleet, emulator: GlanceEmulator) -> pd.DataFrame:
     ids = [image.id for image in fleet.images] + UNKNOWN_IDS + [BAD_ID]
-    with GlanceEmulator(fleet) as emu:
-        return imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
+    return imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN)
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ the token is renewed: before expiry by :meth:`KeystoneToken.token`, or after the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 import imgframe
 from imgframe.auth import KeystoneToken, token_source
 from imgframe.errors import AuthError, ConfigError
-from imgframe.testing import Faults, GlanceEmulator, make_fleet
+from imgframe.testing import Faults, GlanceEmulator
 from imgframe.testing.keystone import APP_SECRET, PASSWORD, FakeKeystone
 
 pytest.importorskip("keystoneauth1")
@@ -25,10 +23,20 @@ pytest.importorskip("keystoneauth1")
 LIFETIME = 2.0  # seconds a token lives, in Keystone's answer and in the emulator
 
 
-def fake_keystone(emulator: GlanceEmulator) -> FakeKeystone:
+FLEET = {"n": 240, "seed": 21}  # the module's `fleet` (tests/conftest.py)
+
+
+@pytest.fixture
+def emulator(servers, fleet) -> GlanceEmulator:
+    # 40 ms per answer: 240 ids at concurrency 2 take ~4.8 s, over two token lifetimes.
+    return servers.glance(fleet, faults=Faults(latency=0.04))
+
+
+@pytest.fixture
+def keystone(servers, emulator) -> FakeKeystone:
     """The emulator as RegionOne's public endpoint (registered with a ``/v2`` suffix, as
     some clouds do), plus a RegionTwo and an internal endpoint that nobody serves."""
-    return FakeKeystone(
+    return servers.keystone(
         {"RegionOne": emulator},
         lifetime=LIFETIME,
         endpoint_suffix="/v2",
@@ -39,33 +47,10 @@ def fake_keystone(emulator: GlanceEmulator) -> FakeKeystone:
     )
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(240, seed=21)
-
-
 @pytest.fixture
-def emulator(fleet) -> Iterator[GlanceEmulator]:
-    # 40 ms per answer: 240 ids at concurrency 2 take ~4.8 s, over two token lifetimes.
-    with GlanceEmulator(fleet, faults=Faults(latency=0.04)) as emu:
-        yield emu
-
-
-@pytest.fixture
-def keystone(emulator) -> Iterator[FakeKeystone]:
-    ks = fake_keystone(emulator).start()
-    yield ks
-    ks.stop()
-
-
-@pytest.fixture
-def clouds_yaml(tmp_path, keystone, monkeypatch) -> str:
+def clouds_yaml(keystone, use_clouds_yaml) -> str:
     """A real clouds.yaml in a temp dir, found through OS_CLIENT_CONFIG_FILE only."""
     pytest.importorskip("openstack.config")
-    for name in list(__import__("os").environ):
-        if name.startswith("OS_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "clouds.yaml"
     auth = {
         "auth_url": f"{keystone.url}/v3",
         "username": "alice",
@@ -93,10 +78,7 @@ def clouds_yaml(tmp_path, keystone, monkeypatch) -> str:
             "wrong": {"auth": {**auth, "password": "not-" + PASSWORD}, "region_name": "RegionOne"},
         }
     }
-    path.write_text(json.dumps(clouds))  # JSON is YAML
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-    monkeypatch.setenv("OS_CLIENT_SECURE_FILE", str(tmp_path / "secure.yaml"))
-    return str(path)
+    return str(use_clouds_yaml(clouds))
 
 
 def secrets_of(keystone: FakeKeystone) -> list[str]:

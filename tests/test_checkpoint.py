@@ -40,9 +40,7 @@ MISSING = [f"no-such-image-{n}" for n in range(20)]
 INVALID = ["../etc/passwd", "a b", ""]
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(N_IMAGES, seed=41)
+FLEET = {"n": N_IMAGES, "seed": 41}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -517,9 +515,8 @@ def wait_for_parts(folder: Path, process: subprocess.Popen[str], parts: int = 2)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(fleet: Fleet, ids: list[str]) -> pd.DataFrame:
-    with GlanceEmulator(fleet) as emu:
-        return imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
+def uninterrupted(emulator: GlanceEmulator, ids: list[str]) -> pd.DataFrame:
+    return imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +20,8 @@ import pytest
 
 from imgframe.cli import main
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
+
+FLEET = {"n": 50, "seed": 3}  # the module's `fleet` (tests/conftest.py)
 
 
 def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd=None):
@@ -36,40 +36,6 @@ def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
         env=environment,
         cwd=cwd,
     )
-
-
-@dataclass
-class Ran:
-    status: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch, tmp_path) -> Iterator:
-    """``cli(*args, stdin=None)`` runs ``main(args)`` here and returns status, stdout, stderr."""
-    monkeypatch.delenv("OS_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # checkpoints without -o
-
-    def call(*args: str, stdin: str = "") -> Ran:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        status = main(list(args))
-        captured = capsys.readouterr()
-        return Ran(status, captured.out, captured.err)
-
-    yield call
-
-
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(50, seed=3)
-
-
-@pytest.fixture(scope="module")
-def emulator(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
 
 
 def test_python_m_imgframe_help_lists_the_commands_and_exit_statuses() -> None:
@@ -443,7 +409,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(emulator, fleet, tmp_p
     assert list((cache / "imgframe" / "checkpoints").iterdir()) == []
 
 
-def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_path) -> None:
+def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(
+    tmp_path, cli, monkeypatch
+) -> None:
     import signal
 
     pytest.importorskip("openstack.config")
@@ -463,11 +431,13 @@ def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_pat
                 break
         assert "region east" in "".join(lines) and clouds_yaml.exists(), lines
         out = tmp_path / "fleet.csv"
-        env = {name: value for name, value in os.environ.items() if not name.startswith("OS_")} | {
-            "OS_CLIENT_CONFIG_FILE": str(clouds_yaml)
-        }
-        result = run("fetch", "--cloud", "lab", "--all", "-o", str(out), env=env)
-        assert result.returncode == 0, result.stderr
+        for name in [name for name in os.environ if name.startswith("OS_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds_yaml))
+        # The emulator command needs its own process (it serves until a signal); the fetch
+        # against it does not.
+        ran = cli("fetch", "--cloud", "lab", "--all", "-o", str(out))
+        assert ran.status == 0, ran.err
         frame = pd.read_csv(out)
         assert set(frame["region"]) == {"east", "west"}
         expected = sum(
@@ -476,7 +446,7 @@ def test_emulator_plays_a_cloud_of_regions_with_keystone_and_clouds_yaml(tmp_pat
         assert len(frame) == expected and frame["key"].is_unique
         counts = frame["region"].value_counts()
         assert f"by cloud/region: lab/east {counts['east']:,}, lab/west {counts['west']:,}" in (
-            result.stderr
+            ran.err
         )
     finally:
         process.send_signal(signal.SIGTERM)

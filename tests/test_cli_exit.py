@@ -9,57 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from imgframe.checkpoint import read_manifest
-from imgframe.cli import main
 from imgframe.io import read, read_parquet
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 
 OLD_SNAPSHOT = "id,name\r\nold,snapshot\r\n"
 
 
-@dataclass
-class Ran:
-    status: int
-    out: str
-    err: str
-
-    @property
-    def last_line(self) -> str:
-        return self.err.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch, tmp_path):
-    monkeypatch.delenv("OS_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-    def call(*args: str) -> Ran:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        status = main(list(args))
-        captured = capsys.readouterr()
-        return Ran(status, captured.out, captured.err)
-
-    return call
-
-
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(1000, seed=8)
-
-
-@pytest.fixture(scope="module")
-def emulator(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+FLEET = {"n": 1000, "seed": 8}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture
@@ -185,32 +147,23 @@ def region_fleets():
 
 
 @pytest.fixture
-def lab_cloud(tmp_path, monkeypatch, region_fleets) -> Iterator[dict[str, GlanceEmulator]]:
+def lab_cloud(servers, use_clouds_yaml, region_fleets) -> dict[str, GlanceEmulator]:
     """A cloud ``lab`` with regions east (fine) and west (Glance v1 gone: the target fails
     as a whole), in a clouds.yaml that OS_CLIENT_CONFIG_FILE points at."""
     pytest.importorskip("openstack.config")
-    from imgframe.testing.keystone import FakeKeystone
-
     east, west = region_fleets
-    with (
-        GlanceEmulator(east) as east_glance,
-        GlanceEmulator(west, faults=Faults(no_v1=True)) as west_glance,
-        FakeKeystone({"east": east_glance, "west": west_glance}) as keystone,
-    ):
-        wrong = keystone.auth() | {"password": "not-the-password"}
-        clouds = {
+    regions = {"east": servers.glance(east), "west": servers.glance(west, api="v2")}
+    keystone = servers.keystone(regions)
+    wrong = keystone.auth() | {"password": "not-the-password"}
+    use_clouds_yaml(
+        {
             "clouds": {
                 "lab": {"auth": keystone.auth(), "regions": ["east", "west"]},
                 "lab-wrong": {"auth": wrong, "regions": ["east"]},
             }
         }
-        path = tmp_path / "clouds.yaml"
-        path.write_text(json.dumps(clouds))
-        for name in [n for n in __import__("os").environ if n.startswith("OS_")]:
-            monkeypatch.delenv(name)
-        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-        monkeypatch.setenv("OS_CLIENT_SECURE_FILE", str(tmp_path / "secure.yaml"))
-        yield {"east": east_glance, "west": west_glance}
+    )
+    return regions
 
 
 def test_keep_going_with_a_failed_target_exits_4_and_names_it(lab_cloud, region_fleets, cli,

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -33,15 +32,12 @@ CONCURRENCY = 4
 LATENCY = 0.01
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(N_IDS, seed=17)
+FLEET = {"n": N_IDS, "seed": 17}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def slow_emulator(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet, faults=Faults(latency=LATENCY)) as emu:
-        yield emu
+def slow_emulator(module_servers, fleet) -> GlanceEmulator:
+    return module_servers.glance(fleet, faults=Faults(latency=LATENCY))
 
 
 @pytest.fixture

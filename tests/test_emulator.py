@@ -8,7 +8,6 @@ import re
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -51,15 +50,8 @@ SAMPLE_HEADERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(300, seed=11, public_unprotected=6, duplicate_groups=3)
-
-
-@pytest.fixture(scope="module")
-def emulator(fleet: Fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+# The module's `fleet` and `emulator` (tests/conftest.py).
+FLEET = {"n": 300, "seed": 11, "public_unprotected": 6, "duplicate_groups": 3}
 
 
 def first(fleet: Fleet, **match: object) -> FleetImage:

@@ -7,7 +7,6 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -31,15 +30,13 @@ from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, Token, make_fl
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(600, seed=11)
+FLEET = {"n": 600, "seed": 11}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture
-def emulator(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+def emulator(servers, fleet) -> GlanceEmulator:
+    """A fresh emulator per test (its request log and attempt counts start empty)."""
+    return servers.glance(fleet)
 
 
 def ids_of(fleet) -> list[str]:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import uuid
 import warnings
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -54,21 +53,13 @@ def fleets() -> tuple[Fleet, Fleet]:
 
 
 @pytest.fixture(scope="module")
-def regions(fleets) -> Iterator[tuple[GlanceEmulator, GlanceEmulator, FakeKeystone]]:
-    east, west = fleets
-    with (
-        GlanceEmulator(east) as east_glance,
-        GlanceEmulator(west) as west_glance,
-        FakeKeystone({"east": east_glance, "west": west_glance}) as keystone,
-    ):
-        yield east_glance, west_glance, keystone
+def regions(module_servers, fleets) -> tuple[GlanceEmulator, GlanceEmulator, FakeKeystone]:
+    east, west = (module_servers.glance(fleet) for fleet in fleets)
+    return east, west, module_servers.keystone({"east": east, "west": west})
 
 
 @pytest.fixture
-def clouds_yaml(tmp_path, regions, monkeypatch) -> str:
-    for name in list(__import__("os").environ):
-        if name.startswith("OS_"):
-            monkeypatch.delenv(name)
+def clouds_yaml(regions, use_clouds_yaml) -> str:
     keystone = regions[2]
     clouds = {
         "clouds": {
@@ -81,11 +72,7 @@ def clouds_yaml(tmp_path, regions, monkeypatch) -> str:
             },
         }
     }
-    path = tmp_path / "clouds.yaml"
-    path.write_text(json.dumps(clouds))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-    monkeypatch.setenv("OS_CLIENT_SECURE_FILE", str(tmp_path / "secure.yaml"))
-    return str(path)
+    return str(use_clouds_yaml(clouds))
 
 
 def listed(fleet: Fleet) -> set[str]:

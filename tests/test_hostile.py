@@ -41,9 +41,7 @@ FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 RETRY_AFTER_JUNK = ("nan", "inf", "-1", "-0.5", "soon", "1e999", "NaN", "\u0661\u0662", "")
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(300, seed=21)
+FLEET = {"n": 300, "seed": 21}  # the module's `fleet` (tests/conftest.py)
 
 
 def ids_of(fleet) -> list[str]:

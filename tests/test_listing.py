@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -27,15 +27,7 @@ from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fl
 APIS = ["v1", "v2"]
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(1003, seed=5)
-
-
-@pytest.fixture(scope="module")
-def emulator(fleet: Fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+FLEET = {"n": 1003, "seed": 5}  # the module's `fleet` (tests/conftest.py)
 
 
 def live_ids(fleet: Fleet) -> set[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from imgframe.api import fetch_images_async
 from imgframe.cli import main
 from imgframe.outcome import INVALID_ID
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
-from imgframe.testing.keystone import FakeKeystone
 
 LIST_PATHS = ("/v1/images/detail", "/v2/images")
 
@@ -229,26 +227,12 @@ def test_cli_all_uses_the_listing_and_head_asks_each_image(
 
 # ----------------------------------------------------------------------- cloud=
 @pytest.fixture
-def cloud(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith("OS_"):
-            monkeypatch.delenv(name)
+def cloud(fleet: Fleet, servers, use_clouds_yaml):
     other = make_fleet(40, seed=78)
-    with (
-        GlanceEmulator(fleet) as east,
-        GlanceEmulator(other) as west,
-        FakeKeystone({"east": east, "west": west}) as keystone,
-    ):
-        clouds = {
-            "clouds": {
-                "lab": {"auth": keystone.auth(), "regions": ["east", "west"]},
-            }
-        }
-        path = tmp_path / "clouds.yaml"
-        path.write_text(json.dumps(clouds))
-        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-        monkeypatch.setenv("OS_CLIENT_SECURE_FILE", str(tmp_path / "secure.yaml"))
-        yield east, west, other
+    east, west = servers.glance(fleet), servers.glance(other)
+    keystone = servers.keystone({"east": east, "west": west})
+    use_clouds_yaml({"clouds": {"lab": {"auth": keystone.auth(), "regions": ["east", "west"]}}})
+    return east, west, other
 
 
 def test_cloud_is_the_clouds_yaml_shorthand(cloud, fleet: Fleet) -> None:

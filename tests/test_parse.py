@@ -1,4 +1,5 @@
-"""Header parsing: every quirk of DESIGN.md, the scalar and vectorized paths agreeing."""
+"""Header parsing: every quirk of the wire (docs/ARCHITECTURE.md, "The wire"), the scalar
+and vectorized paths agreeing."""
 
 from __future__ import annotations
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from imgframe import fetch_images
-from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, GlanceEmulator
 
-
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(120, seed=13)
+FLEET = {"n": 120, "seed": 13}  # the module's `fleet` (tests/conftest.py)
 
 
 def test_progress_bar_shows_total_rate_and_running_counts(fleet, capsys) -> None:

@@ -20,9 +20,7 @@ LIST_PATHS = ("/v1/images/detail", "/v2/images")
 HEAD = {"verify_with_head": True}
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(253, seed=21)  # not a multiple of any page size used here
+FLEET = {"n": 253, "seed": 21}  # not a multiple of any page size used here
 
 
 def listing_requests(log: list[LoggedRequest]) -> list[int]:

@@ -1,4 +1,4 @@
-"""Throttling like a good API citizen (issue 5): ``max_rps`` and adaptive concurrency.
+"""Throttling like a good API citizen: ``max_rps`` and adaptive concurrency.
 
 All against the real emulator on 127.0.0.1. Rates are measured from the emulator's
 request log (arrival times on its side), and the bands are wide on purpose: these tests

@@ -7,21 +7,18 @@ among them, so the run must stop with one clear error), a CA bundle path, and Fa
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
 import imgframe
 from imgframe.errors import FetchError
-from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, GlanceEmulator
 
 trustme = pytest.importorskip("trustme")
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(60, seed=8)
+FLEET = {"n": 60, "seed": 8}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +40,13 @@ def _server_context(ca, name: str) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="module")
-def https(fleet, ca) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet, ssl_context=_server_context(ca, "127.0.0.1")) as emu:
-        yield emu
+def https(module_servers, fleet, ca) -> GlanceEmulator:
+    return module_servers.glance(fleet, ssl_context=_server_context(ca, "127.0.0.1"))
 
 
 @pytest.fixture(scope="module")
-def plain(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+def plain(emulator) -> GlanceEmulator:
+    return emulator
 
 
 def ids_of(fleet) -> list[str]:

@@ -1,10 +1,9 @@
-"""Glance v2 fallback (issue 5, section 3): the same fleet through v1 and v2 gives the same
-columns; ``api="auto"`` switches a cloud without /v1 to v2; the v2-only columns."""
+"""Glance v2 fallback (docs/ARCHITECTURE.md, "The wire"): the same fleet through v1 and v2
+gives the same columns; ``api="auto"`` switches a cloud without /v1 to v2; the v2-only columns."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from imgframe import ConfigError, NoV1ApiError, fetch_images
 from imgframe.io import READERS, write
 from imgframe.parse import v2_header_pairs
 from imgframe.schema import FIELDS, V2_PREFIX, Kind, columns, dtypes
-from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator
 
 V2_ONLY = [f.column for f in FIELDS if f.header is not None and f.header.startswith(V2_PREFIX)]
 # Columns both APIs fill from the image itself (request ids differ per request).
@@ -26,15 +25,7 @@ SHARED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    return make_fleet(400, seed=23)
-
-
-@pytest.fixture(scope="module")
-def emulator(fleet) -> Iterator[GlanceEmulator]:
-    with GlanceEmulator(fleet) as emu:
-        yield emu
+FLEET = {"n": 400, "seed": 23}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

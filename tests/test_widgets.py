@@ -14,7 +14,7 @@ import pytest
 
 import imgframe
 from imgframe.errors import ConfigError
-from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator, make_fleet
+from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator
 from imgframe.widgets import (
     Picker,
     PickerFilter,
@@ -27,16 +27,13 @@ from imgframe.widgets import (
 MISSING_ID = "00000000-0000-4000-8000-000000000001"  # the emulator answers 404
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    return make_fleet(300, seed=7)
+FLEET = {"n": 300, "seed": 7}  # the module's `fleet` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def fetched(fleet: Fleet) -> pd.DataFrame:
+def fetched(fleet: Fleet, emulator: GlanceEmulator) -> pd.DataFrame:
     ids = [image.id for image in fleet.images] + [MISSING_ID]
-    with GlanceEmulator(fleet) as emu:
-        return imgframe.fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN)
+    return imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN)
 
 
 @pytest.fixture(scope="module")
