@@ -26,9 +26,9 @@ credentials and the translation of aiohttp's errors are :mod:`imgframe.http`'s, 
 with the lister.
 
 Hostile servers: nothing in an answer may end the run. Every failed attempt
-becomes one fixed sentence of the ``error`` vocabulary (the constants below; details at
-debug level on ``imgframe.fetch``; :mod:`imgframe.http` and :mod:`imgframe.glance` hold
-the sentences, this module re-exports them); a 200 that is not the requested image's metadata
+becomes one fixed sentence of the ``error`` vocabulary (held by :mod:`imgframe.http`
+and :mod:`imgframe.glance`, re-exported here; details at debug level on
+``imgframe.fetch``); a 200 that is not the requested image's metadata
 (another id, conflicting ids, no metadata, a broken HTTP answer) is a row with an error,
 asked again once; any other exception while reading one answer is that id's row. The
 run starts with one request (:class:`_Probe`) and opens up to ``concurrency`` at the

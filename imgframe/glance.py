@@ -88,9 +88,6 @@ def normalize_endpoint(endpoint: str) -> str:
 _API_VERSION = re.compile(r"/v[12](?:\.[0-9]+)?$", re.IGNORECASE)
 
 
-_API_VERSION = re.compile(r"/v[12](?:\.[0-9]+)?$", re.IGNORECASE)
-
-
 class LyingAnswer(Exception):
     """A 200 answer that is not the requested image's metadata; ``sentence`` is the row's
     error (one of the module's fixed sentences, never the server's text)."""

@@ -111,7 +111,8 @@ async def list_image_ids_async(
     and ``changes-since``, without which it hides killed images (see the module
     docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links in two passes,
     every visibility and share status, then the hidden images (:data:`V2_PASSES`; Glance's
-    default listing has neither; never deleted ones). ``page_size`` is the
+    default listing has neither; never deleted ones); ``api="auto"`` lists v1 and, when
+    its first page answers 300 (no v1 API), v2. ``page_size`` is the
     ``limit`` asked for (the server may clamp it). ``include_deleted`` (v1) also lists
     soft-deleted images: all of them for an admin, a project's own and public ones for
     a project token (whose HEADs of them then answer 404). Transient failures (429,

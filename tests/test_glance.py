@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from imgframe import ConfigError, NoV1ApiError, fetch_images, list_image_ids
+from imgframe import (
+    ConfigError,
+    FetchError,
+    NoV1ApiError,
+    RetryPolicy,
+    fetch_images,
+    list_image_ids,
+)
 from imgframe.glance import V1, V2, after_300, glance_api, normalize_endpoint
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 
@@ -103,3 +111,34 @@ def test_normalize_endpoint_drops_only_a_trailing_api_version(given, expected) -
 def test_normalize_endpoint_refuses_what_is_not_an_image_endpoint(bad) -> None:
     with pytest.raises(ConfigError):
         normalize_endpoint(bad)
+
+
+def test_list_image_ids_with_auto_lists_v2_when_v1_is_gone(fleet) -> None:
+    with GlanceEmulator(fleet, faults=Faults(no_v1=True)) as emu:
+        listed = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api="auto")
+        paths = [r.path for r in emu.request_log]
+    assert sorted(listed) == sorted(_live(fleet))
+    assert paths[0] == "/v1/images/detail" and set(paths[1:]) == {"/v2/images"}
+    with (
+        GlanceEmulator(fleet, faults=Faults(no_v1=True)) as emu,
+        pytest.raises(NoV1ApiError, match="api='v2'"),
+    ):
+        list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api="v1")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_fetcher_and_the_lister_name_a_failure_alike() -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    fast = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.02)
+    df = fetch_images(["a"], endpoint=endpoint, token="t", retries=fast)
+    with pytest.raises(FetchError) as caught:
+        list_image_ids(endpoint=endpoint, token="t", retries=fast)
+    assert df["error"].tolist() == ["connection failed: refused (gave up after 2 attempts)"]
+    assert str(caught.value).endswith(
+        "failed: connection failed: refused (gave up after 2 attempts)"
+    )
