@@ -34,6 +34,7 @@ from imgframe.auth import (
     StaticToken,
     TokenSource,
 )
+from imgframe.config import FetchOptions, RetryPolicy, Timeout
 from imgframe.errors import (
     AuthError,
     CheckpointError,
@@ -48,7 +49,6 @@ from imgframe.errors import (
     InvalidInputError,
     NoV1ApiError,
 )
-from imgframe.fetch import RetryPolicy, Timeout
 from imgframe.fleet import Target, fetch_fleet, fetch_fleet_async
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.listing import list_image_ids, list_image_ids_async
@@ -69,6 +69,7 @@ __all__ = [
     "CheckpointWarning",
     "ConfigError",
     "FetchError",
+    "FetchOptions",
     "FleetWarning",
     "HuaweiAkSk",
     "ImageRecord",

@@ -24,36 +24,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import itertools
-import math
 import os
-import sys
-import threading
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from imgframe import checkpoint as checkpoint_module
 from imgframe.auth import RequestSigner, TokenArg, TokenSource, image_endpoint, token_source
+from imgframe.auth import cloud_token as cloud_token
 from imgframe.checkpoint import Checkpoint, Manifest, restored_positions
-from imgframe.errors import CheckpointError, ConfigError, InvalidInputError, NoV1ApiError
-from imgframe.fetch import (
-    APIS,
-    INVALID_ID,
-    FetchResult,
-    HeadFetcher,
-    IdFeed,
+from imgframe.config import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from imgframe.config import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    FetchOptions,
     RetryPolicy,
     Timeout,
-    invalid_ids,
 )
+from imgframe.errors import CheckpointError
+from imgframe.fetch import FetchResult, HeadFetcher, IdFeed
+from imgframe.ids import invalid_ids
+from imgframe.ids import normalize_ids as normalize_ids
+from imgframe.listing import DetailPage, Lister
+from imgframe.outcome import INVALID_ID
 from imgframe.parse import (
     PACK_SEPARATOR,
     ParseProblems,
@@ -62,82 +62,19 @@ from imgframe.parse import (
     build_frame,
     concat_frames,
     pack_headers,
-    v1_detail_packed,
-    v2_header_pairs,
 )
-
-if TYPE_CHECKING:  # listing imports this module at run time
-    from imgframe.listing import DetailPage
+from imgframe.progress import PROGRESS_LABEL as PROGRESS_LABEL
+from imgframe.progress import progress_bar
+from imgframe.runner import run_sync as run_sync
 
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
-DEFAULT_CONCURRENCY = 32
 BATCH_SIZE = 10_000
 # ids=None: listing pages asked for, and how many may wait in the feed before the
 # listing pauses (a page is drained in well under a second at usual concurrency, so
 # three pages keep the workers fed across a slow listing page without hoarding ids).
-LISTING_PAGE_SIZE = 1000
+LISTING_PAGE_SIZE = DEFAULT_PAGE_SIZE
 LISTING_PAGES_AHEAD = 3
-
-
-def normalize_ids(ids: Iterable[Any]) -> list[str]:
-    """Requested ids as distinct, stripped strings in first-seen order.
-
-    Accepts any iterable (list, pandas Series or Index, numpy array, generator) of
-    strings, bytes or ``uuid.UUID``. Refuses a bare string and missing values (None,
-    NaN) with a message that says where they are, rather than dropping them.
-
-    Examples
-    --------
-    >>> normalize_ids([" a ", "b", "a"])
-    ['a', 'b']
-    >>> normalize_ids("abc")
-    Traceback (most recent call last):
-    ...
-    imgframe.errors.InvalidInputError: ids must be a collection of image ids, not one string; ...
-    """
-    if isinstance(ids, str | bytes):
-        raise InvalidInputError(
-            f"ids must be a collection of image ids, not one string; did you mean [{ids!r}]?"
-        )
-    if isinstance(ids, pd.DataFrame):
-        raise InvalidInputError(
-            "ids must be one column of ids: pass df['id'] or df.index, not a DataFrame"
-        )
-    if isinstance(ids, dict):
-        ids = ids.keys()
-    try:
-        iterator = iter(ids)
-    except TypeError:
-        raise InvalidInputError(
-            f"ids must be an iterable of image ids, not {type(ids).__name__}"
-        ) from None
-    seen: dict[str, None] = {}
-    for position, value in enumerate(iterator):
-        if isinstance(value, str):
-            text = value
-        elif isinstance(value, bytes):
-            text = value.decode("utf-8", errors="replace")
-        elif isinstance(value, uuid.UUID):
-            text = str(value)
-        elif value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            raise InvalidInputError(
-                f"ids[{position}] is missing ({value!r}); every id must be a string"
-            )
-        else:
-            raise InvalidInputError(
-                f"ids[{position}] is a {type(value).__name__} ({value!r}), not a string image id"
-            )
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidInputError(
-                    f"ids[{position}] is not valid Unicode text ({value!r}): it has lone "
-                    "surrogates, as left by a wrong decoding"
-                ) from None
-        seen.setdefault(text.strip(), None)
-    return list(seen)
 
 
 class _Collector:
@@ -307,13 +244,6 @@ def _only_used_categories(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**changed) if changed else frame
 
 
-#: Put in front of the progress bar's description; :func:`imgframe.fetch_fleet` sets it
-#: to ``cloud/region`` in each target's task (a context variable: each task has its own).
-PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "imgframe_progress_label", default=None
-)
-
-
 def _reordered(frame: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     """``frame.iloc[order]``, one column at a time, each old column freed once copied.
 
@@ -328,58 +258,14 @@ def _reordered(frame: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(columns, index=index, copy=False)
 
 
-def _progress_bar(progress: bool | None, total: int | None, api: str = "v1") -> Any:
-    if progress is None:
-        progress = _someone_watching()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    desc = {"v1": "HEAD /v1/images", "v2": "GET /v2/images", "listing": "listing"}.get(
-        api, "images"
-    )
-    label = PROGRESS_LABEL.get()
-    if label:
-        desc = f"{label}: {desc}"
-    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
-
-
-def _someone_watching() -> bool:
-    """A notebook kernel or a terminal on stderr: never CI logs or pipes."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
-    if type(shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel, not just imported
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _as_timeout(timeout: float | Timeout) -> Timeout:
-    if isinstance(timeout, Timeout):
-        return timeout
-    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-        return Timeout(total=float(timeout), connect=min(float(timeout), 10.0))
-    raise ConfigError(f"timeout must be seconds or a Timeout, got {timeout!r}")
-
-
-def _as_retry(retries: int | RetryPolicy) -> RetryPolicy:
-    if isinstance(retries, RetryPolicy):
-        return retries
-    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
-        return RetryPolicy(attempts=retries + 1)
-    raise ConfigError(f"retries must be a count >= 0 or a RetryPolicy, got {retries!r}")
-
-
 async def fetch_images_async(
     ids: Iterable[Any] | None = None,
     *,
     endpoint: str | None = None,
     token: TokenArg = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     progress: bool | None = None,
     verify: bool | str = True,
     max_rps: float | None = None,
@@ -408,15 +294,7 @@ async def fetch_images_async(
     >>> len(df), df["http_status"].tolist() == [200, 200, 200]
     (3, True)
     """
-    token = cloud_token(token, cloud, region)
-    requested = None if ids is None else normalize_ids(ids)
-    manifest = None
-    if checkpoint is not None:
-        manifest = _checkpoint_facts(requested, api, include_deleted)
-    return await _fetch(
-        requested,
-        endpoint=endpoint,
-        token=token,
+    options = FetchOptions.build(
         concurrency=concurrency,
         timeout=timeout,
         retries=retries,
@@ -426,109 +304,78 @@ async def fetch_images_async(
         adaptive=adaptive,
         api=api,
         checkpoint=checkpoint,
-        manifest=manifest,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        page_size=LISTING_PAGE_SIZE,
+    )
+    return await fetch_with_options(
+        ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region
     )
 
 
-def cloud_token(token: TokenArg, cloud: str | None, region: str | None = None) -> TokenArg:
-    """``token``, or for ``cloud`` (a ``clouds.yaml`` name) its
-    :meth:`~imgframe.auth.KeystoneToken.from_cloud` token: the ``cloud=`` shorthand.
-
-    ``cloud`` with ``token`` is refused (which one should win?); ``region`` needs
-    ``cloud``. An ``endpoint=`` given with ``cloud=`` is used instead of the catalog's.
+async def fetch_with_options(
+    ids: Iterable[Any] | None,
+    options: FetchOptions,
+    *,
+    endpoint: str | None = None,
+    token: TokenArg = None,
+    cloud: str | None = None,
+    region: str | None = None,
+) -> pd.DataFrame:
+    """:func:`fetch_images_async` with its options made: what both forms run.
 
     Examples
     --------
-    >>> cloud_token("t", None)
-    't'
-    >>> cloud_token("t", "prod")
-    Traceback (most recent call last):
-    ...
-    imgframe.errors.ConfigError: give cloud= or token=, not both: cloud='prod' logs in ...
+    >>> import asyncio
+    >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN
+    >>> fleet = make_fleet(2, seed=1)
+    >>> with GlanceEmulator(fleet) as emu:
+    ...     df = asyncio.run(fetch_with_options(["no-such-image"], FetchOptions(api="v2"),
+    ...                                         endpoint=emu.url, token=ADMIN_TOKEN))
+    >>> df["error"].tolist()
+    ['HTTP 404 Not Found']
     """
-    if cloud is None:
-        if region is not None:
-            raise ConfigError(
-                f"region={region!r} needs cloud=: a region picks an endpoint from a "
-                "clouds.yaml cloud's catalog"
-            )
-        return token
-    if not isinstance(cloud, str) or not cloud:
-        raise ConfigError(f"cloud must be a clouds.yaml cloud name, got {cloud!r}")
-    if region is not None and (not isinstance(region, str) or not region):
-        raise ConfigError(f"region must be a region name or None, got {region!r}")
-    if token is not None:
-        raise ConfigError(
-            f"give cloud= or token=, not both: cloud={cloud!r} logs in with its "
-            "clouds.yaml credentials"
-        )
-    from imgframe.auth import KeystoneToken
-
-    return KeystoneToken.from_cloud(cloud, region=region)
+    token = cloud_token(token, cloud, region)
+    requested = None if ids is None else normalize_ids(ids)
+    manifest = None
+    if options.checkpoint is not None:
+        manifest = checkpoint_facts(requested, options)
+    return await fetch_target(requested, options, endpoint=endpoint, token=token, manifest=manifest)
 
 
-def _checkpoint_facts(
-    requested: list[str] | None, api: str, include_deleted: bool, kind: str = "fetch"
+def checkpoint_facts(
+    requested: list[str] | None, options: FetchOptions, kind: Literal["fetch", "fleet"] = "fetch"
 ) -> Manifest:
     """The request a checkpoint is made for, before its endpoint is known."""
-    if not isinstance(include_deleted, bool):
-        raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
     return Manifest.for_fetch(
         endpoint=None,
-        api=api,
+        api=options.api,
         ids=requested,
-        include_deleted=include_deleted,
-        kind=kind,  # type: ignore[arg-type]
+        include_deleted=options.include_deleted,
+        kind=kind,
     )
 
 
-async def _fetch(
+async def fetch_target(
     requested: list[str] | None,
+    options: FetchOptions,
     *,
     endpoint: str | None,
     token: TokenArg,
-    concurrency: int,
-    timeout: float | Timeout,
-    retries: int | RetryPolicy,
-    progress: bool | None,
-    verify: bool | str,
-    max_rps: float | None,
-    adaptive: bool,
-    api: Literal["v1", "v2", "auto"],
-    include_deleted: bool,
-    checkpoint: str | os.PathLike[str] | None = None,
     manifest: Manifest | None = None,
     labels: tuple[str, str | None] | None = None,
-    verify_with_head: bool = False,
 ) -> pd.DataFrame:
-    """:func:`fetch_images_async` on normalized ids; ``manifest`` (with ``checkpoint``)
-    is the request's checkpoint facts, completed here with the endpoint and ``labels``
-    (a fleet target's cloud and region)."""
-    if api not in APIS:
-        raise ConfigError(f"api must be 'v1', 'v2' or 'auto', got {api!r}")
-    if not isinstance(include_deleted, bool):
-        raise ConfigError(f"include_deleted must be True or False, got {include_deleted!r}")
-    if not isinstance(verify_with_head, bool):
-        raise ConfigError(f"verify_with_head must be True or False, got {verify_with_head!r}")
+    """One endpoint's frame of normalized ids (None: its listing); ``manifest`` (with
+    ``options.checkpoint``) is the request's checkpoint facts, completed here with the
+    endpoint and ``labels`` (a fleet target's cloud and region)."""
     source = token_source(token)
     endpoint = await image_endpoint(source, endpoint)
-    fetcher = HeadFetcher(
-        endpoint,
-        source,
-        concurrency=concurrency,
-        timeout=_as_timeout(timeout),
-        retry=_as_retry(retries),
-        verify=verify,
-        max_rps=max_rps,
-        adaptive=adaptive,
-        api=api,
-    )
+    fetcher = HeadFetcher(endpoint, source, options=options)
+    checkpoint = options.checkpoint
     store = None
     if checkpoint is not None:
         if manifest is None:
-            manifest = _checkpoint_facts(requested, api, include_deleted)
+            manifest = checkpoint_facts(requested, options)
         if labels is not None:
             facts = manifest.for_target(
                 endpoint=fetcher.endpoint, cloud=labels[0], region=labels[1]
@@ -545,12 +392,12 @@ async def _fetch(
             raise
     else:
         stored = None
-    from_listing = requested is None and not verify_with_head
+    from_listing = requested is None and not options.verify_with_head
     collector = _Collector(
-        _progress_bar(
-            progress,
+        progress_bar(
+            options.progress,
             None if requested is None else len(requested),
-            "listing" if from_listing else api,
+            "listing" if from_listing else options.api,
         ),
         store,
     )
@@ -562,16 +409,7 @@ async def _fetch(
         if requested is not None:
             items = _sendable(collector, requested, stored=stored)
         else:  # the whole cloud
-            listing = _listing(
-                fetcher,
-                endpoint=endpoint,
-                tokens=source,
-                api=api,
-                verify=verify,
-                timeout=timeout,
-                retries=retries,
-                include_deleted=include_deleted,
-            )
+            listing = _listing(fetcher, endpoint=endpoint, tokens=source, options=options)
             if from_listing:  # each row made from its listing record
                 rows = functools.partial(_listed_rows, fetcher, collector, listing, stored)
             else:  # one request per listed image
@@ -637,44 +475,19 @@ async def _listing(
     *,
     endpoint: str,
     tokens: TokenSource | RequestSigner,
-    api: str,
-    verify: bool | str,
-    timeout: float | Timeout,
-    retries: int | RetryPolicy,
-    include_deleted: bool,
+    options: FetchOptions,
 ) -> AsyncGenerator[DetailPage, None]:
     """The cloud's listing, page by page (ids with their records), for both ways of
     making rows from it. With ``api="auto"`` a v1 listing answering 300 before its
-    first page switches the listing and ``fetcher`` to v2."""
-    from imgframe.listing import DEFAULT_MAX_PAGES, _Lister  # listing imports this module
-
-    listing_api = "v2" if api == "v2" else "v1"
-    listed = False
-    while True:
-        # Listed ids are taken as sent (not stripped): the listing dedupes them, and an
-        # id with spaces is invalid and reported as such rather than silently changed.
-        pages = _Lister(
-            endpoint,
-            tokens,
-            api=listing_api,
-            page_size=LISTING_PAGE_SIZE,
-            verify=verify,
-            include_deleted=include_deleted,
-            timeout=timeout,
-            retries=retries,
-            max_pages=DEFAULT_MAX_PAGES,
-        ).detail_pages()
-        try:
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    listed = True
-                    yield page
-            return
-        except NoV1ApiError:
-            if api != "auto" or listing_api == "v2" or listed:
-                raise
-            listing_api = "v2"
-            fetcher.use_v2("its v1 listing answered 300")
+    first page switches to v2 (the lister does), and so does ``fetcher``."""
+    # Listed ids are taken as sent (not stripped): the listing dedupes them, and an id
+    # with spaces is invalid and reported as such rather than silently changed.
+    pages = Lister(endpoint, tokens, options).detail_pages()
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            if page.api is not fetcher.glance:
+                fetcher.use_v2("its v1 listing answered 300")
+            yield page
 
 
 async def _listed_pages(
@@ -720,8 +533,8 @@ async def _listed_rows(
     add = collector.add_packed
     async with contextlib.aclosing(pages):
         async for page in pages:
-            # The page was listed after any api="auto" switch: the fetcher says which API.
-            packed_of = _v2_packed if fetcher.using_v2 else v1_detail_packed
+            # The API that listed the page (after any api="auto" switch) reads its records.
+            packed_of = page.api.pack_record
             collector.expect(len(page.ids))
             start = position
             position += len(page.ids)
@@ -734,10 +547,6 @@ async def _listed_rows(
 
 
 _REQUEST_ID = b"X-Openstack-Request-Id"
-
-
-def _v2_packed(image: dict[str, Any]) -> bytes:
-    return pack_headers(v2_header_pairs(image))
 
 
 _T = TypeVar("_T")
@@ -783,8 +592,8 @@ def fetch_images(
     endpoint: str | None = None,
     token: TokenArg = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     progress: bool | None = None,
     verify: bool | str = True,
     max_rps: float | None = None,
@@ -860,10 +669,7 @@ def fetch_images(
     >>> len(df), df["http_status"].tolist()[-2:], df["error"].tolist()[-2:]
     (7, [404, <NA>], ['HTTP 404 Not Found', 'invalid image id'])
     """
-    coroutine = fetch_images_async(
-        ids,
-        endpoint=endpoint,
-        token=token,
+    options = FetchOptions.build(
         concurrency=concurrency,
         timeout=timeout,
         retries=retries,
@@ -875,107 +681,9 @@ def fetch_images(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
-        cloud=cloud,
-        region=region,
+        page_size=LISTING_PAGE_SIZE,
+    )
+    coroutine = fetch_with_options(
+        ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region
     )
     return run_sync(coroutine)
-
-
-#: How long an interrupted :func:`run_sync` waits for its helper thread's fetch to stop
-#: and write its checkpoint before raising ``KeyboardInterrupt`` anyway.
-INTERRUPT_WAIT_SECONDS = 30.0
-
-
-def run_sync(coroutine: Awaitable[Any]) -> Any:
-    """Run ``coroutine`` to completion from blocking code, even inside a running loop.
-
-    In a plain script it runs on a fresh event loop (uvloop when installed); Ctrl-C
-    cancels it (asyncio.Runner's own handling) and raises ``KeyboardInterrupt`` once
-    it has unwound. Inside a running loop (a Jupyter cell) it runs on a helper thread
-    with its own loop, because a loop cannot be re-entered and nest_asyncio patches
-    asyncio globally; a ``KeyboardInterrupt`` in the waiting thread (a kernel interrupt)
-    cancels the helper's task, waits up to :data:`INTERRUPT_WAIT_SECONDS` for it to
-    unwind (a fetch writes its checkpoint) and is then raised.
-
-    Examples
-    --------
-    >>> async def answer() -> int:
-    ...     return 42
-    >>> run_sync(answer())
-    42
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _run_in_new_loop(coroutine)
-    helper = _HelperLoop(coroutine)
-    helper.thread.start()
-    try:
-        helper.done.wait()
-    except KeyboardInterrupt:
-        helper.cancel()
-        # A second interrupt while waiting gives up on the wait, not on the cancel.
-        helper.done.wait(INTERRUPT_WAIT_SECONDS)
-        raise
-    return helper.result()
-
-
-class _HelperLoop:
-    """``coroutine`` as the main task of a fresh event loop on a daemon thread, which
-    another thread can cancel (a daemon: an abandoned fetch never blocks exiting)."""
-
-    def __init__(self, coroutine: Awaitable[Any]) -> None:
-        self._coroutine = coroutine
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelled = False
-        self._lock = threading.Lock()
-        self.done = threading.Event()
-        self._outcome: tuple[bool, Any] = (False, None)
-        self.thread = threading.Thread(target=self._run, name="imgframe-fetch", daemon=True)
-
-    async def _main(self) -> Any:
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()
-            cancelled = self._cancelled
-        if cancelled:  # interrupted before the task existed
-            close = getattr(self._coroutine, "close", None)
-            if close is not None:
-                close()
-            raise asyncio.CancelledError
-        return await self._coroutine
-
-    def _run(self) -> None:
-        try:
-            self._outcome = (True, _run_in_new_loop(self._main()))
-        except BaseException as exc:
-            self._outcome = (False, exc)
-        finally:
-            self.done.set()
-
-    def cancel(self) -> None:
-        """Cancel the task from any thread (before it started: it will not start)."""
-        with self._lock:
-            self._cancelled = True
-            loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(task.cancel)
-
-    def result(self) -> Any:
-        ok, value = self._outcome
-        if ok:
-            return value
-        raise value
-
-
-def _run_in_new_loop(coroutine: Awaitable[Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coroutine)  # type: ignore[arg-type]

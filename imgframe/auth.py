@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 from imgframe.errors import AuthError, ConfigError
+from imgframe.glance import normalize_endpoint
 
 if TYPE_CHECKING:
     from keystoneauth1.access import AccessInfo
@@ -47,6 +48,8 @@ __all__ = [
     "TokenArg",
     "TokenSource",
     "cloud_regions",
+    "cloud_token",
+    "image_endpoint",
     "token_source",
 ]
 
@@ -164,9 +167,6 @@ class CallableToken:
 
 # Attribute names in keystoneauth plugins (and clouds.yaml ``auth`` keys) that hold secrets.
 _SECRET_NAME = re.compile(r"password|secret|token|passcode|totp", re.IGNORECASE)
-# A catalog URL for the image service may end in an API version (``.../v2``); the fetcher
-# wants the service root and adds ``/v1`` itself.
-_VERSION_SUFFIX = re.compile(r"/v\d+(\.\d+)?/?$")
 
 
 def _secret_values(sources: Iterable[object]) -> frozenset[str]:
@@ -485,7 +485,9 @@ class KeystoneToken:
                 f"no {self.interface} 'image' endpoint in the service catalog for {where}; "
                 "pass endpoint=... or choose region/interface"
             )
-        return _VERSION_SUFFIX.sub("", url.rstrip("/"))
+        # A catalog URL may end in an API version (``.../v2``): the service root is
+        # wanted, as for an endpoint given by hand (imgframe adds the version it uses).
+        return normalize_endpoint(url)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets | ({self._shared.token} if self._shared.token else set()):
@@ -758,6 +760,41 @@ def token_source(token: TokenArg) -> TokenSource | RequestSigner:
         "token must be a string, a TokenSource, a RequestSigner (HuaweiAkSk) or a function, "
         f"not {type(token).__name__}"
     )
+
+
+def cloud_token(token: TokenArg, cloud: str | None, region: str | None = None) -> TokenArg:
+    """``token``, or for ``cloud`` (a ``clouds.yaml`` name) its
+    :meth:`~imgframe.auth.KeystoneToken.from_cloud` token: the ``cloud=`` shorthand.
+
+    ``cloud`` with ``token`` is refused (which one should win?); ``region`` needs
+    ``cloud``. An ``endpoint=`` given with ``cloud=`` is used instead of the catalog's.
+
+    Examples
+    --------
+    >>> cloud_token("t", None)
+    't'
+    >>> cloud_token("t", "prod")
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: give cloud= or token=, not both: cloud='prod' logs in ...
+    """
+    if cloud is None:
+        if region is not None:
+            raise ConfigError(
+                f"region={region!r} needs cloud=: a region picks an endpoint from a "
+                "clouds.yaml cloud's catalog"
+            )
+        return token
+    if not isinstance(cloud, str) or not cloud:
+        raise ConfigError(f"cloud must be a clouds.yaml cloud name, got {cloud!r}")
+    if region is not None and (not isinstance(region, str) or not region):
+        raise ConfigError(f"region must be a region name or None, got {region!r}")
+    if token is not None:
+        raise ConfigError(
+            f"give cloud= or token=, not both: cloud={cloud!r} logs in with its "
+            "clouds.yaml credentials"
+        )
+    return KeystoneToken.from_cloud(cloud, region=region)
 
 
 async def image_endpoint(source: TokenSource | RequestSigner, endpoint: str | None) -> str:

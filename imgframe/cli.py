@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -22,15 +23,16 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import pandas as pd
 
 from imgframe import __version__
-from imgframe.api import DEFAULT_CONCURRENCY, fetch_images
+from imgframe.api import fetch_images, fetch_with_options
 from imgframe.atomic import atomic_path, check_writable
 from imgframe.auth import TokenArg
+from imgframe.config import DEFAULT_CONCURRENCY, FetchOptions
 from imgframe.errors import (
     CheckpointError,
     ConfigError,
@@ -38,9 +40,9 @@ from imgframe.errors import (
     ImgframeError,
     ImgframeWarning,
 )
-from imgframe.fetch import RetryPolicy
 from imgframe.io import FORMATS, FORMULA_STARTS, to_csv, write
 from imgframe.outcome import Outcome, run_outcome
+from imgframe.runner import run_sync
 
 __all__ = ["EXIT_STATUS_HELP", "main"]
 
@@ -235,7 +237,7 @@ def _check_endpoint(endpoint: str) -> None:
     """Refuse an endpoint that still names an API version or the images collection once
     imgframe has normalized it: every id would be asked at a path that does not exist
     and answer 404, a run that looks complete."""
-    from imgframe.fetch import normalize_endpoint  # its one-line refusals come first
+    from imgframe.glance import normalize_endpoint  # its one-line refusals come first
 
     path = urlsplit(normalize_endpoint(endpoint)).path.rstrip("/")
     found = _VERSIONED_PATH.search(path)
@@ -285,7 +287,7 @@ def resume_command(argv: Sequence[str]) -> str:
 class _Interrupts:
     """SIGTERM takes the path of SIGINT, remembering which one came.
 
-    ``asyncio.Runner`` (which :func:`imgframe.api.run_sync` uses) replaces Python's
+    ``asyncio.Runner`` (which :func:`imgframe.runner.run_sync` uses) replaces Python's
     default SIGINT handler while a fetch runs: the first SIGINT cancels the fetch's main
     task (its workers stop sending, a checkpoint is flushed) and ``run`` then raises
     KeyboardInterrupt. SIGTERM (cron, ``timeout``, systemd) would otherwise kill the
@@ -354,17 +356,7 @@ def _fetch(args: argparse.Namespace) -> int:
             "warning: a token given with --token is visible to every user of this machine "
             "(ps, /proc) and stays in your shell history; put it in OS_AUTH_TOKEN instead"
         )
-    options = {
-        "concurrency": args.concurrency,
-        "timeout": args.timeout,  # seconds, converted as fetch_images(timeout=5) converts them
-        "retries": RetryPolicy(attempts=args.retries + 1),
-        "progress": args.progress,
-        "verify": args.ca_bundle or not args.insecure,
-        "max_rps": args.max_rps,
-        "api": args.api,
-        "include_deleted": args.include_deleted,
-        "verify_with_head": args.head,
-    }
+    options = fetch_options(args)
     run = _Run(args, checkpoint_folder(args, ids))
     with _Interrupts() as interrupts:
         try:
@@ -465,7 +457,7 @@ def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
 
     from imgframe.api import normalize_ids
     from imgframe.checkpoint import ids_digest
-    from imgframe.fetch import normalize_endpoint
+    from imgframe.glance import normalize_endpoint
 
     request = {
         "endpoint": normalize_endpoint(args.endpoint) if args.endpoint else None,
@@ -479,19 +471,39 @@ def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) -> int:
+def fetch_options(args: argparse.Namespace) -> FetchOptions:
+    """The options of ``imgframe fetch``, as ``fetch_images`` makes them from the same
+    values (``--timeout 5`` is ``timeout=5``, ``--retries 3`` is ``retries=3``).
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["fetch", "--endpoint", "http://h", "--timeout", "5"])
+    >>> fetch_options(args).timeout
+    Timeout(total=5.0, connect=5.0)
+    """
+    return FetchOptions.build(
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retries=args.retries,
+        progress=args.progress,
+        verify=args.ca_bundle or not args.insecure,
+        max_rps=args.max_rps,
+        api=args.api,
+        include_deleted=args.include_deleted,
+        verify_with_head=args.head,
+    )
+
+
+def _fetch_and_write(run: _Run, ids: list[str] | None, options: FetchOptions) -> int:
     args = run.args
     started = time.perf_counter()
+    options = dataclasses.replace(options, checkpoint=run.checkpoint)
     if args.cloud:
-        from imgframe.fleet import fetch_fleet
+        from imgframe.fleet import fleet_with_options
 
-        df = fetch_fleet(
-            args.cloud,
-            args.region or None,
-            ids=ids,
-            errors="warn" if args.keep_going else "raise",
-            checkpoint=run.checkpoint,
-            **options,
+        errors: Literal["raise", "warn"] = "warn" if args.keep_going else "raise"
+        df = run_sync(
+            fleet_with_options(args.cloud, args.region or None, options, ids=ids, errors=errors)
         )
     else:
         token: TokenArg = args.token or os.environ.get("OS_AUTH_TOKEN")
@@ -499,9 +511,7 @@ def _fetch_and_write(run: _Run, ids: list[str] | None, options: dict[str, Any]) 
             from imgframe.auth import HuaweiAkSk
 
             token = HuaweiAkSk.from_env()
-        df = fetch_images(
-            ids, endpoint=args.endpoint, token=token, checkpoint=run.checkpoint, **options
-        )
+        df = run_sync(fetch_with_options(ids, options, endpoint=args.endpoint, token=token))
     seconds = time.perf_counter() - started
     outcome = run_outcome(df)
     failed_targets = [str(t) for t in df.attrs.get("failed_targets", ())]

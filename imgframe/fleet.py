@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -27,19 +28,22 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from imgframe.api import (
-    DEFAULT_CONCURRENCY,
-    PROGRESS_LABEL,
-    TokenArg,
-    _checkpoint_facts,
-    _fetch,
-    normalize_ids,
-    run_sync,
-)
+from imgframe.api import checkpoint_facts, fetch_target
+from imgframe.auth import TokenArg
 from imgframe.checkpoint import fleet_folder, target_folder
+from imgframe.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    FetchOptions,
+    RetryPolicy,
+    Timeout,
+)
 from imgframe.errors import ConfigError, FleetWarning, ImgframeError
-from imgframe.fetch import RetryPolicy, Timeout
+from imgframe.ids import normalize_ids
 from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
+from imgframe.progress import PROGRESS_LABEL
+from imgframe.runner import run_sync
 from imgframe.schema import FLEET_INDEX, Kind
 
 __all__ = ["FleetWarning", "Target", "fetch_fleet", "fetch_fleet_async", "fleet_targets"]
@@ -168,8 +172,8 @@ async def fetch_fleet_async(
     *,
     ids: Iterable[Any] | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     progress: bool | None = None,
     verify: bool | str = True,
     max_rps: float | None = None,
@@ -191,39 +195,56 @@ async def fetch_fleet_async(
     >>> df.index.tolist() == ["lab//" + i for i in df["id"]]
     True
     """
+    options = FetchOptions.build(
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        verify=verify,
+        max_rps=max_rps,
+        adaptive=adaptive,
+        api=api,
+        checkpoint=checkpoint,
+        include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
+    )
+    return await fleet_with_options(clouds, regions, options, ids=ids, errors=errors)
+
+
+async def fleet_with_options(
+    clouds: Iterable[str | Target],
+    regions: Sequence[str] | None,
+    options: FetchOptions,
+    *,
+    ids: Iterable[Any] | None = None,
+    errors: Literal["raise", "warn"] = "raise",
+) -> pd.DataFrame:
+    """:func:`fetch_fleet_async` with its options made: what both forms run.
+    ``options.checkpoint`` is the fleet's folder; each target gets its own inside it."""
     if errors not in ("raise", "warn"):
         raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
     targets = fleet_targets(clouds, regions)
     requested = None if ids is None else normalize_ids(ids)
     manifest = root = None
-    if checkpoint is not None:
+    if options.checkpoint is not None:
         # The fleet's own manifest (ids, api, include_deleted) is checked before any
         # login; each target's folder then checks its endpoint.
-        manifest = _checkpoint_facts(requested, api, include_deleted, kind="fleet")
-        root = fleet_folder(checkpoint, manifest)
+        manifest = checkpoint_facts(requested, options, kind="fleet")
+        root = fleet_folder(options.checkpoint, manifest)
 
     async def one(target: Target) -> pd.DataFrame:
         PROGRESS_LABEL.set(target.label)  # this task's own context: one label per bar
-        folder = None
+        own = options
         if root is not None:
             folder = target_folder(root, target.cloud, target.region)
             folder.parent.mkdir(exist_ok=True)
+            own = dataclasses.replace(options, checkpoint=folder)
         try:
-            return await _fetch(
+            return await fetch_target(
                 requested,
+                own,
                 endpoint=target.endpoint,
                 token=target.token,
-                concurrency=concurrency,
-                timeout=timeout,
-                retries=retries,
-                progress=progress,
-                verify=verify,
-                max_rps=max_rps,
-                adaptive=adaptive,
-                api=api,
-                include_deleted=include_deleted,
-                verify_with_head=verify_with_head,
-                checkpoint=folder,
                 manifest=manifest,
                 labels=(target.cloud, target.region),
             )
@@ -288,8 +309,8 @@ def fetch_fleet(
     *,
     ids: Iterable[Any] | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     progress: bool | None = None,
     verify: bool | str = True,
     max_rps: float | None = None,
@@ -340,25 +361,20 @@ def fetch_fleet(
     >>> df.groupby("region", observed=True).size().to_dict(), df.index.is_unique
     ({'east': 3, 'west': 2}, True)
     """
-    return run_sync(
-        fetch_fleet_async(
-            clouds,
-            regions,
-            ids=ids,
-            concurrency=concurrency,
-            timeout=timeout,
-            retries=retries,
-            progress=progress,
-            verify=verify,
-            max_rps=max_rps,
-            adaptive=adaptive,
-            api=api,
-            errors=errors,
-            checkpoint=checkpoint,
-            include_deleted=include_deleted,
-            verify_with_head=verify_with_head,
-        )
+    options = FetchOptions.build(
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        verify=verify,
+        max_rps=max_rps,
+        adaptive=adaptive,
+        api=api,
+        checkpoint=checkpoint,
+        include_deleted=include_deleted,
+        verify_with_head=verify_with_head,
     )
+    return run_sync(fleet_with_options(clouds, regions, options, ids=ids, errors=errors))
 
 
 def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -55,47 +54,46 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 from yarl import URL
 
-from imgframe.auth import RequestSigner, TokenArg, TokenSource, image_endpoint, token_source
-from imgframe.errors import (
-    AuthError,
-    ConfigError,
-    FetchError,
-    IncompleteListingWarning,
-    NoV1ApiError,
+from imgframe.auth import (
+    RequestSigner,
+    TokenArg,
+    TokenSource,
+    cloud_token,
+    image_endpoint,
+    token_source,
 )
-from imgframe.fetch import (
-    NO_HEADERS,
-    PARSER_LIMITS,
-    SIGNATURE_REJECTED,
-    TOKEN_REJECTED,
-    USER_AGENT,
-    RetryPolicy,
-    Timeout,
-    _reason,
-    _retry_after,
-    _ssl_option,
-    normalize_endpoint,
+from imgframe.config import DEFAULT_MAX_PAGES as DEFAULT_MAX_PAGES
+from imgframe.config import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE
+from imgframe.config import DEFAULT_RETRY, DEFAULT_TIMEOUT, FetchOptions, RetryPolicy, Timeout
+from imgframe.errors import AuthError, ConfigError, FetchError, IncompleteListingWarning
+from imgframe.glance import V1, V2, GlanceApi, Page, after_300, glance_api, normalize_endpoint
+from imgframe.http import (
+    Credentials,
+    describe,
+    failure,
+    new_session,
+    retry_after,
+    ssl_option,
+    status_sentence,
     tls_refused,
 )
+from imgframe.runner import run_sync
 
 __all__ = ["list_image_ids", "list_image_ids_async"]
 
 logger = logging.getLogger("imgframe.listing")
-
-DEFAULT_PAGE_SIZE = 1000
-DEFAULT_MAX_PAGES = 100_000
 
 
 async def list_image_ids_async(
     *,
     endpoint: str | None = None,
     token: TokenArg = None,
-    api: Literal["v1", "v2"] = "v1",
+    api: Literal["v1", "v2", "auto"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
     verify: bool | str = True,
     include_deleted: bool = False,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     max_pages: int = DEFAULT_MAX_PAGES,
     cloud: str | None = None,
     region: str | None = None,
@@ -113,7 +111,8 @@ async def list_image_ids_async(
     and ``changes-since``, without which it hides killed images (see the module
     docstring); ``api="v2"`` follows ``/v2/images`` ``next`` links in two passes,
     every visibility and share status, then the hidden images (:data:`V2_PASSES`; Glance's
-    default listing has neither; never deleted ones). ``page_size`` is the
+    default listing has neither; never deleted ones); ``api="auto"`` lists v1 and, when
+    its first page answers 300 (no v1 API), v2. ``page_size`` is the
     ``limit`` asked for (the server may clamp it). ``include_deleted`` (v1) also lists
     soft-deleted images: all of them for an admin, a project's own and public ones for
     a project token (whose HEADs of them then answer 404). Transient failures (429,
@@ -137,13 +136,7 @@ async def list_image_ids_async(
     >>> sorted(ids) == sorted(i.id for i in fleet.images if not i.deleted)
     True
     """
-    from imgframe.api import cloud_token  # see list_image_ids
-
-    source = token_source(cloud_token(token, cloud, region))
-    endpoint = await image_endpoint(source, endpoint)
-    lister = _Lister(
-        endpoint,
-        source,
+    options = FetchOptions.build(
         api=api,
         page_size=page_size,
         verify=verify,
@@ -152,20 +145,39 @@ async def list_image_ids_async(
         retries=retries,
         max_pages=max_pages,
     )
-    async for image_id in lister.ids():
-        yield image_id
+    ids = listed_ids(options, endpoint=endpoint, token=token, cloud=cloud, region=region)
+    async with contextlib.aclosing(ids):
+        async for image_id in ids:
+            yield image_id
+
+
+async def listed_ids(
+    options: FetchOptions,
+    *,
+    endpoint: str | None,
+    token: TokenArg,
+    cloud: str | None = None,
+    region: str | None = None,
+) -> AsyncGenerator[str, None]:
+    """:func:`list_image_ids_async` with its options made (the one both forms share)."""
+    source = token_source(cloud_token(token, cloud, region))
+    endpoint = await image_endpoint(source, endpoint)
+    ids = Lister(endpoint, source, options).ids()
+    async with contextlib.aclosing(ids):
+        async for image_id in ids:
+            yield image_id
 
 
 def list_image_ids(
     *,
     endpoint: str | None = None,
     token: TokenArg = None,
-    api: Literal["v1", "v2"] = "v1",
+    api: Literal["v1", "v2", "auto"] = "v1",
     page_size: int = DEFAULT_PAGE_SIZE,
     verify: bool | str = True,
     include_deleted: bool = False,
-    timeout: float | Timeout = Timeout(),
-    retries: int | RetryPolicy = RetryPolicy(),
+    timeout: float | Timeout = DEFAULT_TIMEOUT,
+    retries: int | RetryPolicy = DEFAULT_RETRY,
     max_pages: int = DEFAULT_MAX_PAGES,
     cloud: str | None = None,
     region: str | None = None,
@@ -185,26 +197,20 @@ def list_image_ids(
     >>> sorted(ids) == sorted(image.id for image in fleet.images)
     True
     """
-    # Imported here: imgframe.api may import this module to fetch a listed cloud.
-    from imgframe.api import run_sync
+    options = FetchOptions.build(
+        api=api,
+        page_size=page_size,
+        verify=verify,
+        include_deleted=include_deleted,
+        timeout=timeout,
+        retries=retries,
+        max_pages=max_pages,
+    )
 
     async def collect() -> list[str]:
-        return [
-            image_id
-            async for image_id in list_image_ids_async(
-                endpoint=endpoint,
-                token=token,
-                api=api,
-                page_size=page_size,
-                verify=verify,
-                include_deleted=include_deleted,
-                timeout=timeout,
-                retries=retries,
-                max_pages=max_pages,
-                cloud=cloud,
-                region=region,
-            )
-        ]
+        ids = listed_ids(options, endpoint=endpoint, token=token, cloud=cloud, region=region)
+        async with contextlib.aclosing(ids):
+            return [image_id async for image_id in ids]
 
     result: list[str] = run_sync(collect())
     return result
@@ -233,67 +239,53 @@ class _FilterRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Page:
-    ids: list[str]
-    next_path: str | None  # v2 only: the server's ``next`` link
-    deleted: frozenset[str] = frozenset()  # v1 detail: ids whose "deleted" is true
-    # The page's image records (v1 detail records or v2 documents), one per id.
-    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    request_id: bytes | None = None  # the page's X-Openstack-Request-Id, undecoded
-
-
-@dataclass(frozen=True, slots=True)
 class DetailPage:
     """One listing page's images not listed before: ids, their records (v1 detail
-    records or v2 image documents, as sent) and the page's request id (raw bytes)."""
+    records or v2 image documents, as sent), the page's request id (raw bytes) and the
+    API that listed them (``api="auto"`` may have switched to v2)."""
 
     ids: list[str]
     records: list[dict[str, Any]]
     request_id: bytes | None
+    api: GlanceApi = V1
 
 
-class _Lister:
-    """One listing run: one session, the token, the pages asked for so far."""
+class _Switched(Exception):
+    """``api="auto"``: the first v1 page answered 300; list again with v2."""
+
+
+class Lister:
+    """One listing run: one session, the credentials, the pages asked for so far.
+
+    ``options`` gives the API (``"auto"``: v1, switching to v2 when the first page
+    answers 300), the page size and bound, TLS, timeouts, retries and
+    ``include_deleted``.
+    """
 
     def __init__(
-        self,
-        endpoint: str,
-        tokens: TokenSource | RequestSigner,
-        *,
-        api: str,
-        page_size: int,
-        verify: bool | str,
-        include_deleted: bool,
-        timeout: float | Timeout,
-        retries: int | RetryPolicy,
-        max_pages: int,
+        self, endpoint: str, tokens: TokenSource | RequestSigner, options: FetchOptions
     ) -> None:
-        from imgframe.api import _as_retry, _as_timeout  # see list_image_ids
+        self.endpoint = normalize_endpoint(endpoint)  # also drops a trailing /v1, /v2.1...
+        self.api = options.api
+        self.glance = glance_api(options.api)
+        self.include_deleted = options.include_deleted
+        self._check_deleted()
+        self.page_size = options.page_size
+        self.max_pages = options.max_pages
+        self.credentials = Credentials(tokens)
+        self._timeout = options.timeout
+        self._retry = options.retries
+        self._ssl = ssl_option(options.verify)
+        self._pages = 0
+        self._read = 0  # pages answered: api="auto" switches only before the first
 
-        if api not in ("v1", "v2"):
-            raise ConfigError(f"api must be 'v1' or 'v2', got {api!r}")
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            raise ConfigError(f"page_size must be an integer >= 1, got {page_size!r}")
-        if not isinstance(max_pages, int) or isinstance(max_pages, bool) or max_pages < 1:
-            raise ConfigError(f"max_pages must be an integer >= 1, got {max_pages!r}")
-        if include_deleted and api == "v2":
+    def _check_deleted(self) -> None:
+        if self.include_deleted and self.glance is V2:
             raise ConfigError(
                 "include_deleted needs api='v1': Glance v2 never lists deleted images"
             )
-        self.endpoint = normalize_endpoint(endpoint)  # also drops a trailing /v1, /v2.1...
-        self.api = api
-        self.page_size = page_size
-        self.include_deleted = include_deleted
-        self.max_pages = max_pages
-        self._signer = tokens if isinstance(tokens, RequestSigner) else None
-        self._tokens = None if isinstance(tokens, RequestSigner) else tokens
-        self._timeout = _as_timeout(timeout)
-        self._retry = _as_retry(retries)
-        self._ssl = _ssl_option(verify)
-        self._token: str | None = None
-        self._pages = 0
 
-    async def ids(self) -> AsyncIterator[str]:
+    async def ids(self) -> AsyncGenerator[str, None]:
         pages = self.pages()
         async with contextlib.aclosing(pages):
             async for page in pages:
@@ -310,36 +302,38 @@ class _Lister:
     async def detail_pages(self) -> AsyncGenerator[DetailPage, None]:
         """Each page's images not listed before (never an empty page), with their
         records: an id listed twice keeps its first record."""
-        if self._tokens is not None:
-            try:
-                self._token = await self._tokens.token()
-            except AuthError:
-                raise
-            except Exception as exc:  # a token source's own failure, translated once here
-                raise AuthError(f"could not get a token: {type(exc).__name__}: {exc}") from None
+        await self.credentials.start()
         seen: set[str] = set()
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, ssl=self._ssl),
+        session = new_session(
+            self._ssl,
+            limit=1,
             timeout=aiohttp.ClientTimeout(
                 total=self._timeout.total, sock_connect=self._timeout.connect
             ),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            **PARSER_LIMITS,  # the fetcher's: a listing answer has the same headers
+            headers={"Accept": "application/json"},
         )
         async with session:
-            pages = self._v2_pages(session) if self.api == "v2" else self._v1_pages(session)
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    first: dict[str, dict[str, Any]] = {}
-                    for image_id, record in zip(page.ids, page.records, strict=True):
-                        if image_id not in seen and image_id not in first:
-                            first[image_id] = record
-                    if first:
-                        seen.update(first)
-                        yield DetailPage(list(first), list(first.values()), page.request_id)
+            while True:
+                glance = self.glance
+                pages = self._v2_pages(session) if glance is V2 else self._v1_pages(session)
+                try:
+                    async with contextlib.aclosing(pages):
+                        async for page in pages:
+                            first: dict[str, dict[str, Any]] = {}
+                            for image_id, record in zip(page.ids, page.records, strict=True):
+                                if image_id not in seen and image_id not in first:
+                                    first[image_id] = record
+                            if first:
+                                seen.update(first)
+                                yield DetailPage(
+                                    list(first), list(first.values()), page.request_id, glance
+                                )
+                    return
+                except _Switched:
+                    self._pages = 0  # a new listing
+                    self._check_deleted()
 
-    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[_Page, None]:
+    async def _v1_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[Page, None]:
         # is_public=None: without it Glance v1 lists only public images to an admin
         # (registry _get_is_public); other tokens see their own, shared and public
         # images either way. changes-since: see V1_CHANGES_SINCE.
@@ -352,7 +346,7 @@ class _Lister:
         refused = False
         while True:
             try:
-                page = await self._get(session, "/v1/images/detail?" + urlencode(params))
+                page = await self._get(session, V1.page_path(params))
             except FetchError as exc:
                 if exc.status != 400 or "marker" in params or "changes-since" not in params:
                     raise
@@ -387,12 +381,12 @@ class _Lister:
                 raise FetchError(
                     f"{self.endpoint} repeated the page ending at marker {marker!r}: "
                     "stopped instead of listing forever",
-                    url=self.endpoint + "/v1/images/detail",
+                    url=self.endpoint + V1.listing_path,
                 )
             markers.add(marker)
             params["marker"] = marker
 
-    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[_Page, None]:
+    async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[Page, None]:
         # Two passes (V2_PASSES), each paged on its own; detail_pages dedupes across them.
         for number, extra in enumerate(V2_PASSES):
             try:
@@ -418,9 +412,9 @@ class _Lister:
 
     async def _v2_pass(
         self, session: aiohttp.ClientSession, extra: dict[str, str]
-    ) -> AsyncGenerator[_Page, None]:
+    ) -> AsyncGenerator[Page, None]:
         """One listing pass with the ``extra`` filters, following ``next`` links."""
-        path: str | None = "/v2/images?" + urlencode({"limit": str(self.page_size), **extra})
+        path: str | None = V2.page_path({"limit": str(self.page_size), **extra})
         followed: set[str] = set()
         markers: set[str] = set()
         first = True
@@ -441,13 +435,13 @@ class _Lister:
                 raise FetchError(
                     f"{self.endpoint} sent the same next link twice ({path!r}): "
                     "stopped instead of listing forever",
-                    url=self.endpoint + "/v2/images",
+                    url=self.endpoint + V2.listing_path,
                 )
             followed.add(path)
             if marker is not None:
                 markers.add(marker)
 
-    async def _get(self, session: aiohttp.ClientSession, path: str) -> _Page:
+    async def _get(self, session: aiohttp.ClientSession, path: str) -> Page:
         """GET one page (with retries and one token refresh) and read its ids."""
         self._pages += 1
         if self._pages > self.max_pages:
@@ -462,13 +456,9 @@ class _Lister:
         refreshed = False
         while True:
             attempt += 1
-            token = self._token
-            if self._signer is not None:
-                headers = self._signer.sign("GET", str(wire), NO_HEADERS)
-            else:
-                assert token is not None
-                headers = {"X-Auth-Token": token}
-            retry_after: str | None = None
+            token = self.credentials.token
+            headers = self.credentials.headers("GET", str(wire))
+            wait: str | None = None
             try:
                 async with session.get(wire, headers=headers, allow_redirects=False) as response:
                     status = response.status
@@ -478,32 +468,33 @@ class _Lister:
                         for name, value in response.raw_headers:
                             if name.lower() == b"x-openstack-request-id":
                                 request_id = value
-                        return self._parse(url, body, request_id)
-                    retry_after = response.headers.get("Retry-After")
+                        self._read += 1
+                        return self.glance.parse_page(self.endpoint, url, body, request_id)
+                    wait = response.headers.get("Retry-After")
                     await response.read()  # keep the connection reusable
-                problem = f"HTTP {status} {_reason(status)}".rstrip()
+                problem = status_sentence(status)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise FetchError(tls_refused(self.endpoint, exc), url=url) from None
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                status, problem = None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+                status, problem = None, failure(exc, self._timeout)[0]
+                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
             except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
-                raise FetchError(
-                    f"listing {url} failed: bad response: {type(exc).__name__}: {exc}",
-                    url=url,
-                ) from None
-            if status == 300 and self.api == "v1":
-                raise NoV1ApiError(
-                    f"{self.endpoint} answered 300 Multiple Choices for /v1: this cloud has "
-                    "no Glance v1 API any more (Glance Rocky or later); try api='v2'",
-                    url=url,
-                    status=300,
+                problem = failure(exc, self._timeout)[0]
+                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
+                raise FetchError(f"listing {url} failed: {problem}", url=url) from None
+            if status == 300 and self.glance is V1:
+                # NoV1ApiError, unless api="auto" and nothing was listed yet.
+                self.glance = after_300(self.api if not self._read else "v1", self.endpoint, url)
+                logger.info(
+                    "%s has no Glance v1 API (its listing answered 300): using v2", self.endpoint
                 )
+                raise _Switched
             if status == 401:
                 if not refreshed and token is not None:
                     refreshed = True
-                    if await self._refresh(token):
+                    if await self.credentials.refresh(token):
                         continue
-                rejected = TOKEN_REJECTED if self._signer is None else SIGNATURE_REJECTED
+                rejected = self.credentials.rejected
                 raise AuthError(f"listing {url} failed: {rejected}", url=url, status=401)
             if status is not None and status not in self._retry.statuses:
                 raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
@@ -513,63 +504,4 @@ class _Lister:
                     url=url,
                     status=status,
                 )
-            await asyncio.sleep(self._retry.delay(attempt, _retry_after(retry_after)))
-
-    async def _refresh(self, rejected: str) -> bool:
-        assert self._tokens is not None
-        try:
-            fresh = await self._tokens.refresh(rejected)
-        except Exception:  # a failing token source is a rejected token, not a crash
-            return False
-        if not fresh or fresh == rejected:
-            return False
-        self._token = fresh
-        return True
-
-    def _parse(self, url: str, body: bytes, request_id: bytes | None = None) -> _Page:
-        try:
-            document: Any = json.loads(body)
-            images = document["images"]
-            ids = [image["id"] for image in images]
-        except (ValueError, TypeError, KeyError):
-            raise FetchError(
-                f"listing {url} failed: the answer is not a Glance image list", url=url
-            ) from None
-        if not all(isinstance(image_id, str) and image_id for image_id in ids):
-            raise FetchError(f"listing {url} failed: an image without a string id", url=url)
-        # image["id"] worked for each, so each record is a dict (or a str-keyed lookalike).
-        next_path = None
-        if self.api == "v2" and ids:  # an empty page ends the listing whatever it links to
-            next_path = self._next_path(url, document.get("next"))
-        deleted: frozenset[str] = frozenset()
-        if self.api == "v1":
-            # Glance v1's detail sends "deleted" as a JSON boolean for every image; a
-            # missing flag (a summary listing, another server) counts as not deleted.
-            deleted = frozenset(
-                image["id"]
-                for image in images
-                if isinstance(image, dict) and image.get("deleted") is True
-            )
-        return _Page(ids, next_path, deleted, images, request_id)
-
-    def _next_path(self, url: str, link: object) -> str | None:
-        if link is None:
-            return None
-        if not isinstance(link, str) or not link:
-            raise FetchError(f"listing {url} failed: a next link that is not a URL", url=url)
-        parts = urlsplit(link)
-        if parts.scheme or parts.netloc:
-            # The token must not travel to another origin; a same-origin absolute link is
-            # taken as a path (Glance sends relative ones).
-            base = urlsplit(self.endpoint)
-            if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
-                raise FetchError(
-                    f"listing {url} failed: the next link points to another origin", url=url
-                )
-            link = link[len(f"{parts.scheme}://{parts.netloc}") :]
-            prefix = base.path.rstrip("/")
-            if prefix and link.startswith(prefix + "/"):
-                link = link[len(prefix) :]
-        if not link.startswith("/v2/"):
-            raise FetchError(f"listing {url} failed: unexpected next link {link!r}", url=url)
-        return link
+            await asyncio.sleep(self._retry.delay(attempt, retry_after(wait)))

@@ -433,9 +433,9 @@ def test_a_hanging_first_request_does_not_serialize_the_run(fleet) -> None:
 
 
 def test_an_unexpected_exception_for_one_answer_is_that_ids_row(fleet, monkeypatch) -> None:
-    import imgframe.fetch
+    import imgframe.glance
 
-    real = imgframe.fetch.v2_header_pairs
+    real = imgframe.glance.v2_header_pairs
     poisoned = fleet.images[3].id
 
     def sometimes_fails(image):
@@ -443,7 +443,7 @@ def test_an_unexpected_exception_for_one_answer_is_that_ids_row(fleet, monkeypat
             raise KeyError("a parser bug")
         return real(image)
 
-    monkeypatch.setattr(imgframe.fetch, "v2_header_pairs", sometimes_fails)
+    monkeypatch.setattr(imgframe.glance, "v2_header_pairs", sometimes_fails)
     ids = [image.id for image in fleet.images[:20] if not image.deleted]
     with GlanceEmulator(fleet) as emu:
         df = fetch_images(ids, endpoint=emu.url, token=ADMIN_TOKEN, api="v2")
