@@ -26,6 +26,8 @@ from typing import Any
 import pandas as pd
 
 from imgframe import audits
+from imgframe.io import to_csv, to_json, to_parquet
+from imgframe.report_html import report
 from imgframe.schema import required_columns
 
 __all__ = ["REQUIRED_COLUMNS", "ImageAccessor"]
@@ -101,30 +103,22 @@ class ImageAccessor:
         """:func:`imgframe.audits.audit` of this frame."""
         return audits.audit(self._df, rules=rules, allow=allow, now=now)
 
-    # exports: looked up on use, so the accessor does not pin where each writer lives
+    # exports: the same writers as imgframe.to_csv & co.
     def to_csv(self, path: str | Path, **options: Any) -> Any:
         """:func:`imgframe.to_csv` of this frame."""
-        import imgframe
-
-        return imgframe.to_csv(self._df, path, **options)
+        return to_csv(self._df, path, **options)
 
     def to_parquet(self, path: str | Path, **options: Any) -> Any:
         """:func:`imgframe.to_parquet` of this frame."""
-        import imgframe
-
-        return imgframe.to_parquet(self._df, path, **options)
+        return to_parquet(self._df, path, **options)
 
     def to_json(self, path: str | Path, **options: Any) -> Any:
         """:func:`imgframe.to_json` of this frame."""
-        import imgframe
-
-        return imgframe.to_json(self._df, path, **options)
+        return to_json(self._df, path, **options)
 
     def report(self, path: str | Path, **options: Any) -> Any:
         """:func:`imgframe.report` of this frame."""
-        import imgframe
-
-        return imgframe.report(self._df, path, **options)
+        return report(self._df, path, **options)
 
     # notebook
     def picker(self, **options: Any) -> Any:

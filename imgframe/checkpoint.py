@@ -172,7 +172,7 @@ class Manifest:
         digest: str | None = None,
     ) -> Manifest:
         """The manifest of a call; ``ids`` are the normalized ids (None: the listing)."""
-        from imgframe.fetch import normalize_endpoint  # fetch imports aiohttp: only when used
+        from imgframe.glance import normalize_endpoint  # the parsers behind glance: only when used
 
         return cls(
             kind=kind,
@@ -189,7 +189,7 @@ class Manifest:
 
     def for_target(self, *, endpoint: str, cloud: str, region: str | None) -> Manifest:
         """A fleet manifest narrowed to one of its targets."""
-        from imgframe.fetch import normalize_endpoint
+        from imgframe.glance import normalize_endpoint
 
         return dataclasses.replace(
             self,

@@ -628,7 +628,7 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
     check_writable(clouds_yaml)
     emulators: dict[str, GlanceEmulator] = {}
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for n, name in enumerate(names):
             fleet = make_fleet(args.images, seed=args.seed + n)
@@ -653,6 +653,10 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
     finally:
         for emulator in emulators.values():
             emulator.stop()
+        # None: the old handler was not set from Python; the default is what it was then.
+        signal.signal(
+            signal.SIGTERM, signal.SIG_DFL if previous_sigterm is None else previous_sigterm
+        )
     return 0
 
 

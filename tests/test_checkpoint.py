@@ -31,7 +31,7 @@ from imgframe import CheckpointError, CheckpointWarning, ConfigError, Target
 from imgframe import checkpoint as ckpt
 from imgframe.api import fetch_images_async
 from imgframe.atomic import TEMP_SUFFIX
-from imgframe.fetch import RetryPolicy
+from imgframe.config import RetryPolicy
 from imgframe.outcome import definitive_mask
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
 

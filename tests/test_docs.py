@@ -117,11 +117,6 @@ ALLOWED_IMPORTS: dict[str, str] = {
     "imgframe.api: from imgframe.parse import _Columns": "moved by branch frame",
     "imgframe.api: from imgframe.parse import _gc_paused": "moved by branch frame",
     "imgframe.fleet: from imgframe.parse import _Columns": "moved by branch frame",
-    "imgframe.accessor -> imgframe": (
-        "df.img.to_csv/to_parquet/to_json/report run `import imgframe` at call time, "
-        "which imports accessor; to go: import the writers from imgframe.io and "
-        "imgframe.report_html (accessor.py is not this branch's)"
-    ),
 }
 
 

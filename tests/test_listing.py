@@ -13,6 +13,7 @@ import pytest
 import requests
 from aiohttp import web
 
+from imgframe.config import RetryPolicy
 from imgframe.errors import (
     AuthError,
     ConfigError,
@@ -20,7 +21,6 @@ from imgframe.errors import (
     IncompleteListingWarning,
     NoV1ApiError,
 )
-from imgframe.fetch import RetryPolicy
 from imgframe.listing import V2_PASSES, list_image_ids, list_image_ids_async
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
 

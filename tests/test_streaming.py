@@ -13,7 +13,7 @@ import pytest
 
 import imgframe
 from imgframe.api import LISTING_PAGES_AHEAD, fetch_images_async
-from imgframe.fetch import RetryPolicy
+from imgframe.config import RetryPolicy
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, LoggedRequest, make_fleet
 
 LIST_PATHS = ("/v1/images/detail", "/v2/images")
