@@ -29,8 +29,8 @@ requests (``--sequential-requests``); its rate is a steady state, so this does n
     ``--checkpoint-dir`` each round (parts of 10,000 rows written and fsync'ed on the
     background writer, the last one waited for before the call returns).
 
-Goals (DESIGN.md): imgframe reaches at least 0.8x the bare aiohttp HEAD/s and at least 4x
-the sequential HEAD/s; with ``--checkpoint``, the checkpoint costs at most 5% of the
+Goals (README.md, "Benchmarks"): imgframe reaches at least 0.8x the bare aiohttp HEAD/s
+and at least 4x the sequential HEAD/s; with ``--checkpoint``, the checkpoint costs at most 5% of the
 throughput (imgframe + checkpoint >= 0.95x imgframe, paired per round). The script prints
 PASS or MISS for each and exits 0 either way, unless ``--check`` is given, in which case a
 MISS exits 1. ``--checkpoint --no-baselines`` times only the two imgframe runs, which then
@@ -40,6 +40,19 @@ The server is nginx when installed (a generated config in a temporary directory,
 127.0.0.1 on a free port, answering HEAD with the vendor sample's headers), else the
 project's emulator (``python -m imgframe.testing.emulator``) in a child process. Both are
 stopped when the script ends, also on error or Ctrl-C. Nothing but 127.0.0.1 is contacted.
+
+Latency mode (``--latency L``, e.g. ``--latency 0.05 --concurrency 100``): every HEAD is
+answered L seconds after it arrived, by ``benchmarks/delay_server.py`` in a child process
+(one ``call_later`` per request on uvloop, so the wait uses no CPU of either side; nginx
+cannot delay an answer, and the emulator's latency fault, ``--server emulator``, spends
+~150 µs of Python per request). With C requests in flight the ideal is C/L HEAD/s (N ids
+in N·L/C seconds); imgframe and the bare aiohttp loop alternate in each round and the table
+gives each one's share of that ideal. Goal: imgframe >= 80% of C/L (median of the rounds).
+The sequential client is left out (it would take N·L seconds). To show that the server is
+not the limit, the script prints the server's CPU per request and its share of one core
+during the timed runs, the delays it measured itself (p50/p99 of the time from a request's
+arrival to its answer), and a capacity check before the rounds: the same server with no
+delay, driven by the bare loop at the same concurrency, must answer more than C/L HEAD/s.
 
 Run it as ``python benchmarks/bench_fetch.py`` (``--help`` for the options).
 """
@@ -51,6 +64,7 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import math
 import os
 import platform
 import pstats
@@ -68,7 +82,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import requests
@@ -88,6 +102,7 @@ STOP_TIMEOUT = 5.0  # seconds for a server to exit after a polite signal
 GOAL_VS_BARE = 0.8
 GOAL_VS_SEQUENTIAL = 4.0
 GOAL_CHECKPOINT = 0.95
+GOAL_SHARE_OF_IDEAL = 0.8  # latency mode: imgframe's HEAD/s >= 80% of C/L
 
 # ---------------------------------------------------------------------------------------
 # servers
@@ -110,6 +125,13 @@ class Server:
     def status_counts(self) -> tuple[int, int, int] | None:
         """nginx's stub_status counters so far: (accepted connections, handled
         connections, requests); None for the emulator or an unreadable page."""
+        status = self.status()
+        return None if status is None else status[0]
+
+    def status(self) -> tuple[tuple[int, int, int], tuple[int, float, float, float] | None] | None:
+        """The status page: the stub_status counters, and for the delay server the image
+        answers sent since its previous status request with their delays in ms (count,
+        p50, p99, max); None for the emulator or an unreadable page."""
         if self.status_url is None:
             return None
         with urllib.request.urlopen(self.status_url, timeout=5) as answer:  # 127.0.0.1 only
@@ -118,7 +140,21 @@ class Server:
         if not match:
             return None
         accepted, handled, requests = (int(group) for group in match.groups())
-        return accepted, handled, requests
+        delays = re.search(r"^delay (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", text, re.MULTILINE)
+        delay = None
+        if delays:
+            delay = (int(delays[1]), float(delays[2]), float(delays[3]), float(delays[4]))
+        return (accepted, handled, requests), delay
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server's processes (from /proc)."""
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        total = 0.0
+        for pid in _group_pids(self.process.pid):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
 
     def accepted_connections(self) -> int | None:
         """Connections the server has accepted so far (nginx only), else None."""
@@ -127,7 +163,7 @@ class Server:
 
     def stop(self) -> None:
         """Stop the server's whole process group: polite signal, wait, then SIGKILL."""
-        polite = signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM
+        polite = signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM  # also "delay"
         try:
             if self.process.poll() is None:
                 _signal_group(self.process, polite)
@@ -180,8 +216,9 @@ def find_nginx() -> str | None:
     return None
 
 
-# The vendor's sample answer (DESIGN.md, shared/reference): 15 X-Image-Meta-* headers from
-# the sample plus two custom properties = 17, then Etag and X-Openstack-Request-Id.
+# The vendor's sample answer (docs/ARCHITECTURE.md, "The wire"; the emulator renders the
+# same sample): 15 X-Image-Meta-* headers from the sample plus two custom properties = 17,
+# then Etag and X-Openstack-Request-Id.
 # X-Image-Meta-Id echoes the requested id; the request id is nginx's per-request random hex.
 _NGINX_META_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Image-Meta-Id", "$image_id"),
@@ -296,8 +333,9 @@ def _nginx_version(binary: str) -> str:
     return (done.stderr or done.stdout).strip().removeprefix("nginx version: ") or "nginx"
 
 
-def start_emulator(images: int, seed: int) -> Server:
-    """``python -m imgframe.testing.emulator``; its first stdout line is its URL."""
+def start_emulator(images: int, seed: int, latency: float = 0.0) -> Server:
+    """``python -m imgframe.testing.emulator`` (with its latency fault when ``latency``);
+    its first stdout line is its URL."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
@@ -313,6 +351,8 @@ def start_emulator(images: int, seed: int) -> Server:
             "127.0.0.1",
             "--port",
             "0",
+            "--latency",
+            str(latency),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -327,13 +367,44 @@ def start_emulator(images: int, seed: int) -> Server:
         "",
         ADMIN_TOKEN,
         process,
-        description="imgframe.testing.emulator (aiohttp.web + uvloop), 1 process",
+        description="imgframe.testing.emulator (aiohttp.web + uvloop), 1 process"
+        + (f", latency fault {latency * 1e3:g} ms" if latency else ""),
     )
     try:
         server.url = _read_first_line(process, START_TIMEOUT)
         if not server.url.startswith("http://127.0.0.1:"):
             raise RuntimeError(f"emulator announced {server.url!r}, not a 127.0.0.1 URL")
         _wait_for_port(int(server.url.rsplit(":", 1)[1].split("/")[0]), process, "emulator")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_delay_server(latency: float) -> Server:
+    """``benchmarks/delay_server.py`` in a child process: every image HEAD answered
+    ``latency`` seconds after it arrived; its first stdout line is its URL."""
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "delay_server.py"), "--latency", str(latency)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    server = Server(
+        "delay",
+        "",
+        NGINX_TOKEN,
+        process,
+        description=f"benchmarks/delay_server.py (asyncio protocol on uvloop, 1 process), "
+        f"answers after {latency * 1e3:g} ms",
+    )
+    try:
+        server.url = _read_first_line(process, START_TIMEOUT)
+        if not server.url.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"delay server announced {server.url!r}, not a 127.0.0.1 URL")
+        server.status_url = f"{server.url}/nginx_status"
+        _wait_for_port(int(server.url.rsplit(":", 1)[1]), process, "delay server")
     except BaseException:
         server.stop()
         raise
@@ -349,12 +420,12 @@ def _read_first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
         while b"\n" not in buffer:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RuntimeError(f"emulator printed no URL within {timeout} s")
+                raise RuntimeError(f"the server printed no URL within {timeout} s")
             if not selector.select(left):
                 continue
             chunk = os.read(process.stdout.fileno(), 4096)
             if not chunk:
-                raise RuntimeError(f"emulator exited (code {process.wait(5)}) before its URL")
+                raise RuntimeError(f"the server exited (code {process.wait(5)}) before its URL")
             buffer += chunk
     return buffer.split(b"\n", 1)[0].decode().strip()
 
@@ -426,6 +497,8 @@ class Run:
     cpu_seconds: float
     ok: int
     connections: int | None
+    server_cpu_seconds: float | None = None  # the server's processes, during this run
+    server_delays: tuple[int, float, float, float] | None = None  # delay server only
 
     @property
     def rate(self) -> float:
@@ -434,6 +507,13 @@ class Run:
     @property
     def cpu_us(self) -> float:
         return self.cpu_seconds / self.requests * 1e6
+
+    @property
+    def server_cpu_us(self) -> float:
+        """The server's CPU per request (nan when unknown)."""
+        if self.server_cpu_seconds is None:
+            return math.nan
+        return self.server_cpu_seconds / self.requests * 1e6
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -525,18 +605,23 @@ class Client:
 
 
 def measure(client: Client, server: Server, concurrency: int) -> Run:
-    before = server.accepted_connections()
+    status = server.status()  # also starts the delay server's count of delays afresh
+    server_cpu0 = server.cpu_seconds()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     ok = client.run(server, client.ids, concurrency)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    after = server.accepted_connections()
+    server_cpu = server.cpu_seconds() - server_cpu0
+    status_after = server.status()
+    before = None if status is None else status[0][0]
+    after = None if status_after is None else status_after[0][0]
     if ok != len(client.ids):
         print(
             f"  warning: {client.name}: only {ok} of {len(client.ids)} HEADs answered 200",
             file=sys.stderr,
         )
     connections = None if before is None or after is None else after - before - 1  # -1: status
-    return Run(len(client.ids), wall, cpu, ok, connections)
+    delays = None if status_after is None else status_after[1]
+    return Run(len(client.ids), wall, cpu, ok, connections, server_cpu, delays)
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,15 +638,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server",
-        choices=("auto", "nginx", "emulator"),
+        choices=("auto", "nginx", "emulator", "delay"),
         default="auto",
-        help="nginx if installed (auto), or the project's emulator (default: auto)",
+        help="nginx if installed (auto), or the project's emulator; with --latency: "
+        "benchmarks/delay_server.py (auto) or the emulator's latency fault (default: auto)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds the server waits before each answer (default: 0); the table then "
+        "gives each client's share of the ideal --concurrency / --latency HEAD/s",
     )
     parser.add_argument(
         "--requests",
         type=int,
-        default=20_000,
-        help="HEADs per imgframe / bare aiohttp run (default: 20000)",
+        default=None,
+        help="HEADs per imgframe / bare aiohttp run (default: 20000; with --latency, "
+        "200 x --concurrency, i.e. 200 round trips)",
     )
     parser.add_argument(
         "--sequential-requests",
@@ -606,6 +700,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="after the table, cProfile one imgframe run and print where its CPU goes",
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.latency <= 10:
+        parser.error("--latency must be from 0 to 10 seconds")
+    if args.latency and args.server == "nginx":
+        parser.error("--latency: nginx cannot delay its answers; use --server delay or emulator")
+    if args.requests is None:
+        # 200 round trips: imgframe's per-call costs (the probe's lone first round trip,
+        # building the frame after the last answer) are then a few % of the run, as in
+        # a real whole-cloud fetch, not a quarter of it.
+        args.requests = max(1_000, 200 * args.concurrency) if args.latency else 20_000
     if not 1 <= args.requests <= 2_000_000:
         parser.error("--requests must be from 1 to 2000000")
     if args.sequential_requests is None:
@@ -621,7 +724,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_server(kind: str, images: int, seed: int) -> Server:
+def start_server(kind: str, images: int, seed: int, latency: float = 0.0) -> Server:
+    if kind == "delay" or (kind == "auto" and latency):
+        return start_delay_server(latency)
+    if kind == "emulator" or latency:
+        return start_emulator(images, seed, latency)
     nginx = find_nginx()
     if kind == "nginx" and nginx is None:
         raise SystemExit("--server nginx: nginx is not installed (apt-get install nginx)")
@@ -670,9 +777,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     ids = [image.id for image in make_fleet(args.requests, seed=args.seed).images]
-    server = start_server(args.server, len(ids), args.seed)
+    server = start_server(args.server, len(ids), args.seed, args.latency)
     try:
-        server.pinning = pin_cpus(server) if not args.no_pin else "not pinned (--no-pin)"
+        if args.no_pin:
+            server.pinning = "not pinned (--no-pin)"
+        elif args.latency:
+            # Neither side needs a whole CPU here, and a pinned process cannot move off a
+            # CPU that another program is using (paired rounds: free 85-88% of ideal vs
+            # pinned 79-81% for the bare loop, on a shared 2-core VM).
+            server.pinning = "not pinned (latency mode: neither side needs a whole CPU)"
+        else:
+            server.pinning = pin_cpus(server)
         return benchmark(server, ids, args)
     finally:
         server.stop()
@@ -692,11 +807,19 @@ def benchmark(server: Server, ids: list[str], args: argparse.Namespace) -> int:
     )
     print(f"CPUs:        {server.pinning}")
     print(f"event loop:  {loop_name} -- the same for imgframe and bare aiohttp")
-    print(
-        f"workload:    {len(ids)} HEADs per pooled run, {args.sequential_requests} per "
-        f"sequential run, concurrency {args.concurrency}, {args.repeat} interleaved rounds "
-        f"after a {args.warmup}-request warm-up; figures are medians"
-    )
+    if args.latency:
+        print(
+            f"workload:    {len(ids)} HEADs per run, concurrency {args.concurrency}, "
+            f"{args.latency * 1e3:g} ms per answer: ideal {ideal_rate(args):.0f} HEAD/s "
+            f"(concurrency / latency); {args.repeat} interleaved rounds after a "
+            f"{args.warmup}-request warm-up; figures are medians"
+        )
+    else:
+        print(
+            f"workload:    {len(ids)} HEADs per pooled run, {args.sequential_requests} per "
+            f"sequential run, concurrency {args.concurrency}, {args.repeat} interleaved "
+            f"rounds after a {args.warmup}-request warm-up; figures are medians"
+        )
     problems = check_wire(server, ids[0])
     if problems:
         print("wire check:  PROBLEM: " + "; ".join(problems))
@@ -704,13 +827,25 @@ def benchmark(server: Server, ids: list[str], args: argparse.Namespace) -> int:
         print("wire check:  200, Content-Length: 0, keep-alive holds for 2 HEADs on 1 socket")
     sys.stdout.flush()
 
+    capacity = None
+    if args.latency and server.kind == "delay":
+        capacity = capacity_check(server, ids, args)
+        print(
+            f"capacity:    the same server with no delay, {args.concurrency} raw keep-alive "
+            f"sockets: {capacity.rate:.0f} HEAD/s, server CPU {capacity.server_cpu_us:.0f} "
+            f"µs/req; {args.latency * 1e3:g} ms at concurrency {args.concurrency} asks for "
+            f"{ideal_rate(args):.0f}"
+        )
+    sys.stdout.flush()
+
     baselines = not args.no_baselines
     clients = [Client("imgframe", run_imgframe, ids)]
     if baselines:
-        clients += [
-            Client("bare aiohttp", run_bare, ids),
-            Client("sequential requests", run_sequential, ids[: args.sequential_requests]),
-        ]
+        clients.append(Client("bare aiohttp", run_bare, ids))
+        if not args.latency:  # one request at a time would take N x latency seconds
+            clients.append(
+                Client("sequential requests", run_sequential, ids[: args.sequential_requests])
+            )
     scratch = None
     if args.checkpoint:
         scratch = tempfile.TemporaryDirectory(
@@ -721,10 +856,82 @@ def benchmark(server: Server, ids: list[str], args: argparse.Namespace) -> int:
         # Right after plain imgframe: in most rotations the pair runs back to back.
         clients.insert(1, Client("imgframe + checkpoint", checkpointing(folder), ids))
     try:
-        return _rounds(server, clients, args, problems)
+        return _rounds(server, clients, args, problems, capacity)
     finally:
         if scratch is not None:
             scratch.cleanup()
+
+
+def ideal_rate(args: argparse.Namespace) -> float:
+    """Latency mode's ceiling: C requests in flight, each answered after L seconds."""
+    return float(args.concurrency / args.latency)
+
+
+def capacity_check(server: Server, ids: Sequence[str], args: argparse.Namespace) -> Run:
+    """A second delay server that does not wait, driven by a raw-socket load generator
+    (~15 µs of client CPU per request, so the server, not the client, shows its rate):
+    what the server code answers when nothing holds it back."""
+    fast = start_delay_server(0.0)
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(OSError):  # where the timed server may run
+                os.sched_setaffinity(fast.process.pid, os.sched_getaffinity(server.process.pid))
+        count = min(len(ids), max(5_000, 50 * args.concurrency))
+        return measure(Client("capacity", run_raw_load, ids[:count]), fast, args.concurrency)
+    finally:
+        fast.stop()
+
+
+async def _raw_load(host: str, port: int, token: str, ids: Sequence[str], conns: int) -> int:
+    """``conns`` keep-alive sockets, each sending the next HEAD when the previous answer's
+    head is in; counts the answers. Only for a server whose answers have no body."""
+    loop = asyncio.get_running_loop()
+    shared = iter(ids)
+    done: asyncio.Future[None] = loop.create_future()
+    answered = 0
+    head = f"HTTP/1.1\r\nHost: {host}:{port}\r\nX-Auth-Token: {token}\r\n\r\n".encode()
+
+    class Load(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buffer = b""
+            self.transport: asyncio.Transport | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+            self.send()
+
+        def send(self) -> None:
+            assert self.transport is not None
+            image_id = next(shared, None)
+            if image_id is None:
+                self.transport.close()
+            else:
+                self.transport.write(b"HEAD /v1/images/%s " % image_id.encode() + head)
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal answered
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                self.buffer = self.buffer[end + 4 :]
+                answered += 1
+                if answered == len(ids) and not done.done():
+                    done.set_result(None)
+                self.send()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if answered < len(ids) and next(shared, None) is not None and not done.done():
+                done.set_exception(ConnectionError("the server closed a connection"))
+
+    for _ in range(min(conns, len(ids))):
+        await loop.create_connection(Load, host, port)
+    await asyncio.wait_for(done, 60)
+    return answered
+
+
+def run_raw_load(server: Server, ids: Sequence[str], concurrency: int) -> int:
+    host, port = server.url.removeprefix("http://").split(":")
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_raw_load(host, int(port), server.token, ids, concurrency))
 
 
 def _filesystem(folder: Path) -> str:
@@ -743,8 +950,13 @@ def _filesystem(folder: Path) -> str:
 
 
 def _rounds(
-    server: Server, clients: list[Client], args: argparse.Namespace, problems: list[str]
+    server: Server,
+    clients: list[Client],
+    args: argparse.Namespace,
+    problems: list[str],
+    capacity: Run | None = None,
 ) -> int:
+    ideal = ideal_rate(args) if args.latency else None
     if args.warmup:
         for client in clients:
             client.run(server, client.ids[: args.warmup], args.concurrency)
@@ -753,9 +965,13 @@ def _rounds(
         for client in clients[shift:] + clients[:shift]:
             run = measure(client, server, args.concurrency)
             client.runs.append(run)
+            share = f" {run.rate / ideal:6.1%} of ideal" if ideal else ""
+            conns = "" if run.connections is None else f" {run.connections:5d} conns"
+            delays = run.server_delays
+            late = f", server delay p99 {delays[2]:.1f} ms" if delays and delays[0] else ""
             print(
-                f"  round {round_number + 1}: {client.name:<22} {run.rate:8.0f} HEAD/s "
-                f"{run.cpu_us:7.0f} µs CPU/req",
+                f"  round {round_number + 1}: {client.name:<22} {run.rate:8.0f} HEAD/s"
+                f"{share} {run.cpu_us:7.0f} µs CPU/req{conns}{late}",
                 flush=True,
             )
 
@@ -765,8 +981,9 @@ def _rounds(
     rates = {client.name: client.median(lambda run: run.rate) for client in clients}
     print()
     header = (
-        f"{'client':<22} {'requests':>8} {'seconds':>8} {'HEAD/s':>8} {'CPU µs/req':>10} "
-        f"{'vs bare':>8} {'vs seq':>8} {'conns':>6}  HEAD/s range"
+        f"{'client':<22} {'requests':>8} {'seconds':>8} {'HEAD/s':>8} "
+        + (f"{'of ideal':>8} " if ideal else "")
+        + f"{'CPU µs/req':>10} {'vs bare':>8} {'vs seq':>8} {'conns':>6}  HEAD/s range"
     )
     print(header)
     print("-" * len(header))
@@ -780,7 +997,8 @@ def _rounds(
         print(
             f"{client.name:<22} {len(client.ids):>8} "
             f"{client.median(lambda run: run.seconds):>8.2f} {rate:>8.0f} "
-            f"{client.median(lambda run: run.cpu_us):>10.0f} "
+            + (f"{client.median(lambda run: run.rate / ideal):>8.1%} " if ideal else "")
+            + f"{client.median(lambda run: run.cpu_us):>10.0f} "
             f"{vs_b} {vs_s} "
             f"{'-' if connections is None else connections:>6}  {low:.0f}-{high:.0f}"
         )
@@ -790,6 +1008,8 @@ def _rounds(
     # same client's rate moves by up to 2x between rounds); the median of those ratios is
     # steadier than a ratio of medians, which is shown beside it.
     goals = []
+    if ideal is not None:
+        goals += _latency_verdicts(server, clients, args, ideal, capacity)
     if bare is not None and seq is not None:
         pairs_bare = list(zip(imgf.runs, bare.runs, strict=True))
         vs_bare = statistics.median(i.rate / b.rate for i, b in pairs_bare)
@@ -822,7 +1042,8 @@ def _rounds(
     for text, value, goal in goals:
         verdict = "PASS" if value >= goal else "MISS"
         met &= value >= goal
-        print(f"{verdict}  {text}: {value:.2f}x")
+        shown = f"{value:.1%}" if "ideal" in text else f"{value:.2f}x"
+        print(f"{verdict}  {text}: {shown}")
     if bare is not None:
         cpu_ratio = imgf.median(lambda run: run.cpu_us) / bare.median(lambda run: run.cpu_us)
         print(
@@ -838,6 +1059,54 @@ def _rounds(
     if args.profile:
         profile_imgframe(server, list(imgf.ids), args.concurrency)
     return 1 if args.check and not met else 0
+
+
+def _latency_verdicts(
+    server: Server,
+    clients: list[Client],
+    args: argparse.Namespace,
+    ideal: float,
+    capacity: Run | None,
+) -> list[tuple[str, float, float]]:
+    """Latency mode: each client's share of C/L, and the evidence that the server is not
+    what holds them back. Returns the goals for the PASS/MISS lines."""
+    by_name = {client.name: client for client in clients}
+    imgf, bare = by_name["imgframe"], by_name.get("bare aiohttp")
+    share = imgf.median(lambda run: run.rate / ideal)
+    line = f"share of the ideal {ideal:.0f} HEAD/s (median of rounds): imgframe {share:.1%}"
+    if bare is not None:
+        pairs = list(zip(imgf.runs, bare.runs, strict=True))
+        line += (
+            f", bare aiohttp {bare.median(lambda run: run.rate / ideal):.1%}; imgframe / bare "
+            f"{statistics.median(i.rate / b.rate for i, b in pairs):.2f}x (paired median)"
+        )
+    print(line)
+    runs = [run for client in clients for run in client.runs]
+    cpu_us = statistics.median(run.server_cpu_us for run in runs)
+    busy = statistics.median(
+        (run.server_cpu_seconds or 0.0) / run.seconds for run in runs if run.seconds
+    )
+    text = f"server: {cpu_us:.0f} µs CPU/req, {busy:.0%} of one core during the timed runs (median)"
+    delays = [run.server_delays for run in runs if run.server_delays and run.server_delays[0]]
+    if delays:
+        text += (
+            f"; its own delay from request to answer p50 "
+            f"{statistics.median(d[1] for d in delays):.2f} ms, p99 "
+            f"{statistics.median(d[2] for d in delays):.2f} ms (medians of runs)"
+        )
+    print(text)
+    if capacity is not None:
+        # The server keeps up if, undelayed, it answers more than the ideal asks for and
+        # spends well under one core on the ideal rate.
+        enough = capacity.rate > ideal and cpu_us * ideal / 1e6 < 0.5
+        print(
+            f"{'ok   ' if enough else 'WARNING'} the server is "
+            f"{'not ' if enough else 'maybe '}the limit: undelayed it answered "
+            f"{capacity.rate:.0f} HEAD/s ({'>' if capacity.rate > ideal else '<='} "
+            f"{ideal:.0f} needed), and {ideal:.0f} HEAD/s x {cpu_us:.0f} µs = "
+            f"{cpu_us * ideal / 1e4:.0f}% of one core"
+        )
+    return [(f"imgframe >= {GOAL_SHARE_OF_IDEAL:.0%} of ideal", share, GOAL_SHARE_OF_IDEAL)]
 
 
 def profile_imgframe(server: Server, ids: list[str], concurrency: int) -> None:
