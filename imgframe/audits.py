@@ -28,7 +28,8 @@ rule                      severity  flags
 ``security_properties``   medium    active, live, missing a signature, secure boot or
                                     memory encryption (one finding lists all missing)
 ``fetch_failed``          medium    rows that could not be read (``audit`` only)
-``checksum_duplicates``   low       live images sharing a checksum (and size)
+``checksum_duplicates``   low       live images sharing a data hash (multihash, else MD5)
+                                    and size; placeholder hashes and size 0 never
 ``stale``                 low       active, live, not updated within ``older_than``
 ``requirements_missing``  low       active, live, bootable, ``min_ram`` or ``min_disk`` 0
 ========================  ========  ===================================================
@@ -56,6 +57,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,11 +71,14 @@ from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
 
 __all__ = [
     "FINDING_COLUMNS",
+    "IMAGE_SIZE_PROPERTY",
+    "PLACEHOLDER_CHECKSUMS",
     "SECURITY_CHECKS",
     "SEVERITIES",
     "audit",
     "broken",
     "checksum_duplicates",
+    "data_size",
     "finding_columns",
     "format_mismatch",
     "owner_summary",
@@ -203,15 +208,75 @@ def public_unprotected(df: pd.DataFrame) -> pd.DataFrame:
     return df[mask].copy()
 
 
+# Checksums of no data at all, which real clouds put on images that have none of their own:
+# volume-backed snapshots carry the MD5 (and Glance the SHA-512) of zero bytes, some
+# tools the MD5 of "{}". Thousands of such images are not byte-identical copies.
+PLACEHOLDER_CHECKSUMS = frozenset(
+    {
+        "d41d8cd98f00b204e9800998ecf8427e",  # MD5 of b""
+        "99914b932bd37a50b983c5e7c90ae93b",  # MD5 of b"{}"
+        "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce"
+        "47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",  # SHA-512 of b""
+    }
+)
+IMAGE_SIZE_PROPERTY = "__image_size"  # Huawei IMS: the real size, where `size` is unused
+_WHOLE_BYTES = re.compile(r"[0-9]{1,18}")  # what fits an Int64, as the integer parser reads
+
+
+def data_size(df: pd.DataFrame) -> pd.Series:
+    """Each image's size in bytes: ``size``, or the ``__image_size`` property where set.
+
+    Huawei Cloud IMS documents ``size`` (and ``checksum``) as not used; it keeps the real
+    size in the ``__image_size`` property. A property that is not a whole number >= 0 is
+    ignored.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-size": "0",
+    ...      "x-image-meta-property-__image_size": "4096"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-size": "10"},
+    ... ])
+    >>> data_size(df).tolist()
+    [4096, 10]
+    """
+    size = df["size"].astype("Int64").copy()
+    overrides = {
+        n: int(text)
+        for n, props in enumerate(df["properties"].to_numpy(dtype=object))
+        if isinstance(props, dict)
+        and isinstance(text := props.get(IMAGE_SIZE_PROPERTY), str)
+        and _WHOLE_BYTES.fullmatch(text.strip()) is not None
+    }
+    if overrides:
+        size.iloc[list(overrides)] = list(overrides.values())
+    return size
+
+
+def _hex_key(values: pd.Series, prefix: pd.Series | str) -> np.ndarray:
+    """``prefix:value`` lower-cased (hex case means nothing), NA for no value or a placeholder."""
+    text = values.astype("string").str.strip().str.lower()
+    text = text.mask(text.isin(PLACEHOLDER_CHECKSUMS) | text.eq(""))
+    key = (prefix if isinstance(prefix, str) else prefix.astype("string").str.lower()) + ":" + text
+    return key.to_numpy(dtype=object, na_value=None)
+
+
 def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
-    """Live images whose data is byte-identical: same checksum, and same size when known.
+    """Live images whose data is byte-identical: same hash of the data, and same size.
+
+    The key is the v2 multihash (``os_hash_algo:os_hash_value``) where known, the MD5
+    ``checksum`` only where it is not; an MD5-only image joins the multihash group whose
+    images share its MD5 when there is exactly one such group. Placeholder checksums
+    (:data:`PLACEHOLDER_CHECKSUMS`: the hashes of no data, ``{}``) and every image of size
+    0 are never duplicates. The size is :func:`data_size` (``__image_size`` where set).
 
     Adds ``dup_group`` (0, 1, ... in order of first appearance; rows are returned grouped,
-    in frame order within a group), ``group_size`` and ``reclaimable_bytes`` (the group's
-    size times copies beyond the first, on every row of the group). Images without a
-    checksum are never grouped. Within one checksum, images of a different known size are
-    separate groups; an image of unknown size joins the group when the checksum's known
-    sizes agree.
+    in frame order within a group), ``group_size``, ``reclaimable_bytes`` (the group's
+    size times copies beyond the first, on every row of the group) and ``dup_key`` (the
+    hash the group shares, e.g. ``md5:...`` or ``sha512:...``). Within one key, images of
+    a different known size are separate groups; an image of unknown size joins the group
+    when the key's known sizes agree.
 
     Examples
     --------
@@ -229,29 +294,44 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
     d           0           3                200
     """
     df = _table(df)
-    candidates = np.flatnonzero(_fetched(df) & _live(df) & df["checksum"].notna().to_numpy())
+    sizes_all = data_size(df)
+    empty = sizes_all.eq(0).fillna(False).to_numpy(dtype=bool)
+    md5 = _hex_key(df["checksum"], "md5")
+    multihash = _hex_key(df["os_hash_value"], df["os_hash_algo"].astype("string").fillna("hash"))
+    key = np.where(pd.isna(multihash), md5, multihash)
+    candidates = np.flatnonzero(_fetched(df) & _live(df) & ~empty & ~pd.isna(key))
+    key, md5, multihash = key[candidates], md5[candidates], multihash[candidates]
+    # An MD5-only row (a v1 answer) is the same data as the v2 rows with its MD5 when they
+    # all agree on one multihash; with several, which one is unknown, so it stays apart.
+    pairs = pd.DataFrame({"md5": md5, "multihash": multihash}).dropna().drop_duplicates()
+    one = pairs[~pairs["md5"].duplicated(keep=False)].set_index("md5")["multihash"]
+    md5_only = pd.isna(multihash) & ~pd.isna(md5)
+    adopted = pd.Series(md5[md5_only]).map(one).to_numpy(dtype=object)
+    key[md5_only] = np.where(pd.isna(adopted), key[md5_only], adopted)
+
     sub = df.iloc[candidates]
-    codes, _ = pd.factorize(sub["checksum"])
-    sizes = sub["size"].to_numpy(dtype="float64", na_value=np.nan)
+    codes, uniques = pd.factorize(key)
+    sizes = sizes_all.iloc[candidates].to_numpy(dtype="float64", na_value=np.nan)
     known = pd.DataFrame({"c": codes, "s": sizes}).dropna().drop_duplicates()
-    single = known[~known["c"].duplicated(keep=False)]  # checksums with one known size
+    single = known[~known["c"].duplicated(keep=False)]  # keys with one known size
     fill = np.full(codes.max() + 1 if len(codes) else 0, np.nan)
     fill[single["c"].to_numpy()] = single["s"].to_numpy()
     group_sizes = np.where(np.isnan(sizes), fill[codes], sizes)
 
     keys = pd.DataFrame({"c": codes, "s": np.nan_to_num(group_sizes, nan=-1.0)})
-    key = keys.groupby(["c", "s"], sort=False).ngroup().to_numpy()
-    counts = np.bincount(key) if len(key) else np.zeros(0, dtype=np.int64)
-    in_group = counts[key] > 1
-    dup_group, _ = pd.factorize(key[in_group])
+    group = keys.groupby(["c", "s"], sort=False).ngroup().to_numpy()
+    counts = np.bincount(group) if len(group) else np.zeros(0, dtype=np.int64)
+    in_group = counts[group] > 1
+    dup_group, _ = pd.factorize(group[in_group])
     order = np.argsort(dup_group, kind="stable")
     rows = np.flatnonzero(in_group)[order]
 
     out = sub.iloc[rows].copy()
-    group_size = counts[key[rows]]
+    group_size = counts[group[rows]]
     out["dup_group"] = pd.array(dup_group[order], dtype="Int64")
     out["group_size"] = pd.array(group_size, dtype="Int64")
     out["reclaimable_bytes"] = pd.array(group_sizes[rows], dtype="Int64") * (out["group_size"] - 1)
+    out["dup_key"] = pd.Categorical(np.asarray(uniques, dtype=object)[codes[rows]])
     return out
 
 
@@ -639,8 +719,8 @@ def _describe_public(found: pd.DataFrame, now: pd.Timestamp) -> Any:
 def _describe_duplicates(found: pd.DataFrame, now: pd.Timestamp) -> Any:
     gib = _text((found["reclaimable_bytes"].astype("Float64") / 1024**3).round(2))
     return (
-        "one of " + _text(found["group_size"]) + " images with checksum "
-        + _text(found["checksum"]) + " (duplicate group " + _text(found["dup_group"])
+        "one of " + _text(found["group_size"]) + " images with the same data ("
+        + _text(found["dup_key"]) + ", duplicate group " + _text(found["dup_group"])
         + "); keeping one copy would reclaim " + gib.fillna("an unknown number of") + " GiB"
     )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 import imgframe
+from imgframe import audits
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.schema import OPTIONAL_COLUMNS, required_columns
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator
@@ -51,6 +53,12 @@ def frame(*rows: dict[str, str]) -> pd.DataFrame:
     return imgframe.frame_from_headers(
         [{f"x-image-meta-{key}": value for key, value in row.items()} for row in rows]
     )
+
+
+SHA512_OF_NOTHING = (
+    "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce"
+    "47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+)
 
 
 # --- every rule returns exactly the planted images -------------------------------------
@@ -372,6 +380,106 @@ def test_deleted_images_are_not_duplicates() -> None:
         {"id": "b", "status": "deleted", "deleted": "True", "size": "1", "checksum": "x"},
     )
     assert imgframe.checksum_duplicates(df).empty
+
+
+def v2_frame(*rows: dict[str, str]) -> pd.DataFrame:
+    """Like frame(), with os_hash_algo / os_hash_value given as v2 would give them."""
+    v2 = {"os_hash_algo", "os_hash_value"}
+    return imgframe.frame_from_headers(
+        [
+            {(f"x-imgframe-v2-{k}" if k in v2 else f"x-image-meta-{k}"): v for k, v in row.items()}
+            for row in rows
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    sorted(audits.PLACEHOLDER_CHECKSUMS - {SHA512_OF_NOTHING}),
+)
+def test_placeholder_md5_checksums_are_never_duplicates(placeholder: str) -> None:
+    df = frame(
+        *({"id": i, "status": "active", "size": "4096", "checksum": placeholder} for i in "abc"),
+        {"id": "d", "status": "active", "size": "4096", "checksum": placeholder.upper()},
+    )
+    assert imgframe.checksum_duplicates(df).empty
+
+
+def test_the_sha512_of_nothing_is_never_a_duplicate_key() -> None:
+    assert hashlib.sha512(b"").hexdigest() == SHA512_OF_NOTHING  # the constant is what it says
+    assert hashlib.md5(b"").hexdigest() in audits.PLACEHOLDER_CHECKSUMS
+    assert hashlib.md5(b"{}").hexdigest() in audits.PLACEHOLDER_CHECKSUMS
+    df = v2_frame(
+        *(
+            {"id": i, "status": "active", "size": "10", "checksum": f"m{i}",
+             "os_hash_algo": "sha512", "os_hash_value": SHA512_OF_NOTHING}
+            for i in "ab"
+        )
+    )  # fmt: skip
+    assert imgframe.checksum_duplicates(df).empty
+
+
+def test_any_checksum_of_a_size_0_image_is_never_a_duplicate() -> None:
+    df = frame(
+        {"id": "a", "status": "active", "size": "0", "checksum": "x"},
+        {"id": "b", "status": "active", "size": "0", "checksum": "x"},
+        {"id": "c", "status": "active", "checksum": "x"},  # unknown size: nothing to join
+        {"id": "d", "status": "active", "size": "5", "checksum": "y"},
+        {"id": "e", "status": "active", "size": "5", "checksum": "y"},
+    )
+    assert imgframe.checksum_duplicates(df).index.tolist() == ["d", "e"]
+
+
+def test_image_size_property_is_the_real_size() -> None:
+    df = frame(
+        {"id": "a", "status": "active", "size": "0", "checksum": "x",
+         "property-__image_size": "4096"},
+        {"id": "b", "status": "active", "size": "0", "checksum": "x",
+         "property-__image_size": "4096"},
+        {"id": "c", "status": "active", "size": "0", "checksum": "x",
+         "property-__image_size": "8192"},
+        {"id": "d", "status": "active", "size": "0", "checksum": "x",
+         "property-__image_size": "lots"},  # not a number: size 0, never a duplicate
+    )  # fmt: skip
+    found = imgframe.checksum_duplicates(df)
+    assert found.index.tolist() == ["a", "b"]
+    assert found["reclaimable_bytes"].tolist() == [4096, 4096]
+    assert audits.data_size(df).tolist() == [4096, 4096, 8192, 0]
+
+
+def test_multihash_is_the_key_where_known() -> None:
+    df = v2_frame(
+        # same MD5, different SHA-512: an MD5 collision, not the same data
+        {"id": "a", "status": "active", "size": "10", "checksum": "m1",
+         "os_hash_algo": "sha512", "os_hash_value": "h1"},
+        {"id": "b", "status": "active", "size": "10", "checksum": "m1",
+         "os_hash_algo": "sha512", "os_hash_value": "h2"},
+        # different MD5 fields but the same SHA-512 (hex case means nothing)
+        {"id": "c", "status": "active", "size": "10", "checksum": "m3",
+         "os_hash_algo": "sha512", "os_hash_value": "H3"},
+        {"id": "d", "status": "active", "size": "10", "checksum": "m4",
+         "os_hash_algo": "sha512", "os_hash_value": "h3"},
+    )  # fmt: skip
+    found = imgframe.checksum_duplicates(df)
+    assert found.index.tolist() == ["c", "d"]
+    assert set(found["dup_key"].astype(str)) == {"sha512:h3"}
+
+
+def test_an_md5_only_row_joins_the_one_multihash_group_of_its_md5() -> None:
+    df = v2_frame(
+        {"id": "a", "status": "active", "size": "10", "checksum": "m1",
+         "os_hash_algo": "sha512", "os_hash_value": "h1"},
+        {"id": "b", "status": "active", "size": "10", "checksum": "M1"},  # a v1 answer
+        # m2 has two multihashes: an MD5-only row with m2 cannot say which it is
+        {"id": "c", "status": "active", "size": "10", "checksum": "m2",
+         "os_hash_algo": "sha512", "os_hash_value": "h2"},
+        {"id": "d", "status": "active", "size": "10", "checksum": "m2",
+         "os_hash_algo": "sha512", "os_hash_value": "h22"},
+        {"id": "e", "status": "active", "size": "10", "checksum": "m2"},
+    )  # fmt: skip
+    found = imgframe.checksum_duplicates(df)
+    assert found.index.tolist() == ["a", "b"]
+    assert found["dup_key"].astype(str).tolist() == ["sha512:h1", "sha512:h1"]
 
 
 # --- time-based rules by hand ---------------------------------------------------------------
