@@ -39,7 +39,7 @@ from imgframe.api import (
 from imgframe.checkpoint import fleet_folder, target_folder
 from imgframe.errors import ConfigError, FleetWarning, ImgframeError
 from imgframe.fetch import RetryPolicy, Timeout
-from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
+from imgframe.frame import Columns, build_frame, concat_frames, empty_frame
 from imgframe.schema import FLEET_INDEX, Kind
 
 __all__ = ["FleetWarning", "Target", "fetch_fleet", "fetch_fleet_async", "fleet_targets"]
@@ -369,7 +369,7 @@ def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:
 
 
 def _not_fetched(ids: list[str], error: str) -> pd.DataFrame:
-    return build_frame(_Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
+    return build_frame(Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
 
 
 def _labelled(frame: pd.DataFrame, target: Target) -> pd.DataFrame:
