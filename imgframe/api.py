@@ -363,6 +363,7 @@ async def _fetch(
         ),
         store,
         batch_size=BATCH_SIZE,
+        total=None if requested is None else len(requested),
     )
     try:
         if stored is not None and len(stored):

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Collector",
     "Columns",
+    "FrameBuilder",
     "build_frame",
     "concat_frames",
     "empty_frame",
@@ -305,10 +306,21 @@ class Collector:
     With a checkpoint, each batch's definitive rows also go to it as one part: a batch
     ends at ``batch_size`` rows or, through :meth:`flush_every`, once its first row is
     ``checkpoint.FLUSH_SECONDS`` old. Rows restored from the checkpoint come in as stored
-    rows plus their positions (:meth:`restore`) and join the same final reorder.
+    rows plus their positions (:meth:`restore`) and are placed like fetched ones.
+
+    With ``total`` (the number of rows, known for given ids) each batch is written into
+    the final columns at once (:class:`FrameBuilder`); without it (a listing: the count
+    comes page by page) the batch frames are concatenated and reordered at the end.
     """
 
-    def __init__(self, progress: Any, store: PartWriter | None = None, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        progress: Any,
+        store: PartWriter | None = None,
+        *,
+        batch_size: int,
+        total: int | None = None,
+    ) -> None:
         # One batch as parallel lists of small values: keeping FetchResults would keep
         # aiohttp's header tuples alive (see pack_headers).
         self.positions_batch: list[int] = []
@@ -331,6 +343,7 @@ class Collector:
         self._restore_rows: list[np.ndarray] = []
         self._restore_positions: list[np.ndarray] = []
         self.restored = 0
+        self._builder = None if total is None else FrameBuilder(total)
 
     def add(self, result: FetchResult) -> None:
         packed = pack_headers(result.raw_headers) if result.raw_headers else None
@@ -375,9 +388,12 @@ class Collector:
         """Stored rows ``rows`` answer the ids at ``positions``: they are not sent."""
         if not len(rows):
             return
-        self._restore_rows.append(rows)
-        self._restore_positions.append(positions)
-        assert self._stored_status is not None
+        assert self._stored is not None and self._stored_status is not None
+        if self._builder is not None:
+            self._builder.put(self._stored.take(rows), positions)
+        else:
+            self._restore_rows.append(rows)
+            self._restore_positions.append(positions)
         status = self._stored_status[rows]
         ok, not_found = int((status == 200).sum()), int((status == 404).sum())
         self.counts["ok"] += ok
@@ -415,11 +431,15 @@ class Collector:
                 error=self.errors,
                 problems=self.problems,
             )
-        self.frames.append(frame)
-        self.positions.append(np.array(self.positions_batch, dtype=np.int64))
+        positions = np.array(self.positions_batch, dtype=np.int64)
         self.positions_batch, self.ids, self.statuses, self.errors, self.packed = [], [], [], [], []
         if self._store is not None:
             self._store.append(frame)
+        if self._builder is not None:
+            self._builder.put(frame, positions)
+        else:
+            self.frames.append(frame)
+            self.positions.append(positions)
 
     async def flush_every(self, seconds: float) -> None:
         """Flush a batch once its first row is ``seconds`` old (the checkpoint's clock)."""
@@ -437,8 +457,13 @@ class Collector:
             self._bar = None
 
     def frame(self) -> pd.DataFrame:
+        """The frame of every row received, in position order (flushes the last batch)."""
         self.flush()
         self.close()
+        if self._builder is not None:
+            self._stored = None
+            builder, self._builder = self._builder, None
+            return builder.frame()
         if self._restore_rows:
             assert self._stored is not None
             piece = self._stored.take(np.concatenate(self._restore_rows))
@@ -454,6 +479,174 @@ class Collector:
         order = np.argsort(np.concatenate(self.positions), kind="stable")
         self.positions.clear()
         return _reordered(frame, order)
+
+
+class FrameBuilder:
+    """The frame of ``n`` rows, filled batch by batch at each row's final position.
+
+    A fetch knows its rows' positions before it knows their values (one row per
+    requested id, in input order), so each column is allocated once at its final size
+    and every batch is written straight into it: numpy values and masks for the
+    nullable integers, booleans and timestamps, category codes over a growing list of
+    categories, one object array of ``properties``. Only text columns (and the index)
+    are kept as the batches' arrow arrays and put in order at the end, one column at a
+    time. The fetch thus holds about one frame's worth of memory, where concatenating
+    the batches and then reordering held three (``benchmarks/bench_million.py``).
+
+    The frame equals ``concat_frames`` of the batches reordered by position (categories
+    sorted, as there); ``tests/test_frame.py`` checks it.
+
+    Examples
+    --------
+    >>> batch = frame_from_headers([{"X-Image-Meta-Id": "b", "X-Image-Meta-Size": "2"}])
+    >>> first = frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Status": "active"}])
+    >>> builder = FrameBuilder(2)
+    >>> builder.put(batch, np.array([1]))
+    >>> builder.put(first, np.array([0]))
+    >>> df = builder.frame()
+    >>> df.index.tolist(), df["size"].tolist(), df["status"].tolist()
+    (['a', 'b'], [<NA>, 2], ['active', <NA>])
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._filled = np.zeros(n, dtype=bool)
+        self._template = empty_frame()
+        self._columns: dict[str, Any] = {}
+        self._kinds: dict[str, Kind] = {}
+        kinds = {f.column: f.kind for f in FIELDS}
+        for column in self._template.columns:
+            kind = self._kinds[column] = kinds[column]
+            if kind in (Kind.INT, Kind.BOOL):
+                dtype = np.int64 if kind is Kind.INT else np.bool_
+                self._columns[column] = (np.zeros(n, dtype=dtype), np.ones(n, dtype=bool))
+            elif kind is Kind.TIMESTAMP:
+                self._columns[column] = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+            elif kind is Kind.CATEGORY:
+                self._columns[column] = (np.full(n, -1, dtype=np.int32), {})
+            elif kind is Kind.PROPERTIES:
+                self._columns[column] = np.empty(n, dtype=object)
+            else:  # text: the batches' arrow chunks, put in order by frame()
+                self._columns[column] = []
+        self._index_chunks: list[pa.Array] = []
+        self._chunk_positions: list[np.ndarray] = []
+
+    def put(self, frame: pd.DataFrame, positions: np.ndarray) -> None:
+        """Write ``frame``'s rows (the frame's columns, in any order of rows) at ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) != len(frame):
+            raise ValueError(f"{len(frame)} rows for {len(positions)} positions")
+        if not len(positions):
+            return
+        if positions.min() < 0 or positions.max() >= self.n:
+            raise ValueError(f"a position outside 0..{self.n - 1}")
+        if self._filled[positions].any() or len(np.unique(positions)) != len(positions):
+            raise ValueError("a position is filled twice: one row per requested id")
+        self._filled[positions] = True
+        for column, kind in self._kinds.items():
+            array = frame[column].array
+            target = self._columns[column]
+            if kind in (Kind.INT, Kind.BOOL):
+                values, mask = target
+                na = np.asarray(array.isna())
+                values[positions] = array.to_numpy(dtype=values.dtype, na_value=0)
+                mask[positions] = na
+            elif kind is Kind.TIMESTAMP:
+                target[positions] = array.asi8
+            elif kind is Kind.CATEGORY:
+                codes, categories = target
+                codes[positions] = _global_codes(array, categories)
+            elif kind is Kind.PROPERTIES:
+                target[positions] = array.to_numpy(dtype=object)
+            else:
+                target.append(_arrow(array))
+        self._index_chunks.append(_arrow(frame.index.array))
+        self._chunk_positions.append(positions)
+
+    @property
+    def missing(self) -> int:
+        """How many positions have no row yet."""
+        return int(self.n - np.count_nonzero(self._filled))
+
+    def frame(self) -> pd.DataFrame:
+        """The frame (once: the builder gives its columns away); every position must be filled."""
+        if self.missing:
+            raise RuntimeError(
+                f"{self.missing} of {self.n} rows were never filled: one row per requested id"
+            )
+        if not self.n:
+            return self._template
+        # Row i of the text chunks, concatenated, belongs at position positions[i].
+        order = np.empty(self.n, dtype=np.int64)
+        order[np.concatenate(self._chunk_positions)] = np.arange(self.n, dtype=np.int64)
+        self._chunk_positions.clear()
+        take = pa.array(order)
+        del order
+        data: dict[str, Any] = {}
+        for column, kind in self._kinds.items():
+            target = self._columns.pop(column)
+            if kind is Kind.INT:
+                data[column] = pd.arrays.IntegerArray(*target)
+            elif kind is Kind.BOOL:
+                data[column] = pd.arrays.BooleanArray(*target)
+            elif kind is Kind.TIMESTAMP:
+                data[column] = _utc_stamps(target)
+            elif kind is Kind.CATEGORY:
+                codes, categories = target
+                data[column] = _categorical(
+                    codes, categories, self._template[column].cat.categories
+                )
+            elif kind is Kind.PROPERTIES:
+                data[column] = target
+            else:
+                data[column] = _ordered_text(target, take)
+        index = pd.Index(_ordered_text(self._index_chunks, take), name="id")
+        return pd.DataFrame(data, index=index, copy=False)
+
+
+def _arrow(array: Any) -> pa.ChunkedArray:
+    """A string extension array's arrow data (shared, not copied)."""
+    return pa.chunked_array(pa.array(array))
+
+
+def _ordered_text(chunks: list[pa.ChunkedArray], take: pa.Array) -> Any:
+    """The chunks, concatenated and taken in ``take`` order; the chunks are let go."""
+    joined = pa.chunked_array(
+        [chunk for chunked in chunks for chunk in chunked.chunks], type=pa.large_string()
+    )
+    chunks.clear()
+    ordered = joined.take(take)
+    del joined
+    return Kind.TEXT.dtype.__from_arrow__(ordered)  # type: ignore[union-attr]
+
+
+def _global_codes(array: pd.Categorical, categories: dict[Any, int]) -> np.ndarray:
+    """``array``'s codes in the builder's categories (``categories`` grows, in order of
+    first appearance); only the categories a row uses are added."""
+    codes = np.asarray(array.codes, dtype=np.int32)
+    used = np.unique(codes[codes >= 0])
+    lookup = np.full(len(array.categories) + 1, -1, dtype=np.int32)  # [-1] is NA
+    for code, value in zip(used.tolist(), array.categories.take(used).tolist(), strict=True):
+        lookup[code] = categories.setdefault(value, len(categories))
+    return lookup[codes]
+
+
+def _categorical(codes: np.ndarray, categories: dict[Any, int], empty: pd.Index) -> Any:
+    """Codes over categories in first-seen order -> a Categorical with sorted categories,
+    as :func:`concat_frames` gives (the same data always gets the same dtype)."""
+    seen = pd.Index(pd.array(list(categories), dtype=empty.dtype))
+    order = np.asarray(seen.argsort(), dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    valid = codes >= 0
+    codes[valid] = rank[codes[valid]]
+    dtype = pd.CategoricalDtype(seen.take(order), ordered=False)
+    return pd.Categorical.from_codes(codes, dtype=dtype)
+
+
+def _utc_stamps(nanos: np.ndarray) -> Any:
+    """int64 nanoseconds (NaT as int64 min) -> ``datetime64[ns, UTC]``, as the parser makes."""
+    return pd.Series(nanos.view("datetime64[ns]"), copy=False).dt.tz_localize("UTC").array
 
 
 def _only_used_categories(frame: pd.DataFrame) -> pd.DataFrame:
