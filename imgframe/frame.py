@@ -154,7 +154,12 @@ class Columns:
         keys = [name[1] if name.__class__ is tuple else "" for name in self._names]
         rows = self.rows[positions].tolist()
         codes = self._codes[positions].tolist()
-        values = self.values.take(pa.array(positions)).to_pylist()
+        # One str per distinct value, shared by the rows that have it: values repeat
+        # (os_distro, architecture...), and a million rows' copies were a fifth of a fetch's
+        # memory (benchmarks/bench_million.py).
+        encoded = pc.dictionary_encode(self.values.take(pa.array(positions)))
+        distinct = encoded.dictionary.to_pylist()
+        values = list(map(distinct.__getitem__, encoded.indices.to_numpy().tolist()))
         for row, code, value in zip(rows, codes, values, strict=True):
             result[row][keys[code]] = value
         if sum(map(len, result)) == len(positions):  # no key twice in a row: nothing lost
@@ -576,12 +581,8 @@ class FrameBuilder:
             )
         if not self.n:
             return self._template
-        # Row i of the text chunks, concatenated, belongs at position positions[i].
-        order = np.empty(self.n, dtype=np.int64)
-        order[np.concatenate(self._chunk_positions)] = np.arange(self.n, dtype=np.int64)
-        self._chunk_positions.clear()
-        take = pa.array(order)
-        del order
+        places = _TextPlaces(self._chunk_positions, self.n)
+        self._chunk_positions = []
         data: dict[str, Any] = {}
         for column, kind in self._kinds.items():
             target = self._columns.pop(column)
@@ -599,25 +600,62 @@ class FrameBuilder:
             elif kind is Kind.PROPERTIES:
                 data[column] = target
             else:
-                data[column] = _ordered_text(target, take)
-        index = pd.Index(_ordered_text(self._index_chunks, take), name="id")
+                data[column] = places.ordered(target)
+        index = pd.Index(places.ordered(self._index_chunks), name="id")
         return pd.DataFrame(data, index=index, copy=False)
 
 
-def _arrow(array: Any) -> pa.ChunkedArray:
-    """A string extension array's arrow data (shared, not copied)."""
-    return pa.chunked_array(pa.array(array))
+#: Rows per chunk of a text column put in order by :class:`_TextPlaces`.
+TEXT_BLOCK = 65_536
 
 
-def _ordered_text(chunks: list[pa.ChunkedArray], take: pa.Array) -> Any:
-    """The chunks, concatenated and taken in ``take`` order; the chunks are let go."""
-    joined = pa.chunked_array(
-        [chunk for chunked in chunks for chunk in chunked.chunks], type=pa.large_string()
-    )
-    chunks.clear()
-    ordered = joined.take(take)
-    del joined
-    return Kind.TEXT.dtype.__from_arrow__(ordered)  # type: ignore[union-attr]
+def _arrow(array: Any) -> pa.Array:
+    """A string extension array's arrow data as one large_string array (shared when it
+    is one chunk already, as a batch's is)."""
+    chunks = pa.chunked_array(pa.array(array)).cast(pa.large_string()).chunks
+    if len(chunks) == 1:
+        return chunks[0]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.large_string())
+
+
+class _TextPlaces:
+    """Puts text chunks (in arrival order) in position order, block by block, letting
+    each chunk go once its last row is written: the batches arrive nearly in order, so
+    only a few chunks are alive twice at a time, where one ``take`` of the whole
+    column held it twice."""
+
+    def __init__(self, chunk_positions: list[np.ndarray], n: int) -> None:
+        self.n = n
+        self.offsets = np.cumsum([0, *map(len, chunk_positions)])
+        # order[p]: the row, in the chunks concatenated, that belongs at position p.
+        self.order = np.empty(n, dtype=np.int64)
+        self.order[np.concatenate(chunk_positions)] = np.arange(n, dtype=np.int64)
+        last_block = [int(p.max()) // TEXT_BLOCK for p in chunk_positions]
+        self.done_after: dict[int, list[int]] = {}
+        for chunk, block in enumerate(last_block):
+            self.done_after.setdefault(block, []).append(chunk)
+
+    def ordered(self, chunks: list[pa.Array]) -> Any:
+        """The text column of ``chunks`` in position order (``chunks`` is emptied)."""
+        out: list[pa.Array] = []
+        held: list[pa.Array | None] = list(chunks)
+        chunks.clear()
+        for block, start in enumerate(range(0, self.n, TEXT_BLOCK)):
+            rows = self.order[start : start + TEXT_BLOCK]
+            # The chunks this block's rows are in (chunks between them may be gone).
+            chunk_of = np.searchsorted(self.offsets, rows, side="right") - 1
+            needed = np.unique(chunk_of)
+            lengths = self.offsets[needed + 1] - self.offsets[needed]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            local = rows - self.offsets[chunk_of] + starts[np.searchsorted(needed, chunk_of)]
+            window = pa.chunked_array([held[j] for j in needed.tolist()], type=pa.large_string())
+            out.extend(window.take(pa.array(local)).chunks)
+            del window
+            for chunk in self.done_after.get(block, ()):
+                held[chunk] = None
+        return Kind.TEXT.dtype.__from_arrow__(  # type: ignore[union-attr]
+            pa.chunked_array(out, type=pa.large_string())
+        )
 
 
 def _global_codes(array: pd.Categorical, categories: dict[Any, int]) -> np.ndarray:

@@ -10,7 +10,9 @@ values, categories, properties (collided keys too) and rows restored from a chec
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from pandas.testing import assert_frame_equal
 
 import imgframe
+import imgframe.frame as frame_module
 from imgframe.frame import Collector, Columns, FrameBuilder, build_frame, empty_frame
 from imgframe.parse import ParseProblems, pack_headers
 from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
@@ -82,6 +85,7 @@ def runs(draw: st.DrawFn) -> dict[str, Any]:
         "restored": restored,
         "batch_size": draw(st.integers(1, 12)),
         "extra_stored": draw(st.integers(0, 5)),  # stored rows not asked again
+        "text_block": draw(st.integers(1, 16)),  # text columns put in order in blocks
     }
 
 
@@ -96,6 +100,17 @@ def reference(ids: list[str], rows: list[Any]) -> tuple[pd.DataFrame, ParseProbl
         problems=problems,
     )
     return frame, problems
+
+
+@contextlib.contextmanager
+def text_block(rows: int) -> Iterator[None]:
+    """Text columns put in order ``rows`` at a time (many blocks in a small run)."""
+    saved = frame_module.TEXT_BLOCK
+    frame_module.TEXT_BLOCK = rows
+    try:
+        yield
+    finally:
+        frame_module.TEXT_BLOCK = saved
 
 
 def collected(run: dict[str, Any], total: int | None) -> tuple[pd.DataFrame, Collector]:
@@ -116,7 +131,8 @@ def collected(run: dict[str, Any], total: int | None) -> tuple[pd.DataFrame, Col
     for position in run["completion"]:
         packed, status, error = rows[position]
         collector.add_packed(position, ids[position], status, error, packed)
-    return collector.frame(), collector
+    with text_block(run["text_block"]):
+        return collector.frame(), collector
 
 
 @SETTINGS
@@ -158,7 +174,8 @@ def test_putting_frames_directly_equals_concatenating_them(
         builder.put(batch, np.array(positions))
         start += size
     assert builder.missing == 0
-    assert_frame_equal(builder.frame(), expected)
+    with text_block(data.draw(st.integers(1, 50))):
+        assert_frame_equal(builder.frame(), expected)
 
 
 def test_the_built_frame_holds_the_columns_not_copies_of_them() -> None:
