@@ -68,6 +68,12 @@ class Columns:
     field's values are picked with one ``take``; the only per-entry Python work left is
     filling the property dicts. This is what makes the frame builder several times
     faster than parsing each mapping on its own.
+
+    Examples
+    --------
+    >>> columns = Columns.from_packed([b"X-Image-Meta-Size\\x0012", None])
+    >>> columns.n, columns.raw("x-image-meta-size").to_pylist()
+    (2, ['12', None])
     """
 
     def __init__(
@@ -189,6 +195,13 @@ def build_frame(
 
     ``index`` overrides the ids read from the headers: the fetcher indexes by the
     *requested* id, so failed rows without headers keep theirs.
+
+    Examples
+    --------
+    >>> df = build_frame(Columns.from_packed([b"X-Image-Meta-Size\\x0012", None]),
+    ...                  index=["a", "b"], http_status=[200, None], error=[None, "timeout"])
+    >>> df[["size", "http_status", "error"]].values.tolist()
+    [[12, 200, <NA>], [<NA>, <NA>, 'timeout']]
     """
     n = columns.n
     fetched = {"http_status": http_status, "error": error}
@@ -229,7 +242,14 @@ def build_frame(
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while building: the many small dicts and strings created here
     hold no cycles, and collections triggered by their allocation would rescan every
-    header mapping the caller still holds (a third of the build time at 200k rows)."""
+    header mapping the caller still holds (a third of the build time at 200k rows).
+
+    Examples
+    --------
+    >>> with gc_paused():
+    ...     gc.isenabled()
+    False
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -316,6 +336,14 @@ class Collector:
     With ``total`` (the number of rows, known for given ids) each batch is written into
     the final columns at once (:class:`FrameBuilder`); without it (a listing: the count
     comes page by page) the batch frames are concatenated and reordered at the end.
+
+    Examples
+    --------
+    >>> collector = Collector(None, batch_size=2, total=3)
+    >>> for position, image_id in [(2, "c"), (0, "a"), (1, "b")]:
+    ...     collector.add_packed(position, image_id, 404, "HTTP 404 Not Found", None)
+    >>> collector.frame().index.tolist(), collector.counts["not found"]
+    (['a', 'b', 'c'], 3)
     """
 
     def __init__(
@@ -549,7 +577,11 @@ class FrameBuilder:
             raise ValueError("a position is filled twice: one row per requested id")
         self._filled[positions] = True
         for column, kind in self._kinds.items():
-            array = frame[column].array
+            series = frame[column]
+            expected = self._template[column].dtype
+            if kind is not Kind.CATEGORY and series.dtype != expected:
+                series = series.astype(expected)  # e.g. another timestamp unit: not raw asi8
+            array = series.array
             target = self._columns[column]
             if kind in (Kind.INT, Kind.BOOL):
                 values, mask = target
@@ -562,7 +594,7 @@ class FrameBuilder:
                 codes, categories = target
                 codes[positions] = _global_codes(array, categories)
             elif kind is Kind.PROPERTIES:
-                target[positions] = array.to_numpy(dtype=object)
+                target[positions] = series.to_numpy(dtype=object)
             else:
                 target.append(_arrow(array))
         self._index_chunks.append(_arrow(frame.index.array))
