@@ -236,3 +236,16 @@ def test_a_fetch_gives_every_requested_id_exactly_one_row_in_input_order(
     assert df.loc[known, "name"].tolist() == [
         pd.NA if expected[i] is None else expected[i] for i in known
     ]
+
+
+def test_a_batch_with_another_timestamp_unit_is_put_as_its_instants() -> None:
+    frame = imgframe.frame_from_headers(
+        [
+            {"X-Image-Meta-Id": "a", "X-Image-Meta-Created_at": "2016-05-22T06:04:20.425843"},
+            {"X-Image-Meta-Id": "b", "X-Image-Meta-Created_at": "1999-12-31"},
+        ]
+    )
+    micro = frame.assign(created_at=frame["created_at"].astype("datetime64[us, UTC]"))
+    builder = FrameBuilder(2)
+    builder.put(micro, np.array([0, 1]))
+    assert_frame_equal(builder.frame(), frame)
