@@ -50,9 +50,10 @@ from imgframe.errors import (
     NoV1ApiError,
 )
 from imgframe.fleet import Target, fetch_fleet, fetch_fleet_async
+from imgframe.frame import frame_from_headers
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.listing import list_image_ids, list_image_ids_async
-from imgframe.parse import ImageRecord, frame_from_headers, parse_headers
+from imgframe.parse import ImageRecord, parse_headers
 from imgframe.report_html import report
 from imgframe.schema import FIELDS, columns, dtypes
 from imgframe.widgets import picker  # ipywidgets is imported only when a picker is built

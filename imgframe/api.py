@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import itertools
 import os
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -50,19 +49,12 @@ from imgframe.config import (
 )
 from imgframe.errors import CheckpointError
 from imgframe.fetch import FetchResult, HeadFetcher, IdFeed
+from imgframe.frame import Collector
 from imgframe.ids import invalid_ids
 from imgframe.ids import normalize_ids as normalize_ids
 from imgframe.listing import DetailPage, Lister
 from imgframe.outcome import INVALID_ID
-from imgframe.parse import (
-    PACK_SEPARATOR,
-    ParseProblems,
-    _Columns,
-    _gc_paused,
-    build_frame,
-    concat_frames,
-    pack_headers,
-)
+from imgframe.parse import PACK_SEPARATOR
 from imgframe.progress import PROGRESS_LABEL as PROGRESS_LABEL
 from imgframe.progress import progress_bar
 from imgframe.runner import run_sync as run_sync
@@ -75,187 +67,6 @@ BATCH_SIZE = 10_000
 # three pages keep the workers fed across a slow listing page without hoarding ids).
 LISTING_PAGE_SIZE = DEFAULT_PAGE_SIZE
 LISTING_PAGES_AHEAD = 3
-
-
-class _Collector:
-    """Receives results in completion order; turns them into typed frames in batches.
-
-    With a checkpoint, each batch's definitive rows also go to it as one part: a batch
-    ends at ``BATCH_SIZE`` rows or, through :meth:`flush_every`, once its first row is
-    ``checkpoint.FLUSH_SECONDS`` old. Rows restored from the checkpoint come in as stored
-    rows plus their positions (:meth:`restore`) and join the same final reorder.
-    """
-
-    def __init__(self, progress: Any, store: Checkpoint | None = None) -> None:
-        # One batch as parallel lists of small values: keeping FetchResults would keep
-        # aiohttp's header tuples alive (see pack_headers).
-        self.positions_batch: list[int] = []
-        self.ids: list[str] = []
-        self.statuses: list[int | None] = []
-        self.errors: list[str | None] = []
-        self.packed: list[bytes | None] = []
-        self.frames: list[pd.DataFrame] = []
-        self.positions: list[np.ndarray] = []
-        self.problems = ParseProblems()
-        self.counts = {"ok": 0, "not found": 0, "errors": 0}
-        self._bar = progress
-        self._pending_bar = 0
-        self._last_bar = 0.0
-        self._store = store
-        self._batch_started = 0.0
-        self._stored: pd.DataFrame | None = None
-        self._stored_status: np.ndarray | None = None
-        self._restore_rows: list[np.ndarray] = []
-        self._restore_positions: list[np.ndarray] = []
-        self.restored = 0
-
-    def add(self, result: FetchResult) -> None:
-        packed = pack_headers(result.raw_headers) if result.raw_headers else None
-        self.add_packed(result.position, result.image_id, result.http_status, result.error, packed)
-
-    def add_packed(
-        self,
-        position: int,
-        image_id: str,
-        http_status: int | None,
-        error: str | None,
-        packed: bytes | None,
-    ) -> None:
-        """:meth:`add` of a result whose headers are already :func:`pack_headers`'d."""
-        if not self.ids:
-            self._batch_started = time.monotonic()
-        self.positions_batch.append(position)
-        self.ids.append(image_id)
-        self.statuses.append(http_status)
-        self.errors.append(error)
-        self.packed.append(packed)
-        if http_status == 200 and error is None:
-            self.counts["ok"] += 1
-        elif http_status == 404:
-            self.counts["not found"] += 1
-        else:
-            self.counts["errors"] += 1
-        if self._bar is not None:
-            self._pending_bar += 1
-            now = time.monotonic()
-            if now - self._last_bar > 0.2:  # batch bar updates: per-row refresh costs real CPU
-                self._flush_bar(now)
-        if len(self.ids) >= BATCH_SIZE:
-            self.flush()
-
-    def use_stored(self, stored: pd.DataFrame) -> None:
-        """The checkpoint's rows, from which :meth:`restore` takes the ids it is given."""
-        self._stored = stored
-        self._stored_status = stored["http_status"].to_numpy(dtype="float64", na_value=np.nan)
-
-    def restore(self, rows: np.ndarray, positions: np.ndarray) -> None:
-        """Stored rows ``rows`` answer the ids at ``positions``: they are not sent."""
-        if not len(rows):
-            return
-        self._restore_rows.append(rows)
-        self._restore_positions.append(positions)
-        assert self._stored_status is not None
-        status = self._stored_status[rows]
-        ok, not_found = int((status == 200).sum()), int((status == 404).sum())
-        self.counts["ok"] += ok
-        self.counts["not found"] += not_found
-        self.counts["errors"] += len(rows) - ok - not_found
-        self.restored += len(rows)
-        if self._bar is not None:
-            self._pending_bar += len(rows)
-            self._flush_bar(time.monotonic())
-
-    def expect(self, more: int) -> None:
-        """``more`` rows are on their way (a listing page): grow the bar's total."""
-        if self._bar is not None and more:
-            self._bar.total = (self._bar.total or 0) + more
-            self._bar.refresh()
-
-    def _flush_bar(self, now: float) -> None:
-        self._bar.update(self._pending_bar)
-        # Strings, not ints: tqdm shows large ints as 4e+04.
-        postfix = {name: f"{count:,}" for name, count in self.counts.items()}
-        if self.restored:
-            postfix["from checkpoint"] = f"{self.restored:,}"
-        self._bar.set_postfix(postfix, refresh=False)
-        self._pending_bar = 0
-        self._last_bar = now
-
-    def flush(self) -> None:
-        if not self.ids:
-            return
-        with _gc_paused():
-            frame = build_frame(
-                _Columns.from_packed(self.packed),
-                index=self.ids,
-                http_status=self.statuses,
-                error=self.errors,
-                problems=self.problems,
-            )
-        self.frames.append(frame)
-        self.positions.append(np.array(self.positions_batch, dtype=np.int64))
-        self.positions_batch, self.ids, self.statuses, self.errors, self.packed = [], [], [], [], []
-        if self._store is not None:
-            self._store.append(frame)
-
-    async def flush_every(self, seconds: float) -> None:
-        """Flush a batch once its first row is ``seconds`` old (the checkpoint's clock)."""
-        tick = min(max(seconds / 4, 0.01), 1.0)
-        while True:
-            await asyncio.sleep(tick)
-            if self.ids and time.monotonic() - self._batch_started >= seconds:
-                self.flush()
-
-    def close(self) -> None:
-        """Finish the progress bar (idempotent; also on errors)."""
-        if self._bar is not None:
-            self._flush_bar(time.monotonic())
-            self._bar.close()
-            self._bar = None
-
-    def frame(self) -> pd.DataFrame:
-        self.flush()
-        self.close()
-        if self._restore_rows:
-            assert self._stored is not None
-            piece = self._stored.take(np.concatenate(self._restore_rows))
-            self.frames.append(_only_used_categories(piece))
-            self.positions.append(np.concatenate(self._restore_positions))
-            self._restore_rows.clear()
-            self._restore_positions.clear()
-        self._stored = None
-        frame = concat_frames(self.frames)
-        self.frames.clear()
-        if not self.positions:
-            return frame
-        order = np.argsort(np.concatenate(self.positions), kind="stable")
-        self.positions.clear()
-        return _reordered(frame, order)
-
-
-def _only_used_categories(frame: pd.DataFrame) -> pd.DataFrame:
-    """Stored rows with the categories of their own values, as a fetched batch has:
-    the stored parts' other rows (not requested again) must not leave theirs behind."""
-    changed = {
-        column: frame[column].cat.remove_unused_categories()
-        for column, dtype in frame.dtypes.items()
-        if isinstance(dtype, pd.CategoricalDtype)
-    }
-    return frame.assign(**changed) if changed else frame
-
-
-def _reordered(frame: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
-    """``frame.iloc[order]``, one column at a time, each old column freed once copied.
-
-    ``iloc`` on the whole frame holds the old and the new frame at once (the arrow string
-    columns of the concatenation still share the batches' buffers): at a million rows that
-    was the peak of a fetch, 2.6x the final frame's memory (benchmarks/bench_million.py).
-    """
-    index = frame.index.take(order)
-    columns: dict[str, Any] = {}
-    for name in list(frame.columns):
-        columns[name] = frame.pop(name).array.take(order)
-    return pd.DataFrame(columns, index=index, copy=False)
 
 
 async def fetch_images_async(
@@ -393,13 +204,15 @@ async def fetch_target(
     else:
         stored = None
     from_listing = requested is None and not options.verify_with_head
-    collector = _Collector(
+    collector = Collector(
         progress_bar(
             options.progress,
             None if requested is None else len(requested),
             "listing" if from_listing else options.api,
         ),
         store,
+        batch_size=BATCH_SIZE,
+        total=None if requested is None else len(requested),
     )
     try:
         if stored is not None and len(stored):
@@ -447,7 +260,7 @@ async def fetch_target(
 
 
 def _sendable(
-    collector: _Collector,
+    collector: Collector,
     ids: list[str],
     start: int = 0,
     stored: pd.DataFrame | None = None,
@@ -491,7 +304,7 @@ async def _listing(
 
 
 async def _listed_pages(
-    collector: _Collector,
+    collector: Collector,
     pages: AsyncGenerator[DetailPage, None],
     stored: pd.DataFrame | None,
 ) -> AsyncIterator[Iterable[tuple[int, str]]]:
@@ -512,7 +325,7 @@ async def _listed_pages(
 
 async def _listed_rows(
     fetcher: HeadFetcher,
-    collector: _Collector,
+    collector: Collector,
     listing: AsyncGenerator[DetailPage, None],
     stored: pd.DataFrame | None,
 ) -> None:

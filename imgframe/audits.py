@@ -805,7 +805,7 @@ def finding_columns(df: pd.DataFrame) -> list[str]:
 
     Examples
     --------
-    >>> from imgframe.parse import empty_frame
+    >>> from imgframe.frame import empty_frame
     >>> finding_columns(empty_frame()) == FINDING_COLUMNS
     True
     """

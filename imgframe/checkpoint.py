@@ -354,7 +354,7 @@ class Checkpoint:
     Examples
     --------
     >>> import tempfile
-    >>> from imgframe.parse import frame_from_headers
+    >>> from imgframe.frame import frame_from_headers
     >>> folder = tempfile.mkdtemp() + "/ckpt"
     >>> facts = Manifest.for_fetch(endpoint="http://127.0.0.1:1", api="v1", ids=["a", "b"])
     >>> rows = frame_from_headers([{"X-Image-Meta-Id": "a"}, {"X-Image-Meta-Id": "b"}])
@@ -409,8 +409,8 @@ class Checkpoint:
 
     def load(self) -> pd.DataFrame:
         """The stored rows (definitive answers only), indexed by ``id``, one row per id."""
+        from imgframe.frame import concat_frames, empty_frame
         from imgframe.io import read_parquet
-        from imgframe.parse import concat_frames, empty_frame
 
         expected = list(empty_frame().columns)
         frames = []

@@ -40,8 +40,8 @@ from imgframe.config import (
     Timeout,
 )
 from imgframe.errors import ConfigError, FleetWarning, ImgframeError
+from imgframe.frame import Columns, build_frame, concat_frames, empty_frame
 from imgframe.ids import normalize_ids
-from imgframe.parse import _Columns, build_frame, concat_frames, empty_frame
 from imgframe.progress import PROGRESS_LABEL
 from imgframe.runner import run_sync
 from imgframe.schema import FLEET_INDEX, Kind
@@ -385,7 +385,7 @@ def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:
 
 
 def _not_fetched(ids: list[str], error: str) -> pd.DataFrame:
-    return build_frame(_Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
+    return build_frame(Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
 
 
 def _labelled(frame: pd.DataFrame, target: Target) -> pd.DataFrame:

@@ -411,7 +411,7 @@ def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
             f"cannot read {str(path)!r}: not an images table (a JSON array of records)"
         )
     if not records:
-        from imgframe.parse import empty_frame  # the one place that knows the empty schema
+        from imgframe.frame import empty_frame  # the one place that knows the empty schema
 
         return empty_frame()
     # dtype=object: a column of ints with nulls must not pass through float64 (2**53).

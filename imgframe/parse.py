@@ -1,11 +1,12 @@
-"""Glance v1 response headers -> typed :class:`ImageRecord` or typed DataFrame.
+"""Glance v1 response headers -> typed values: the value parsers and the header packing.
 
-Two entry points share one set of rules (declared per :class:`~imgframe.schema.Kind`):
+Two paths share one set of rules (declared per :class:`~imgframe.schema.Kind`):
 
-* :func:`parse_headers` turns one header mapping into an :class:`ImageRecord`;
-* :func:`frame_from_headers` turns many mappings into one DataFrame, column by column
-  with vectorized pyarrow/numpy conversions (the per-row Python work is only gathering
-  values out of the mappings).
+* :func:`parse_headers` turns one header mapping into an :class:`ImageRecord`
+  (the scalar parsers);
+* the vector parsers (:data:`VECTOR_PARSERS`) turn a column of raw values into a typed
+  pandas array with vectorized pyarrow/numpy conversions; :mod:`imgframe.frame` builds
+  the frame out of them (:func:`imgframe.frame.frame_from_headers`).
 
 Both give the same value for every input (``tests/test_parse_properties.py`` checks it
 over arbitrary mappings); the grammars below are each written once, as a regular
@@ -45,15 +46,12 @@ server can send raises.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import json
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -62,11 +60,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgframe.errors import ImgframeParseWarning
-from imgframe.schema import FIELDS, FLEET_FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind
+from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind
 
 __all__ = [
     "ImageRecord",
-    "frame_from_headers",
     "parse_headers",
     "repair_text",
     "v1_detail_header_pairs",
@@ -109,7 +106,7 @@ _PREFIX_LEN = len(PROPERTY_PREFIX)
 #: an ``X-Image-Meta-Property-*`` key (v1 HEAD, v1 listing) is lower-cased.
 JSON_PROPERTY_PREFIX = "x-imgframe-property-"
 _JSON_PREFIX_LEN = len(JSON_PROPERTY_PREFIX)
-_WARN_IDS = 3
+WARN_IDS = 3
 _WARN_ID_CHARS = 40
 
 ImageRecord = dataclasses.make_dataclass(
@@ -268,7 +265,7 @@ _SCALAR = {
 }
 
 
-def _property_key(name: str) -> str | None:
+def property_key(name: str) -> str | None:
     """The property key of a (repaired) header name, or None when it names no property.
 
     A HEAD header name is case-insensitive (proxies and HTTP/2 re-case it), so its key is
@@ -295,7 +292,7 @@ def _lower_items(
         if value is None:
             continue
         key = key if key.__class__ is str and key.isascii() else repair_text(key)
-        prop = _property_key(key)
+        prop = property_key(key)
         if prop is not None:
             text = value if value.__class__ is str and value.isascii() else repair_text(value)
             if properties.get(prop, text) != text and prop not in collided:
@@ -345,7 +342,7 @@ def parse_headers(headers: Mapping[Any, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------- vector parsers
-def _text_array(values: Sequence[Any]) -> pa.Array:
+def text_array(values: Sequence[Any]) -> pa.Array:
     """Python values (str, bytes, None...) -> pyarrow large_string, with text repaired."""
     try:
         arr = pa.array(values, type=pa.large_string())
@@ -362,12 +359,12 @@ def _text_array(values: Sequence[Any]) -> pa.Array:
     return _repair_array(arr)
 
 
-def _binary_text_array(arr: pa.Array) -> pa.Array:
+def binary_text_array(arr: pa.Array) -> pa.Array:
     """Undecoded header bytes -> large_string: UTF-8 in one vectorized step, else repaired."""
     try:
         return _repair_array(arr.cast(pa.string()))
     except pa.ArrowInvalid:  # some value is not UTF-8 (Latin-1 bytes): decode in Python
-        return _text_array(arr.to_pylist())
+        return text_array(arr.to_pylist())
 
 
 def _repair_array(arr: pa.Array) -> pa.Array:
@@ -551,7 +548,7 @@ def _category_column(arr: pa.Array) -> tuple[Any, np.ndarray]:
     return strings.astype("category").array, np.zeros(len(arr), dtype=bool)
 
 
-_VECTOR = {
+VECTOR_PARSERS = {
     Kind.TEXT: _text_column,
     Kind.CATEGORY: _category_column,
     Kind.INT: _int_column,
@@ -630,7 +627,7 @@ def _v2_wire(value: Any) -> bytes:
 def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     """A Glance v2 image document as the v1 ``(name, value)`` header pairs it stands for.
 
-    Both APIs then share one parser (:class:`_Columns`): every attribute named by a
+    Both APIs then share one parser (:class:`imgframe.frame.Columns`): every attribute named by a
     field's ``v2`` goes to that field's header (the v2-only ones to their pseudo-headers,
     ``tags`` as a JSON array), ``is_public`` is ``visibility == "public"``, ``deleted`` is
     False (v2 never shows deleted images) and every other attribute is a custom property.
@@ -668,7 +665,7 @@ def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]
     in ``glance/common/utils.py``): every attribute ``k`` becomes ``x-image-meta-k``, each
     entry of ``properties`` ``x-image-meta-property-k``, null ones are left out. JSON
     booleans become ``True``/``False`` and ints decimal, as in the headers, so one parser
-    (:class:`_Columns`) reads both and gives the same row. So a property key is
+    (:class:`imgframe.frame.Columns`) reads both and gives the same row. So a property key is
     lower-cased like HEAD's (whose names are case-insensitive): a v1 listing gives the
     frame v1 HEAD gives; two keys differing only in case keep the last value and warn.
 
@@ -789,116 +786,6 @@ def _fast_wire(value: Any) -> bytes:
     return _v2_wire(value)
 
 
-class _Columns:
-    """Many header mappings gathered into one column of raw values per field.
-
-    All keys and values are flattened into two pyarrow arrays in one pass at C speed
-    (``itertools.chain``), keys are lower-cased and dictionary-encoded there, and each
-    field's values are picked with one ``take``; the only per-entry Python work left is
-    filling the property dicts. This is what makes the frame builder several times
-    faster than parsing each mapping on its own.
-    """
-
-    def __init__(
-        self, lengths: np.ndarray, codes: np.ndarray, names: Sequence[Any], values: pa.Array
-    ) -> None:
-        """``codes[i]`` is the position in ``names`` of the i-th header's name, as sent;
-        a null value (``None`` in a mapping) is an absent header."""
-        self.n = n = len(lengths)
-        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        if values.null_count:  # a value of None: the header is absent
-            kept = values.is_valid()
-            keep = kept.to_numpy(zero_copy_only=False)
-            values, rows, codes = values.filter(kept), rows[keep], codes[keep]
-        self.values = values
-        self.rows = rows
-        # Lower-case only the few distinct names (servers spell each header one way) and
-        # merge the spellings that differ only in case (or only in their repair). A
-        # property's name becomes ("property", key): it can never equal a plain header.
-        canonical: dict[str | tuple[str, str], int] = {}
-        remap = np.empty(len(names), dtype=np.int64)
-        for i, name in enumerate(names):
-            text = name if name.__class__ is str and name.isascii() else repair_text(name)
-            prop = _property_key(text)
-            key = text.lower() if prop is None else ("property", prop)
-            remap[i] = canonical.setdefault(key, len(canonical))
-        self._codes = remap[codes] if len(codes) else codes.astype(np.int64)
-        self._names: list[str | tuple[str, str]] = list(canonical)
-
-    @classmethod
-    def from_mappings(cls, headers: Iterable[Mapping[str, Any]]) -> _Columns:
-        """From header mappings (dicts, aiohttp's ``CIMultiDictProxy``...)."""
-        mappings = headers if isinstance(headers, list | tuple) else list(headers)
-        lengths = np.fromiter(map(len, mappings), dtype=np.int64, count=len(mappings))
-        keys = list(chain.from_iterable(mappings))
-        if len(keys) == lengths.sum():
-            values = list(chain.from_iterable(m.values() for m in mappings))
-        else:  # multidict 7 iterates a repeated name once (len and values() count each)
-            pairs = list(chain.from_iterable(m.items() for m in mappings))
-            keys = [key for key, _ in pairs]
-            values = [value for _, value in pairs]
-        # Header names are a few distinct strings repeated: a dict lookup per name (at C
-        # speed through map) is 3x cheaper than converting them all to arrow and encoding.
-        names = list(dict.fromkeys(keys))
-        index = {name: i for i, name in enumerate(names)}
-        codes = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
-        return cls(lengths, codes, names, _text_array(values))
-
-    @classmethod
-    def from_packed(cls, packed: Sequence[bytes | None]) -> _Columns:
-        """From :func:`pack_headers` blobs (None for a response without headers).
-
-        Splitting, decoding and lower-casing all happen in pyarrow, column-wise.
-        """
-        if b"" in packed:  # no pairs: split, b"" would be one part and shift every later pair
-            packed = [blob or None for blob in packed]
-        blobs = pa.array(packed, type=pa.binary())  # 5x faster to build than large_binary
-        parts = pc.split_pattern(blobs, pattern=PACK_SEPARATOR)
-        lengths = pc.list_value_length(parts).fill_null(0).to_numpy(zero_copy_only=False) // 2
-        flat = pc.list_flatten(parts)
-        even = np.arange(0, len(flat) - 1, 2)
-        encoded = pc.dictionary_encode(flat.take(even))
-        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        values = _binary_text_array(flat.take(even + 1))
-        return cls(lengths, codes, encoded.dictionary.to_pylist(), values)
-
-    def raw(self, header: str) -> pa.Array:
-        """The raw text of ``header`` per row (null where absent; the last one wins)."""
-        if header not in self._names:
-            return pa.nulls(self.n, self.values.type)
-        positions = np.flatnonzero(self._codes == self._names.index(header))
-        where = np.full(self.n, -1, dtype=np.int64)
-        where[self.rows[positions]] = positions
-        mask = where < 0
-        return self.values.take(pa.array(where, mask=mask))
-
-    def properties(self) -> tuple[list[dict[str, str]], dict[str, list[int]]]:
-        """One dict per row of its custom properties, and the collisions: for each key
-        that had two different values in a row (the last one is kept), those rows."""
-        result: list[dict[str, str]] = [{} for _ in range(self.n)]
-        prop_codes = [i for i, name in enumerate(self._names) if name.__class__ is tuple]
-        if not prop_codes:
-            return result, {}
-        positions = np.flatnonzero(np.isin(self._codes, prop_codes))
-        keys = [name[1] if name.__class__ is tuple else "" for name in self._names]
-        rows = self.rows[positions].tolist()
-        codes = self._codes[positions].tolist()
-        values = self.values.take(pa.array(positions)).to_pylist()
-        for row, code, value in zip(rows, codes, values, strict=True):
-            result[row][keys[code]] = value
-        if sum(map(len, result)) == len(positions):  # no key twice in a row: nothing lost
-            return result, {}
-        collided: dict[str, list[int]] = {}
-        seen: dict[tuple[int, int], str] = {}
-        for row, code, value in zip(rows, codes, values, strict=True):
-            if seen.setdefault((row, code), value) != value:
-                where = collided.setdefault(keys[code], [])
-                if not where or where[-1] != row:
-                    where.append(row)
-            seen[(row, code)] = value
-        return result, collided
-
-
 class ParseProblems:
     """Unparseable values and collided property keys seen while building frames, merged
     and reported as one warning."""
@@ -915,14 +802,14 @@ class ParseProblems:
         """Record ``count`` bad values of ``column`` (default ``len(ids)``), ``ids`` among them."""
         self.counts[column] = self.counts.get(column, 0) + (len(ids) if count is None else count)
         shown = self.examples.setdefault(column, [])
-        shown.extend(ids[: _WARN_IDS - len(shown)])
+        shown.extend(ids[: WARN_IDS - len(shown)])
 
     def collide(self, key: str, ids: Sequence[Any], count: int | None = None) -> None:
         """Record ``count`` images (default ``len(ids)``) where property ``key`` had two
         different values and one was dropped, ``ids`` among them."""
         self.collided[key] = self.collided.get(key, 0) + (len(ids) if count is None else count)
         shown = self.lost_examples.setdefault(key, [])
-        shown.extend(ids[: _WARN_IDS - len(shown)])
+        shown.extend(ids[: WARN_IDS - len(shown)])
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.collided)
@@ -962,133 +849,3 @@ def _shown_id(image_id: Any) -> str:
     included), at most 40 characters."""
     text = ascii(image_id)
     return text if len(text) <= _WARN_ID_CHARS else text[: _WARN_ID_CHARS - 3] + "..."
-
-
-def build_frame(
-    columns: _Columns,
-    *,
-    index: Sequence[Any] | None = None,
-    http_status: Sequence[int | None] | None = None,
-    error: Sequence[str | None] | None = None,
-    problems: ParseProblems | None = None,
-) -> pd.DataFrame:
-    """Assemble the typed frame (shared by :func:`frame_from_headers` and the fetcher).
-
-    Unparseable values are recorded in ``problems`` (the caller warns once).
-
-    ``index`` overrides the ids read from the headers: the fetcher indexes by the
-    *requested* id, so failed rows without headers keep theirs.
-    """
-    n = columns.n
-    fetched = {"http_status": http_status, "error": error}
-    data: dict[str, Any] = {}
-    bad_rows: dict[str, np.ndarray] = {}
-    ids: Any = None
-    collided: dict[str, list[int]] = {}
-    for f in FIELDS:
-        if f.kind is Kind.PROPERTIES:
-            properties, collided = columns.properties()
-            data[f.column] = _object_array(properties)
-        elif f.header is None:  # filled by the fetcher, not read from headers
-            given = fetched[f.column]
-            values: Sequence[Any] = given if given is not None else [None] * n
-            if f.kind is Kind.INT:
-                data[f.column] = pd.array(list(values), dtype=f.dtype)
-            else:
-                data[f.column], _ = _VECTOR[f.kind](_text_array(values))
-        else:
-            converted, bad = _VECTOR[f.kind](columns.raw(f.header))  # type: ignore[arg-type]
-            if f.column == "id":
-                ids = converted
-                continue
-            data[f.column] = converted
-            if bad.any():
-                bad_rows[f.column] = np.flatnonzero(bad)
-    index_values = pd.array(index, dtype=Kind.TEXT.dtype) if index is not None else ids
-    frame = pd.DataFrame(data, index=pd.Index(index_values, name="id"))
-    if problems is not None:
-        for column, rows in bad_rows.items():
-            problems.add(column, [index_values[i] for i in rows[:_WARN_IDS]], count=len(rows))
-        for key, where in collided.items():
-            problems.collide(key, [index_values[i] for i in where[:_WARN_IDS]], len(where))
-    return frame
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building: the many small dicts and strings created here
-    hold no cycles, and collections triggered by their allocation would rescan every
-    header mapping the caller still holds (a third of the build time at 200k rows)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _object_array(items: Sequence[Any]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
-def frame_from_headers(headers: Iterable[Mapping[Any, Any]]) -> pd.DataFrame:
-    """Build the typed fleet frame from many HEAD responses' headers.
-
-    One row per mapping, indexed by ``X-Image-Meta-Id``, with the columns and dtypes of
-    :func:`imgframe.schema.dtypes`; ``http_status`` and ``error`` are NA (no fetch
-    happened here). Same rules and the same values as :func:`parse_headers`, applied
-    column-wise; nothing a server can send raises.
-
-    Examples
-    --------
-    >>> df = frame_from_headers([
-    ...     {"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "10", "X-Image-Meta-Is_public": "True"},
-    ...     {"x-image-meta-id": "b", "x-image-meta-size": "None", "x-image-meta-is_public": "no"},
-    ... ])
-    >>> df[["size", "is_public"]]
-       size  is_public
-    id
-    a    10       True
-    b  <NA>      False
-    >>> str(df["size"].dtype), str(df.index.dtype)
-    ('Int64', 'string')
-    """
-    problems = ParseProblems()
-    with _gc_paused():
-        frame = build_frame(_Columns.from_mappings(headers), problems=problems)
-    problems.warn()
-    return frame
-
-
-def empty_frame() -> pd.DataFrame:
-    """A frame with no rows and the full typed schema."""
-    return build_frame(_Columns.from_mappings([]))
-
-
-def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate typed frames, keeping category columns categorical.
-
-    ``pd.concat`` turns categoricals with different categories into object columns;
-    here each category column first gets the union of all categories.
-    """
-    if not frames:
-        return empty_frame()
-    if len(frames) == 1:
-        return frames[0]
-    frames = list(frames)
-    for f in (*FIELDS, *FLEET_FIELDS):
-        if f.kind is not Kind.CATEGORY or f.column not in frames[0]:
-            continue
-        # Sorted, like a single astype("category"): the same data always gets the same
-        # dtype, whatever the batches were (and read-back from CSV gives it again).
-        union = pd.api.types.union_categoricals(
-            [frame[f.column].array for frame in frames], ignore_order=True
-        ).categories.sort_values()
-        frames = [
-            frame.assign(**{f.column: frame[f.column].cat.set_categories(union)})
-            for frame in frames
-        ]
-    return pd.concat(frames)

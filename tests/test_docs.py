@@ -113,11 +113,7 @@ PACKAGE = ROOT / "imgframe"
 # The one exception list of the import checks: an offender, as the tests name it (an
 # import edge "a -> b" left out of the cycle check, or a private name used across
 # modules), and why it is allowed for now. It should be empty.
-ALLOWED_IMPORTS: dict[str, str] = {
-    "imgframe.api: from imgframe.parse import _Columns": "moved by branch frame",
-    "imgframe.api: from imgframe.parse import _gc_paused": "moved by branch frame",
-    "imgframe.fleet: from imgframe.parse import _Columns": "moved by branch frame",
-}
+ALLOWED_IMPORTS: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:

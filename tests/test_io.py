@@ -16,8 +16,8 @@ from pandas.testing import assert_frame_equal
 
 import imgframe
 from imgframe import ConfigError, ImgframeParseWarning, InvalidInputError
+from imgframe.frame import concat_frames
 from imgframe.io import FORMULA_STARTS, read, read_csv, read_json, read_parquet, to_csv, write
-from imgframe.parse import concat_frames
 from imgframe.schema import FIELDS, Kind, columns, dtypes
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 

@@ -280,7 +280,8 @@ def test_the_packed_detail_record_is_its_packed_header_pairs(record: dict) -> No
 
 
 def test_a_detail_record_reads_as_its_head_answer(fleet: Fleet) -> None:
-    from imgframe.parse import frame_from_headers, v1_detail_header_pairs
+    from imgframe.frame import frame_from_headers
+    from imgframe.parse import v1_detail_header_pairs
     from imgframe.testing.emulator import _detail, render_headers
 
     images = fleet.images[:300]

@@ -12,7 +12,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 import imgframe
 from imgframe import ImgframeParseWarning, frame_from_headers, parse_headers
-from imgframe.parse import ParseProblems, _Columns, build_frame, pack_headers, repair_text
+from imgframe.frame import Columns, build_frame
+from imgframe.parse import ParseProblems, pack_headers, repair_text
 from imgframe.schema import FIELDS, Kind, columns, dtypes
 
 SAMPLE = {  # the vendor's sample response (shared/reference)
@@ -353,9 +354,9 @@ def quietly(function, *args):  # type: ignore[no-untyped-def]
 def packed_frame(
     *responses: list[tuple[bytes, bytes]], problems: ParseProblems | None = None
 ) -> pd.DataFrame:
-    """The fetcher's path: packed raw header pairs -> _Columns.from_packed -> build_frame."""
+    """The fetcher's path: packed raw header pairs -> Columns.from_packed -> build_frame."""
     packed = [pack_headers(r) if r else None for r in responses]
-    return build_frame(_Columns.from_packed(packed), problems=problems)
+    return build_frame(Columns.from_packed(packed), problems=problems)
 
 
 @pytest.mark.parametrize(
@@ -544,7 +545,7 @@ def test_values_that_are_none_are_absent_headers() -> None:
 
 
 def test_an_empty_packed_blob_is_a_response_without_headers() -> None:
-    df = build_frame(_Columns.from_packed([b"", b"X-Image-Meta-Size\x0012", None]))
+    df = build_frame(Columns.from_packed([b"", b"X-Image-Meta-Size\x0012", None]))
     assert df["size"].tolist() == [pd.NA, 12, pd.NA]
 
 

@@ -3,7 +3,7 @@
 Three ways in, as the fetcher and users reach the parser: header mappings (str or bytes
 names and values, lone surrogates included) through :func:`parse_headers` and
 :func:`frame_from_headers`; raw header pairs packed by :func:`pack_headers` through
-``_Columns.from_packed`` + ``build_frame`` (the fetcher's path); and Glance v2 JSON
+``Columns.from_packed`` + ``build_frame`` (the fetcher's path); and Glance v2 JSON
 documents through :func:`v2_header_pairs`. Every row of a batch is compared with the
 scalar parse of its own mapping, so a value's result cannot depend on its neighbours.
 """
@@ -21,14 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgframe import ImgframeParseWarning, frame_from_headers, parse_headers
-from imgframe.parse import (
-    JSON_PROPERTY_PREFIX,
-    ParseProblems,
-    _Columns,
-    build_frame,
-    pack_headers,
-    v2_header_pairs,
-)
+from imgframe.frame import Columns, build_frame
+from imgframe.parse import JSON_PROPERTY_PREFIX, ParseProblems, pack_headers, v2_header_pairs
 from imgframe.schema import FIELDS, HEADER_FIELDS, PROPERTY_PREFIX, Kind, dtypes
 
 SETTINGS = settings(
@@ -253,7 +247,7 @@ def frame_and_warned(build: Any) -> tuple[pd.DataFrame, set[str]]:
 def packed_build(responses: list[list[tuple[bytes, bytes]]]) -> pd.DataFrame:
     problems = ParseProblems()
     frame = build_frame(
-        _Columns.from_packed([pack_headers(r) if r else None for r in responses]),
+        Columns.from_packed([pack_headers(r) if r else None for r in responses]),
         problems=problems,
     )
     problems.warn()
