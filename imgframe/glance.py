@@ -201,12 +201,11 @@ class GlanceV1(GlanceApi):
         self, headers: Any, raw_headers: Sequence[tuple[bytes, bytes]], body: bytes, image_id: str
     ) -> Sequence[tuple[bytes, bytes]]:
         ids = headers.getall(_META_ID, None)
-        if ids is not None and len(ids) == 1 and ids[0] == image_id:
-            return raw_headers
-        problem = identity_problem(headers, ids, image_id)
-        if problem is not None:
-            raise LyingAnswer(problem)
-        return raw_headers
+        if ids is None or len(ids) != 1 or ids[0] != image_id:
+            problem = identity_problem(headers, ids, image_id)
+            if problem is not None:
+                raise LyingAnswer(problem)
+        return _without_pseudo_headers(raw_headers)
 
     def pack_record(self, record: dict[str, Any]) -> bytes:
         return v1_detail_packed(record)
@@ -232,6 +231,27 @@ class GlanceV2(GlanceApi):
 
 V1 = GlanceV1()
 V2 = GlanceV2()
+
+# The names imgframe itself gives v2-only attributes and JSON property keys when it maps a
+# v2 document into header pairs (parse.v2_header_pairs). A v1 server never sends them; one
+# that does must not be able to set `visibility` or a case-kept property that way.
+_PSEUDO_PREFIX = b"x-imgframe-"
+_PSEUDO_LEN = len(_PSEUDO_PREFIX)
+
+
+def _without_pseudo_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]],
+) -> Sequence[tuple[bytes, bytes]]:
+    """``raw_headers`` without any ``X-Imgframe-*`` pair a v1 server sent.
+
+    Examples
+    --------
+    >>> _without_pseudo_headers([(b"X-Image-Meta-Id", b"a"), (b"X-Imgframe-V2-Tags", b"[]")])
+    [(b'X-Image-Meta-Id', b'a')]
+    """
+    if not any(name[:_PSEUDO_LEN].lower() == _PSEUDO_PREFIX for name, _ in raw_headers):
+        return raw_headers
+    return [pair for pair in raw_headers if pair[0][:_PSEUDO_LEN].lower() != _PSEUDO_PREFIX]
 
 
 def glance_api(api: str) -> GlanceApi:

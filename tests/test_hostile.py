@@ -269,6 +269,21 @@ def test_each_way_of_breaking_http_has_its_own_fixed_sentence() -> None:
     assert pd.isna(errors["fine"]) and df.loc["fine", "name"] == "n"
 
 
+def test_a_v1_server_cannot_send_imgframes_own_pseudo_headers() -> None:
+    # imgframe maps v2 attributes to x-imgframe-* names; a v1 answer carrying them is hostile
+    answers = {
+        "a": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Image-Meta-Id: a\r\n"
+        b"X-Image-Meta-Is_public: False\r\nX-Imgframe-V2-Visibility: public\r\n"
+        b"x-imgframe-property-Env: prod\r\nX-Image-Meta-Property-Env: dev\r\n\r\n",
+    }
+    with serve_raw(answers) as url:
+        df = fetch_images(["a"], endpoint=url, token="t", retries=0, concurrency=1)
+    assert pd.isna(df.loc["a", "error"])
+    assert pd.isna(df.loc["a", "visibility"])
+    assert df.loc["a", "is_public"] == False  # noqa: E712 (a nullable boolean)
+    assert df.loc["a", "properties"] == {"env": "dev"}
+
+
 def test_v2_documents_that_are_not_an_image_of_this_id_are_error_rows() -> None:
     def answer(body: bytes) -> bytes:
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
