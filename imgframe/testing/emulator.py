@@ -709,6 +709,11 @@ class GlanceEmulator:
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
         self._rendered: dict[str, list[tuple[str, str]]] = {}
         self._listing: list[FleetImage] | None = None
+        # Each image's listing JSON, encoded once per render (_detail, _summary, _v2_image):
+        # a page is then one join of cached bytes, not 1,000 dicts through json.dumps,
+        # so a 1,000-image page costs the server ~0.1 ms instead of ~15 ms and a listing
+        # benchmark measures the client (a real Glance renders in another process).
+        self._listed_json: dict[tuple[Callable[[FleetImage], dict[str, Any]], str], bytes] = {}
         self._listing_pos: dict[str, int] = {}
         self._ids: list[str] | None = None  # for Faults.other_id, made on first use
         self._folded: dict[str, FleetImage] | None = None  # for case_insensitive_ids
@@ -1168,7 +1173,7 @@ class GlanceEmulator:
         if isinstance(found, web.StreamResponse):
             return found
         render = _detail if detail else _summary
-        return _body(200, json.dumps({"images": [render(i) for i in found[0]]}).encode(), _JSON)
+        return _body(200, b'{"images": [' + self._json_list(render, found[0]) + b"]}", _JSON)
 
     def _list_v2(self, request: web.BaseRequest, who: Token) -> web.Response:
         # Glance v2 (glance/api/v2/images.py index, glance/db/sqlalchemy/api.py
@@ -1202,18 +1207,32 @@ class GlanceEmulator:
         if isinstance(found, web.StreamResponse):
             return found
         images, limit = found
-        page = [_v2_image(image) for image in images]
         # Like Glance's serializer: "first" is the query without the marker; "next" is the
         # same query with the last id as marker, present only when the page is full.
         params = {key: value for key, value in request.query.items() if key != "marker"}
-        body: dict[str, Any] = {
-            "images": page,
+        rest: dict[str, Any] = {
             "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
             "schema": "/v2/schemas/images",
         }
-        if page and len(page) == limit:
-            body["next"] = "/v2/images?" + urlencode({**params, "marker": page[-1]["id"]})
-        return _body(200, json.dumps(body).encode(), _JSON)
+        if images and len(images) == limit:
+            rest["next"] = "/v2/images?" + urlencode({**params, "marker": images[-1].id})
+        # The bytes json.dumps({"images": [...], **rest}) would give.
+        body = b'{"images": [' + self._json_list(_v2_image, images) + b"], "
+        return _body(200, body + json.dumps(rest).encode()[1:], _JSON)
+
+    def _json_list(
+        self, render: Callable[[FleetImage], dict[str, Any]], images: list[FleetImage]
+    ) -> bytes:
+        """``images`` rendered and JSON-encoded, comma-separated as json.dumps would."""
+        cache = self._listed_json
+        parts = []
+        for image in images:
+            key = (render, image.id)
+            encoded = cache.get(key)
+            if encoded is None:
+                encoded = cache[key] = json.dumps(render(image)).encode()
+            parts.append(encoded)
+        return b", ".join(parts)
 
     def _ordered(self) -> tuple[list[FleetImage], dict[str, int]]:
         if self._listing is None:
