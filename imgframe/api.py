@@ -63,7 +63,7 @@ from imgframe.parse import (
     concat_frames,
     pack_headers,
     v1_detail_packed,
-    v2_header_pairs,
+    v2_packed,
 )
 
 if TYPE_CHECKING:  # listing imports this module at run time
@@ -706,7 +706,8 @@ async def _listed_rows(
     """Every listed image's row made from its listing record, no request per image.
 
     A v1 ``images/detail`` record (:func:`~imgframe.parse.v1_detail_header_pairs`) or a
-    v2 image document (:func:`~imgframe.parse.v2_header_pairs`) becomes the header
+    v2 image document (:func:`~imgframe.parse.v2_header_pairs`, built in one pass by
+    :func:`~imgframe.parse.v2_packed`) becomes the header
     pairs its own HEAD (or v2 GET) would have answered, as a 200 result, so the rows are
     those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
     deduplicated, checked and restored from ``stored`` exactly as there. The image's own
@@ -721,7 +722,7 @@ async def _listed_rows(
     async with contextlib.aclosing(pages):
         async for page in pages:
             # The page was listed after any api="auto" switch: the fetcher says which API.
-            packed_of = _v2_packed if fetcher.using_v2 else v1_detail_packed
+            packed_of = v2_packed if fetcher.using_v2 else v1_detail_packed
             collector.expect(len(page.ids))
             start = position
             position += len(page.ids)
@@ -734,10 +735,6 @@ async def _listed_rows(
 
 
 _REQUEST_ID = b"X-Openstack-Request-Id"
-
-
-def _v2_packed(image: dict[str, Any]) -> bytes:
-    return pack_headers(v2_header_pairs(image))
 
 
 _T = TypeVar("_T")

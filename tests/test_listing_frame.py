@@ -295,6 +295,29 @@ def test_the_packed_detail_record_is_its_packed_header_pairs(record: dict) -> No
     assert v1_detail_packed(record) == pack_headers(v1_detail_header_pairs(record))
 
 
+_v2_keys = st.sampled_from(
+    ["id", "name", "size", "visibility", "tags", "os_hidden", "checksum", "self", "Env"]
+) | st.text(min_size=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        _v2_keys,
+        _json_values
+        | st.sampled_from(["public", "private", "x\x00y", "\ud800", 10**19, 10**5000])
+        | st.lists(_json_values, max_size=3)
+        | st.dictionaries(st.text(), _json_values, max_size=3),
+        max_size=10,
+    )
+)
+def test_the_packed_v2_document_is_its_packed_header_pairs(document: dict) -> None:
+    from imgframe.parse import pack_headers, v2_header_pairs, v2_packed
+
+    assert v2_packed(document) == pack_headers(v2_header_pairs(document))
+    assert v2_packed(document) == pack_headers(v2_header_pairs(document))  # names cached
+
+
 def test_a_detail_record_reads_as_its_head_answer(fleet: Fleet) -> None:
     from imgframe.parse import frame_from_headers, v1_detail_header_pairs
     from imgframe.testing.emulator import _detail, render_headers
