@@ -279,13 +279,19 @@ def test_cloud_with_token_or_region_alone_is_a_config_error(cloud) -> None:
 _json_values = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
 
 
+_odd_values = st.sampled_from(["x\x00y", "\ud800", "Équipe ☃", 10**19, 10**5000, 1.5])
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.text(min_size=1),
+        st.sampled_from(["properties", "id", "name", "size"]) | st.text(min_size=1),
         _json_values
+        | _odd_values
         | st.lists(_json_values, max_size=3)
-        | st.dictionaries(st.text(), _json_values, max_size=3),
+        | st.dictionaries(
+            st.text() | st.sampled_from(["Env", "os"]), _json_values | _odd_values, max_size=3
+        ),
         max_size=8,
     )
 )
@@ -305,8 +311,10 @@ _v2_keys = st.sampled_from(
     st.dictionaries(
         _v2_keys,
         _json_values
-        | st.sampled_from(["public", "private", "x\x00y", "\ud800", 10**19, 10**5000])
-        | st.lists(_json_values, max_size=3)
+        | st.sampled_from(["public", "private"])
+        | _odd_values
+        | st.lists(_json_values | _odd_values, max_size=3)
+        | st.lists(st.sampled_from(["gold", "a b", 'q"', "é", "", "\\"]), max_size=3)
         | st.dictionaries(st.text(), _json_values, max_size=3),
         max_size=10,
     )
