@@ -881,6 +881,21 @@ class GlanceEmulator:
         with self._lock:
             return self._attempts.get(image_id, 0)
 
+    def warm(self) -> None:
+        """Render every image once (HEAD headers, v1 and v2 listing JSON), as the first
+        requests would: a benchmark then times serving, not the emulator's first renders.
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> GlanceEmulator(make_fleet(3)).warm()
+        """
+        for image in self.fleet.images:
+            if image.id not in self._rendered:
+                self._render(image)
+            for render in (_detail, _summary, _v2_image):
+                self._json_list(render, [image])
+
     def reset_log(self, *, attempts: bool = False) -> None:
         """Forget logged requests (and, with ``attempts=True``, the per-id attempt counts,
         which re-arms transient faults)."""
@@ -1358,14 +1373,20 @@ def run_forever(
     api_limit_max: int = 1000,
     on_ready: Callable[[str], object] | None = None,
     use_uvloop: bool = False,
+    warm: bool = False,
+    on_exit: Callable[[GlanceEmulator], object] | None = None,
 ) -> None:
     """Serve ``fleet`` in this thread until Ctrl-C or SIGTERM, then return; prints nothing.
 
-    ``on_ready(url)`` is called once the socket is bound, e.g. to print the URL.
+    ``on_ready(url)`` is called once the socket is bound, e.g. to print the URL;
+    ``warm`` renders every image first (:meth:`GlanceEmulator.warm`); ``on_exit`` is
+    given the emulator once serving has ended (its request log, say).
     """
     emulator = GlanceEmulator(
         fleet, faults=faults, tokens=tokens, host=host, port=port, api_limit_max=api_limit_max
     )
+    if warm:
+        emulator.warm()
 
     def ready(url: str) -> None:
         # SIGTERM (benchmarks, process managers) stops as gently as Ctrl-C does.
@@ -1387,6 +1408,8 @@ def run_forever(
 
             loop_factory = uvloop.new_event_loop
     emulator.run_forever(on_ready=ready, loop_factory=loop_factory)
+    if on_exit is not None:
+        on_exit(emulator)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1398,10 +1421,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--warm", action="store_true", help="render every image first")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help='on exit, print {"listing": N, "other": M} (requests served) as one JSON line',
+    )
     args = parser.parse_args(argv)
 
     def announce(url: str) -> None:
         print(url, flush=True)
+
+    def summary(emulator: GlanceEmulator) -> None:
+        log = emulator.request_log
+        listing = sum(1 for r in log if r.path.rstrip("/") in _LIST_PATHS)
+        print(json.dumps({"listing": listing, "other": len(log) - listing}), flush=True)
 
     run_forever(
         make_fleet(args.images, seed=args.seed),
@@ -1410,7 +1444,12 @@ def main(argv: list[str] | None = None) -> None:
         faults=Faults(latency=args.latency),
         on_ready=announce,
         use_uvloop=not args.no_uvloop and sys.platform != "win32",
+        warm=args.warm,
+        on_exit=summary if args.summary else None,
     )
+
+
+_LIST_PATHS = ("/v1/images", "/v1/images/detail", "/v2/images")
 
 
 if __name__ == "__main__":
