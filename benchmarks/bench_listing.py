@@ -165,7 +165,7 @@ def main() -> None:
     verdicts = []
     with servers.stack:
         for api in args.api:
-            for latency in (0.0, args.latency):
+            for latency in sorted({0.0, args.latency}):
                 scaled = latency > 0 and small
                 detail: list[Run] = []
                 head: list[Run] = []
