@@ -488,6 +488,7 @@ class _Lister:
         following = None
         if guess is not None and guess not in asked:
             following = (guess, asyncio.create_task(self._fetch(session, guess)))
+            await asyncio.sleep(0)  # the task runs until its request is on the wire
         try:
             return self._parse(*body), following
         except BaseException:
@@ -642,14 +643,16 @@ def _next_guess(body: bytes, api: str, path: str) -> str | None:
     --------
     >>> _next_guess(b'{"images": [{"id": "a"}, {"id": "b"}]}', "v1", "/v1/images/detail?limit=2")
     '/v1/images/detail?limit=2&marker=b'
-    >>> _next_guess(b'{"images": [], "next": "/v2/images?marker=b"}', "v2", "/v2/images")
+    >>> _next_guess(b'{"images": [{"id": "b"}], "next": "/v2/images?marker=b"}', "v2", "/v2/images")
     '/v2/images?marker=b'
+    >>> _next_guess(b'{"images": [], "next": "/v2/images?marker=b"}', "v2", "/v2/images") is None
+    True
     >>> _next_guess(b'{"images": []}', "v1", "/v1/images/detail?limit=2") is None
     True
     """
     key = _V1_ID if api == "v1" else _V2_NEXT
     at = body.rfind(key)
-    if at < 0:
+    if at < 0 or (api == "v2" and _V1_ID not in body):  # an empty page ends a v2 pass
         return None
     start = at + len(key)
     end = body.find(b'"', start)

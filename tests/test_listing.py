@@ -233,7 +233,7 @@ def test_first_id_arrives_before_the_last_page_is_requested(
         return requests_at_first_id, count
 
     requests_at_first_id, count = asyncio.run(run())
-    assert requests_at_first_id == 1
+    assert requests_at_first_id <= 2  # page 1, and page 2 asked for as soon as it arrived
     assert count == len(live_ids(fleet))
     assert len(emulator.request_log) >= 5  # the other pages came later, one by one
 
@@ -246,9 +246,9 @@ def test_stopping_early_requests_no_more_pages(emulator: GlanceEmulator) -> None
             return [image_id async for image_id in _take(listing, 15)]
 
     assert len(asyncio.run(run())) == 15
-    # Pages 1 and 2, and page 3, asked for as soon as page 2 arrived (before the 15th id
-    # was taken); nothing after the listing was closed.
-    assert len(emulator.request_log) == 3
+    # Pages 1 and 2, and page 3 if its request, sent as soon as page 2 arrived, reached
+    # the server before the listing was closed (which cancels it); nothing after that.
+    assert 2 <= len(emulator.request_log) <= 3
 
 
 async def _take(source: AsyncIterator[str], n: int) -> AsyncIterator[str]:
