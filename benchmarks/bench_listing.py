@@ -21,9 +21,9 @@ per request, listing pages included). At that latency the HEAD way takes about
 slows both alike); the figures are the medians of the rounds' wall times, and the
 speed-up is the ratio of those medians. CPU seconds of this process are shown too.
 Requests are the emulator's count; both frames are compared (``request_id`` aside)
-where both ways ran on the same fleet. The goals (issue tracker): detail >= 10x faster at
-zero latency and >= 30x at 50 ms, with at most ``images / 1000 + 5`` requests; each line
-says PASS or MISS.
+where both ways ran on the same fleet. The goals: detail >= 10x faster at zero latency
+and >= 30x at 50 ms, with at most ``images / 1000 + 5`` requests, no request per image
+and equal frames; each line says PASS or MISS.
 
 ``--server thread`` (default) runs the emulator in a thread of this process, as the test
 suite does: its request handling then shares the CPU and the GIL with the client, for
