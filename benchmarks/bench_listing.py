@@ -1,40 +1,51 @@
 """Whole-cloud fetch: rows from the listing's detail pages vs listing + one HEAD per image.
 
-``fetch_images(ids=None)`` against the project's emulator serving ``--images`` images
-(default 50,000; pages of 1,000, the emulator's ``api_limit_max``), two ways:
+``fetch_images(ids=None)`` against the project's emulator (``imgframe/testing/emulator.py``)
+serving ``--images`` images (default 50,000; pages of 1,000, the emulator's and Glance's
+default ``api_limit_max``), for each ``--api`` (default v1 and v2), two ways:
 
 ``detail``
-    the default: every row is made from the listing's own ``/v1/images/detail`` record.
+    the default: every row is made from the listing's own record (v1
+    ``/v1/images/detail``, v2 ``/v2/images``), no request per image.
 ``head``
     ``verify_with_head=True``: the listing streamed into one ``HEAD /v1/images/{id}``
-    per listed image, at the default concurrency (32).
+    (v2: ``GET /v2/images/{id}``) per listed image, at the default concurrency (32).
 
 Each at zero latency and with the emulator's latency fault (``--latency``, default 50 ms
-per request, listing pages included), after the listing alone (``list_image_ids``) for
-reference. At that latency a HEAD of every image takes
-``images x latency / concurrency`` (~78 s for 50,000): with ``--head-images N`` (default
-10,000) the HEAD way is measured on an N-image fleet and its time scaled linearly to
-``--images`` (printed as "extrapolated"); ``--head-images 0`` measures the whole fleet.
-Requests are counted from the emulator's request log; both frames are checked equal
-(``request_id`` aside) where both ways ran on the same fleet.
+per request, listing pages included). At that latency the HEAD way takes about
+``images x latency / concurrency`` (~75 s for 50,000): with ``--head-images N`` (default
+10,000) it is measured on an N-image fleet and its time scaled by ``images / N``
+(printed as "scaled"); ``--head-images 0`` measures the whole fleet.
 
-The emulator runs in a thread of this process (as in the test suite): its JSON and
-header rendering share the CPU and the GIL with the client, the same way for both.
-``--server process`` runs it as ``python -m imgframe.testing.emulator`` in a process of
-its own instead, as a remote server would be (requests are not counted then).
-``--repeat`` runs the (cheap) detail way that many times and keeps the fastest.
-Only 127.0.0.1 is contacted. Figures are printed, not asserted; the script exits 0.
-Run it as ``python benchmarks/bench_listing.py`` (``--help`` for the options).
+``--rounds`` (default 3) rounds, each running both ways back to back (so a busy machine
+slows both alike); the figures are the medians of the rounds' wall times, and the
+speed-up is the ratio of those medians. CPU seconds of this process are shown too.
+Requests are the emulator's count; both frames are compared (``request_id`` aside)
+where both ways ran on the same fleet. The goals: detail >= 10x faster at zero latency
+and >= 30x at 50 ms, with at most ``images / 1000 + 5`` requests, no request per image
+and equal frames; each line says PASS or MISS.
+
+``--server thread`` (default) runs the emulator in a thread of this process, as the test
+suite does: its request handling then shares the CPU and the GIL with the client, for
+both ways. ``--server process`` runs ``python -m imgframe.testing.emulator`` in a child
+process (one per run, warmed before the clock starts; it prints its request count on
+exit), as a real Glance is another process. Each emulator renders every image once
+before timing (``GlanceEmulator.warm``). Only 127.0.0.1 is contacted; figures are
+printed, not asserted; the script exits 0. Run it as
+``python benchmarks/bench_listing.py`` (``--help`` for the options).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -42,53 +53,78 @@ import imgframe
 from imgframe.testing import ADMIN_TOKEN, Faults, Fleet, GlanceEmulator, make_fleet
 
 LIST_PATHS = ("/v1/images/detail", "/v2/images")
+PAGE = 1000
+GOALS = {0.0: 10.0}  # zero latency; any other latency: LATENCY_GOAL
+LATENCY_GOAL = 30.0
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float
+    listing: int
+    other: int
+    frame: pd.DataFrame
+
+
+class Counts:
+    listing = 0
+    other = 0
 
 
 @contextlib.contextmanager
-def emulator_process(images: int, latency: float) -> Iterator[str]:
-    """``python -m imgframe.testing.emulator`` serving ``make_fleet(images, seed=1)``."""
+def emulator_process(images: int, latency: float) -> Iterator[tuple[str, Counts]]:
+    """``python -m imgframe.testing.emulator`` serving ``make_fleet(images, seed=1)``;
+    the counts are filled in when it has exited."""
     argv = [sys.executable, "-m", "imgframe.testing.emulator", "--images", str(images)]
-    argv += ["--seed", "1", "--latency", str(latency)]
+    argv += ["--seed", "1", "--latency", str(latency), "--warm", "--summary"]
+    counts = Counts()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
         try:
-            assert process.stdout is not None
-            yield process.stdout.readline().strip()
+            yield process.stdout.readline().strip(), counts
         finally:
             process.terminate()
+            summary = json.loads(process.stdout.readline() or "{}")
             process.wait(10)
+            counts.listing, counts.other = summary.get("listing", -1), summary.get("other", -1)
 
 
-def fetch(url: str, head: bool | None) -> pd.DataFrame:
-    """The whole-cloud fetch; ``head`` None: only the listing (``list_image_ids``)."""
-    if head is None:
-        return pd.DataFrame(index=imgframe.list_image_ids(endpoint=url, token=ADMIN_TOKEN))
+def fetch(url: str, api: str, head: bool) -> pd.DataFrame:
     return imgframe.fetch_images(
-        endpoint=url, token=ADMIN_TOKEN, progress=False, verify_with_head=head
+        endpoint=url, token=ADMIN_TOKEN, api=api, progress=False, verify_with_head=head
     )
 
 
-def one_run(
-    fleet: Fleet, latency: float, head: bool | None, server: str = "thread"
-) -> tuple[float, int | None, int | None, pd.DataFrame]:
-    """Seconds, listing requests, image requests and the frame of one whole-cloud fetch."""
-    if server == "process":
-        with emulator_process(len(fleet.images), latency) as url:
-            started = time.perf_counter()
-            df = fetch(url, head)
-            return time.perf_counter() - started, None, None, df
-    with GlanceEmulator(fleet, faults=Faults(latency=latency)) as emu:
-        started = time.perf_counter()
-        df = fetch(emu.url, head)
-        seconds = time.perf_counter() - started
+def timed(url: str, api: str, head: bool) -> tuple[float, float, pd.DataFrame]:
+    started, cpu = time.perf_counter(), time.process_time()
+    df = fetch(url, api, head)
+    return time.perf_counter() - started, time.process_time() - cpu, df
+
+
+class Servers:
+    """One warmed thread emulator per (fleet size, latency), reused by every run."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.emulators: dict[tuple[int, float], GlanceEmulator] = {}
+
+    def run(self, fleet: Fleet, latency: float, api: str, head: bool, server: str) -> Run:
+        if server == "process":
+            with emulator_process(len(fleet.images), latency) as (url, counts):
+                seconds, cpu, df = timed(url, api, head)
+            return Run(seconds, cpu, counts.listing, counts.other, df)
+        key = (len(fleet.images), latency)
+        if key not in self.emulators:
+            emu = GlanceEmulator(fleet, faults=Faults(latency=latency))
+            emu.warm()
+            self.emulators[key] = self.stack.enter_context(emu)
+        emu = self.emulators[key]
+        emu.reset_log()
+        seconds, cpu, df = timed(emu.url, api, head)
         log = emu.request_log
-    pages = sum(1 for r in log if r.path in LIST_PATHS)
-    return seconds, pages, len(log) - pages, df
-
-
-def requests(pages: int | None, images: int | None) -> str:
-    if pages is None:
-        return "requests not counted"
-    return f"{pages} listing + {images} image requests"
+        listing = sum(1 for r in log if r.path in LIST_PATHS)
+        return Run(seconds, cpu, listing, len(log) - listing, df)
 
 
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -97,6 +133,10 @@ def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def median(runs: list[Run], what: str = "seconds") -> float:
+    return statistics.median(getattr(run, what) for run in runs)
 
 
 def main() -> None:
@@ -109,34 +149,66 @@ def main() -> None:
         default=10_000,
         help="fleet size for the HEAD way at --latency (0: --images), scaled linearly",
     )
+    parser.add_argument("--api", nargs="+", choices=["v1", "v2"], default=["v1", "v2"])
     parser.add_argument("--server", choices=["thread", "process"], default="thread")
-    parser.add_argument("--repeat", type=int, default=3, help="detail runs (the fastest)")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     fleet = make_fleet(args.images, seed=1)
+    small = 0 < args.head_images < args.images
+    head_fleet = make_fleet(args.head_images, seed=1) if small else fleet
+    most = -(-args.images // PAGE) + 5
     print(
-        f"{args.images:,} images, pages of 1,000, concurrency 32 (default), "
-        f"emulator in a {args.server}"
+        f"{args.images:,} images, pages of {PAGE:,}, concurrency 32 (default), emulator in "
+        f"a {args.server}, {args.rounds} rounds (medians), at most {most} requests allowed"
     )
-    for latency in (0.0, args.latency):
-        runs = [one_run(fleet, latency, None, args.server) for _ in range(args.repeat)]
-        print(f"latency {latency * 1000:g} ms  listing ids alone: {min(r[0] for r in runs):.2f} s")
-        runs = [one_run(fleet, latency, False, args.server) for _ in range(args.repeat)]
-        detail_s, pages, images_sent, detail_df = min(runs, key=lambda run: run[0])
-        print(
-            f"latency {latency * 1000:g} ms  detail: {detail_s:7.2f} s  "
-            f"{requests(pages, images_sent)}, {len(detail_df):,} rows"
-        )
-        small = latency > 0 and 0 < args.head_images < args.images
-        head_fleet = make_fleet(args.head_images, seed=1) if small else fleet
-        head_s, head_pages, head_sent, head_df = one_run(head_fleet, latency, True, args.server)
-        scale = args.images / args.head_images if small else 1.0
-        how = f"extrapolated from {args.head_images:,} images" if small else "measured"
-        print(
-            f"latency {latency * 1000:g} ms  head:   {head_s * scale:7.2f} s  ({how}: "
-            f"{head_s:.2f} s, {requests(head_pages, head_sent)})"
-        )
-        equal = "" if small else f", frames equal: {same_rows(detail_df, head_df)}"
-        print(f"latency {latency * 1000:g} ms  speed-up: {head_s * scale / detail_s:.1f}x{equal}")
+    servers = Servers()
+    verdicts = []
+    with servers.stack:
+        for api in args.api:
+            for latency in sorted({0.0, args.latency}):
+                scaled = latency > 0 and small
+                detail: list[Run] = []
+                head: list[Run] = []
+                for _ in range(args.rounds):
+                    detail.append(servers.run(fleet, latency, api, False, args.server))
+                    head.append(
+                        servers.run(
+                            head_fleet if scaled else fleet, latency, api, True, args.server
+                        )
+                    )
+                scale = args.images / args.head_images if scaled else 1.0
+                d, h = median(detail), median(head) * scale
+                ms = f"{api} {latency * 1000:g} ms"
+                print(
+                    f"{ms:>9}  detail {d:6.2f} s (cpu {median(detail, 'cpu'):5.2f} s, rounds "
+                    f"{', '.join(f'{r.seconds:.2f}' for r in detail)}), "
+                    f"{detail[0].listing} listing + {detail[0].other} image requests, "
+                    f"{len(detail[0].frame):,} rows"
+                )
+                how = "measured"
+                if scaled:
+                    how = f"scaled x{scale:g} from {args.head_images:,} images"
+                print(
+                    f"{ms:>9}  head   {h:6.2f} s (cpu {median(head, 'cpu') * scale:5.2f} s, "
+                    f"{how}; rounds {', '.join(f'{r.seconds:.2f}' for r in head)}), "
+                    f"{head[0].listing} listing + {head[0].other} image requests"
+                )
+                goal = GOALS.get(latency, LATENCY_GOAL)
+                ratio = h / d
+                requests = detail[0].listing + detail[0].other
+                ok = ratio >= goal and 0 <= requests <= most and detail[0].other == 0
+                equal = ""
+                if not scaled:
+                    same = same_rows(detail[0].frame, head[0].frame)
+                    ok = ok and same
+                    equal = f", frames equal: {same}"
+                verdict = "PASS" if ok else "MISS"
+                print(
+                    f"{ms:>9}  speed-up {ratio:5.1f}x (goal >= {goal:g}x), {requests} requests"
+                    f"{equal}  {verdict}"
+                )
+                verdicts.append(f"{ms}: {ratio:.1f}x {verdict}")
+    print("summary: " + "; ".join(verdicts))
 
 
 if __name__ == "__main__":

@@ -332,7 +332,8 @@ async def _listed_rows(
     """Every listed image's row made from its listing record, no request per image.
 
     A v1 ``images/detail`` record (:func:`~imgframe.parse.v1_detail_header_pairs`) or a
-    v2 image document (:func:`~imgframe.parse.v2_header_pairs`) becomes the header
+    v2 image document (:func:`~imgframe.parse.v2_header_pairs`, built in one pass by
+    :func:`~imgframe.parse.v2_packed`) becomes the header
     pairs its own HEAD (or v2 GET) would have answered, as a 200 result, so the rows are
     those of :func:`_listed_pages` + HEAD; ``request_id`` is the listing page's. Ids are
     deduplicated, checked and restored from ``stored`` exactly as there. The image's own

@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 from multidict import istr
 
 from imgframe.errors import ConfigError, FetchError, NoV1ApiError
-from imgframe.parse import pack_headers, v1_detail_packed, v2_header_pairs
+from imgframe.parse import v1_detail_packed, v2_header_pairs, v2_packed
 
 __all__ = [
     "V1",
@@ -226,7 +226,7 @@ class GlanceV2(GlanceApi):
         return _v2_headers(body, raw_headers, image_id)
 
     def pack_record(self, record: dict[str, Any]) -> bytes:
-        return pack_headers(v2_header_pairs(record))
+        return v2_packed(record)
 
 
 V1 = GlanceV1()

@@ -344,47 +344,54 @@ class Lister:
         }
         markers: set[str] = set()
         refused = False
-        while True:
-            try:
-                page = await self._get(session, V1.page_path(params))
-            except FetchError as exc:
-                if exc.status != 400 or "marker" in params or "changes-since" not in params:
-                    raise
-                # A server that refuses changes-since (not every IMS deployment is Glance
-                # Queens): list without it rather than not at all, and say what may lack.
-                del params["changes-since"]
-                refused = True
-                continue
-            if refused:  # said only once the listing without it works
-                refused = False
-                message = (
-                    f"{self.endpoint} refused changes-since in its v1 listing (HTTP 400): "
-                    "listed without it, so killed (and deleted) images may be missing"
-                )
-                logger.warning("%s", message)
-                warnings.warn(message, IncompleteListingWarning, stacklevel=2)
-            if not page.ids:  # only an empty raw page ends it, not one of deleted images
-                return
-            if page.deleted and not self.include_deleted:
-                kept = [
-                    (i, r)
-                    for i, r in zip(page.ids, page.records, strict=True)
-                    if i not in page.deleted
-                ]
-                yield dataclasses.replace(
-                    page, ids=[i for i, _ in kept], records=[r for _, r in kept]
-                )
-            else:
-                yield page
-            marker = page.ids[-1]  # deleted or not: the server pages by the raw listing
-            if marker in markers:
-                raise FetchError(
-                    f"{self.endpoint} repeated the page ending at marker {marker!r}: "
-                    "stopped instead of listing forever",
-                    url=self.endpoint + V1.listing_path,
-                )
-            markers.add(marker)
-            params["marker"] = marker
+        ahead: tuple[str, asyncio.Task[_Body]] | None = None
+        asked: set[str] = set()
+        try:
+            while True:
+                path = V1.page_path(params)
+                try:
+                    page, ahead = await self._get_ahead(session, path, ahead, asked)
+                except FetchError as exc:
+                    if exc.status != 400 or "marker" in params or "changes-since" not in params:
+                        raise
+                    # A server that refuses changes-since (not every IMS deployment is
+                    # Glance Queens): list without it rather than not at all, and say
+                    # what may lack.
+                    del params["changes-since"]
+                    refused = True
+                    continue
+                if refused:  # said only once the listing without it works
+                    refused = False
+                    message = (
+                        f"{self.endpoint} refused changes-since in its v1 listing (HTTP 400): "
+                        "listed without it, so killed (and deleted) images may be missing"
+                    )
+                    logger.warning("%s", message)
+                    warnings.warn(message, IncompleteListingWarning, stacklevel=2)
+                if not page.ids:  # only an empty raw page ends it, not one of deleted images
+                    return
+                if page.deleted and not self.include_deleted:
+                    kept = [
+                        (i, r)
+                        for i, r in zip(page.ids, page.records, strict=True)
+                        if i not in page.deleted
+                    ]
+                    yield dataclasses.replace(
+                        page, ids=[i for i, _ in kept], records=[r for _, r in kept]
+                    )
+                else:
+                    yield page
+                marker = page.ids[-1]  # deleted or not: the server pages by the raw listing
+                if marker in markers:
+                    raise FetchError(
+                        f"{self.endpoint} repeated the page ending at marker {marker!r}: "
+                        "stopped instead of listing forever",
+                        url=self.endpoint + V1.listing_path,
+                    )
+                markers.add(marker)
+                params["marker"] = marker
+        finally:
+            await _cancelled(ahead)
 
     async def _v2_pages(self, session: aiohttp.ClientSession) -> AsyncGenerator[Page, None]:
         # Two passes (V2_PASSES), each paged on its own; detail_pages dedupes across them.
@@ -418,31 +425,72 @@ class Lister:
         followed: set[str] = set()
         markers: set[str] = set()
         first = True
-        while path is not None:
-            try:
-                page = await self._get(session, path)
-            except FetchError as exc:
-                if first and extra and exc.status == 400:
-                    raise _FilterRefused from None
-                raise
-            first = False
-            yield page
-            path = page.next_path
-            if path is None:
-                return
-            marker = parse_qs(urlsplit(path).query).get("marker", [None])[-1]
-            if path in followed or (marker is not None and marker in markers):
-                raise FetchError(
-                    f"{self.endpoint} sent the same next link twice ({path!r}): "
-                    "stopped instead of listing forever",
-                    url=self.endpoint + V2.listing_path,
-                )
-            followed.add(path)
-            if marker is not None:
-                markers.add(marker)
+        ahead: tuple[str, asyncio.Task[_Body]] | None = None
+        asked: set[str] = set()
+        try:
+            while path is not None:
+                try:
+                    page, ahead = await self._get_ahead(session, path, ahead, asked)
+                except FetchError as exc:
+                    if first and extra and exc.status == 400:
+                        raise _FilterRefused from None
+                    raise
+                first = False
+                yield page
+                path = page.next_path
+                if path is None:
+                    return
+                marker = parse_qs(urlsplit(path).query).get("marker", [None])[-1]
+                if path in followed or (marker is not None and marker in markers):
+                    raise FetchError(
+                        f"{self.endpoint} sent the same next link twice ({path!r}): "
+                        "stopped instead of listing forever",
+                        url=self.endpoint + V2.listing_path,
+                    )
+                followed.add(path)
+                if marker is not None:
+                    markers.add(marker)
+        finally:
+            await _cancelled(ahead)
 
     async def _get(self, session: aiohttp.ClientSession, path: str) -> Page:
         """GET one page (with retries and one token refresh) and read its ids."""
+        return self._parse(*await self._fetch(session, path))
+
+    async def _get_ahead(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        ahead: tuple[str, asyncio.Task[_Body]] | None,
+        asked: set[str],
+    ) -> tuple[Page, tuple[str, asyncio.Task[_Body]] | None]:
+        """:meth:`_get` of ``path`` (the answer of ``ahead``'s request if it was for
+        ``path``), and the next page's request, already sent when its path can be read
+        from the raw body (:func:`_next_guess`): the next round trip then overlaps this
+        page's decoding and whatever the caller does with it until it asks for the next.
+        A wrong guess (checked against the decoded page by the caller) costs one
+        cancelled request, never a wrong page. ``asked`` (this pass's paths so far) is
+        never guessed again: a server going round in circles is caught by the caller
+        without one more request."""
+        asked.add(path)
+        if ahead is not None and ahead[0] == path:
+            body = await ahead[1]
+        else:
+            await _cancelled(ahead)
+            body = await self._fetch(session, path)
+        guess = _next_guess(body[1], self.glance.name, path)
+        following = None
+        if guess is not None and guess not in asked:
+            following = (guess, asyncio.create_task(self._fetch(session, guess)))
+            await asyncio.sleep(0)  # the task runs until its request is on the wire
+        try:
+            return self._parse(*body), following
+        except BaseException:
+            await _cancelled(following)
+            raise
+
+    async def _fetch(self, session: aiohttp.ClientSession, path: str) -> _Body:
+        """GET one page (with retries and one token refresh): its URL, body, request id."""
         self._pages += 1
         if self._pages > self.max_pages:
             raise FetchError(
@@ -469,7 +517,7 @@ class Lister:
                             if name.lower() == b"x-openstack-request-id":
                                 request_id = value
                         self._read += 1
-                        return self.glance.parse_page(self.endpoint, url, body, request_id)
+                        return url, body, request_id
                     wait = response.headers.get("Retry-After")
                     await response.read()  # keep the connection reusable
                 problem = status_sentence(status)
@@ -505,3 +553,65 @@ class Lister:
                     status=status,
                 )
             await asyncio.sleep(self._retry.delay(attempt, retry_after(wait)))
+
+    def _parse(self, url: str, body: bytes, request_id: bytes | None = None) -> Page:
+        return self.glance.parse_page(self.endpoint, url, body, request_id)
+
+
+# A page's URL, body and X-Openstack-Request-Id (undecoded), as Lister._fetch reads them.
+_Body = tuple[str, bytes, bytes | None]
+
+_V1_ID = b'"id": "'
+_V2_NEXT = b'"next": "'
+
+
+def _next_guess(body: bytes, api: str, path: str) -> str | None:
+    r"""The next page's path as the raw ``body`` of the page at ``path`` seems to give
+    it, read without decoding the JSON; None when it cannot be read that simply.
+
+    v1: the page's last ``"id"`` as ``marker`` (Glance renders with ``json.dumps``:
+    ``"id": "..."``; the last one is the last image's unless that image has an ``id``
+    property, which the caller's check of the decoded page catches). v2: the
+    ``"next"`` link, which Glance writes after the images. An empty page has neither.
+
+    Examples
+    --------
+    >>> _next_guess(b'{"images": [{"id": "a"}, {"id": "b"}]}', "v1", "/v1/images/detail?limit=2")
+    '/v1/images/detail?limit=2&marker=b'
+    >>> _next_guess(b'{"images": [{"id": "b"}], "next": "/v2/images?marker=b"}', "v2", "/v2/images")
+    '/v2/images?marker=b'
+    >>> _next_guess(b'{"images": [], "next": "/v2/images?marker=b"}', "v2", "/v2/images") is None
+    True
+    >>> _next_guess(b'{"images": []}', "v1", "/v1/images/detail?limit=2") is None
+    True
+    """
+    key = _V1_ID if api == "v1" else _V2_NEXT
+    at = body.rfind(key)
+    if at < 0 or (api == "v2" and _V1_ID not in body):  # an empty page ends a v2 pass
+        return None
+    start = at + len(key)
+    end = body.find(b'"', start)
+    value = body[start:end]
+    if end < 0 or not value or b"\\" in value or not value.isascii():
+        return None
+    text = value.decode("ascii")
+    if api == "v2":
+        return text if text.startswith("/v2/") else None
+    base, _, query = path.partition("?")
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    params["marker"] = text
+    return base + "?" + urlencode(params)
+
+
+async def _cancelled(ahead: tuple[str, asyncio.Task[Any]] | None) -> None:
+    """Cancel a request sent ahead (if still running) and wait until it is gone."""
+    if ahead is None:
+        return
+    task = ahead[1]
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: an unused guess's failure is not an error
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

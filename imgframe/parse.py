@@ -69,6 +69,7 @@ __all__ = [
     "v1_detail_header_pairs",
     "v1_detail_packed",
     "v2_header_pairs",
+    "v2_packed",
 ]
 
 TRUE_SPELLINGS = ("true", "1", "yes", "on", "t", "y")
@@ -655,6 +656,127 @@ def v2_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+def v2_packed(image: Mapping[str, Any]) -> bytes:
+    r"""``pack_headers(v2_header_pairs(image))``, built in one pass.
+
+    What a whole-cloud v2 fetch keeps per listed image document: no pair tuples, the
+    property header names from a cache, plain str/bool/int values encoded in line.
+
+    Examples
+    --------
+    >>> v2_packed({"id": "a", "visibility": "public", "os_distro": "cirros"})
+    b'x-image-meta-id\x00a\x00x-imgframe-v2-visibility\x00public\x00x-image-meta-is_public\x00True\x00x-image-meta-deleted\x00False\x00x-imgframe-property-os_distro\x00cirros'
+    """
+    if image.__class__ is dict:
+        blob = _v2_text(image)
+        if blob is not None:
+            return blob
+    parts: list[bytes] = []
+    append = parts.append
+    get = image.get
+    for key, header in _V2_HEADERS:
+        value = get(key)
+        if value is None:
+            continue
+        append(header)
+        cls = value.__class__
+        if cls is str:
+            try:
+                append(value.encode())
+            except UnicodeEncodeError:
+                append(_utf8(value))
+        elif cls is bool:
+            append(b"True" if value else b"False")
+        elif cls is int and -_BIG_INT < value < _BIG_INT:
+            append(b"%d" % value)
+        else:
+            append(_v2_wire(value))
+    append(b"x-image-meta-is_public")
+    append(b"True" if get("visibility") == "public" else b"False")
+    append(b"x-image-meta-deleted")
+    append(b"False")
+    names = _V2_PROPERTY_NAMES
+    core = V2_CORE_ATTRIBUTES
+    for key, value in image.items():
+        if value is None or key in core:
+            continue
+        name = names.get(key)
+        if name is None:
+            name = _PROPERTY_PREFIX_BYTES + _v2_wire(key)
+            if key.__class__ is str:  # 1 and True are one dict key but two names
+                names[key] = name
+        append(name)
+        append(_fast_wire(value))
+    if len(names) > _NAME_CACHE_MAX:
+        names.clear()  # a server inventing keys must not grow the cache forever
+    blob = PACK_SEPARATOR.join(parts)
+    if blob.count(PACK_SEPARATOR) != len(parts) - 1:  # a NUL inside a field: pack_headers'
+        return pack_headers(v2_header_pairs(image))
+    return blob
+
+
+_V2_PROPERTY_NAMES: dict[str, bytes] = {}
+_V2_TEXT_HEADERS = tuple((key, header.decode()) for key, header in _V2_HEADERS)
+_V2_TEXT_PROPERTY_NAMES: dict[str, str] = {}
+
+
+def _v2_text(image: dict[Any, Any]) -> bytes | None:
+    """:func:`v2_packed` of a document of plain values (and text tags), or None (see
+    :func:`_v1_detail_text`)."""
+    parts: list[str] = []
+    append = parts.append
+    get = image.get
+    for key, header in _V2_TEXT_HEADERS:
+        value = get(key)
+        if value is None:
+            continue
+        append(header)
+        cls = value.__class__
+        if cls is str:
+            append(value)
+        elif cls is bool:
+            append("True" if value else "False")
+        elif cls is int and -_BIG_INT < value < _BIG_INT:
+            append(str(value))
+        elif cls is list:  # tags: json.dumps(ensure_ascii=False) of text needing no escape
+            try:
+                joined = "".join(value)
+            except TypeError:
+                return None
+            if not joined.isprintable() or '"' in joined or "\\" in joined:
+                return None
+            append('["' + '", "'.join(value) + '"]' if value else "[]")
+        else:
+            return None
+    append("x-image-meta-is_public")
+    append("True" if get("visibility") == "public" else "False")
+    append("x-image-meta-deleted")
+    append("False")
+    names = _V2_TEXT_PROPERTY_NAMES
+    core = V2_CORE_ATTRIBUTES
+    for key, value in image.items():
+        if value is None or key in core:
+            continue
+        name = names.get(key)
+        if name is None:
+            if key.__class__ is not str:
+                return None
+            name = names[key] = JSON_PROPERTY_PREFIX + key
+        append(name)
+        cls = value.__class__
+        if cls is str:
+            append(value)
+        elif cls is bool:
+            append("True" if value else "False")
+        elif cls is int and -_BIG_INT < value < _BIG_INT:
+            append(str(value))
+        else:
+            return None
+    if len(names) > _NAME_CACHE_MAX:
+        names.clear()
+    return _encoded(parts)
+
+
 _V1_META_PREFIX = b"x-image-meta-"
 
 
@@ -724,6 +846,10 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
     >>> v1_detail_packed({"id": "a", "protected": True, "properties": {"os": "ü"}})
     b'x-image-meta-id\x00a\x00x-image-meta-protected\x00True\x00x-image-meta-property-os\x00\xc3\xbc'
     """
+    if image.__class__ is dict:
+        blob = _v1_detail_text(image)
+        if blob is not None:
+            return blob
     parts: list[bytes] = []
     append = parts.append
     names = _V1_NAMES
@@ -772,6 +898,84 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
 
 
 _BIG_INT = 10**18  # "%d" of any smaller int is safe and fast
+
+
+# The text fast paths below join str parts and encode once per image: ~40% less CPU than
+# encoding each value (measured on the emulator's records: 3.2 against 5.4 us per v1
+# image). Anything they do not handle exactly like _v2_wire (a value that is not plain
+# text, bool or small int, a structured property, a NUL, a lone surrogate, a key that is
+# not text) returns None and the caller's general path decides.
+_TEXT_SEPARATOR = PACK_SEPARATOR.decode()
+
+
+def _v1_detail_text(image: dict[Any, Any]) -> bytes | None:
+    """:func:`v1_detail_packed` of a record of plain values, or None."""
+    parts: list[str] = []
+    append = parts.append
+    names = _V1_TEXT_NAMES
+    properties: Any = None
+    for key, value in image.items():
+        if value is None:
+            continue
+        if key == "properties":
+            properties = value
+            continue
+        name = names.get(key)
+        if name is None:
+            if key.__class__ is not str:
+                return None
+            name = names[key] = "x-image-meta-" + key
+        append(name)
+        cls = value.__class__
+        if cls is str:
+            append(value)
+        elif cls is bool:
+            append("True" if value else "False")
+        elif cls is int and -_BIG_INT < value < _BIG_INT:
+            append(str(value))
+        else:
+            return None
+    if properties is not None:
+        if properties.__class__ is not dict:
+            return None
+        names = _V1_TEXT_PROPERTY_NAMES
+        for key, value in properties.items():
+            if value is None:
+                continue
+            name = names.get(key)
+            if name is None:
+                if key.__class__ is not str:
+                    return None
+                name = names[key] = PROPERTY_PREFIX + key
+            append(name)
+            cls = value.__class__
+            if cls is str:
+                append(value)
+            elif cls is bool:
+                append("True" if value else "False")
+            elif cls is int and -_BIG_INT < value < _BIG_INT:
+                append(str(value))
+            else:
+                return None
+    if len(_V1_TEXT_NAMES) > _NAME_CACHE_MAX or len(_V1_TEXT_PROPERTY_NAMES) > _NAME_CACHE_MAX:
+        _V1_TEXT_NAMES.clear()
+        _V1_TEXT_PROPERTY_NAMES.clear()
+    return _encoded(parts)
+
+
+_V1_TEXT_NAMES: dict[str, str] = {}
+_V1_TEXT_PROPERTY_NAMES: dict[str, str] = {}
+
+
+def _encoded(parts: list[str]) -> bytes | None:
+    """The NUL-joined UTF-8 of ``parts``; None if one holds a NUL or a lone surrogate."""
+    text = _TEXT_SEPARATOR.join(parts)
+    if text.count(_TEXT_SEPARATOR) != len(parts) - 1:
+        return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def _fast_wire(value: Any) -> bytes:

@@ -263,13 +263,19 @@ def test_cloud_with_token_or_region_alone_is_a_config_error(cloud) -> None:
 _json_values = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
 
 
+_odd_values = st.sampled_from(["x\x00y", "\ud800", "Équipe ☃", 10**19, 10**5000, 1.5])
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.text(min_size=1),
+        st.sampled_from(["properties", "id", "name", "size"]) | st.text(min_size=1),
         _json_values
+        | _odd_values
         | st.lists(_json_values, max_size=3)
-        | st.dictionaries(st.text(), _json_values, max_size=3),
+        | st.dictionaries(
+            st.text() | st.sampled_from(["Env", "os"]), _json_values | _odd_values, max_size=3
+        ),
         max_size=8,
     )
 )
@@ -277,6 +283,31 @@ def test_the_packed_detail_record_is_its_packed_header_pairs(record: dict) -> No
     from imgframe.parse import pack_headers, v1_detail_header_pairs, v1_detail_packed
 
     assert v1_detail_packed(record) == pack_headers(v1_detail_header_pairs(record))
+
+
+_v2_keys = st.sampled_from(
+    ["id", "name", "size", "visibility", "tags", "os_hidden", "checksum", "self", "Env"]
+) | st.text(min_size=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        _v2_keys,
+        _json_values
+        | st.sampled_from(["public", "private"])
+        | _odd_values
+        | st.lists(_json_values | _odd_values, max_size=3)
+        | st.lists(st.sampled_from(["gold", "a b", 'q"', "é", "", "\\"]), max_size=3)
+        | st.dictionaries(st.text(), _json_values, max_size=3),
+        max_size=10,
+    )
+)
+def test_the_packed_v2_document_is_its_packed_header_pairs(document: dict) -> None:
+    from imgframe.parse import pack_headers, v2_header_pairs, v2_packed
+
+    assert v2_packed(document) == pack_headers(v2_header_pairs(document))
+    assert v2_packed(document) == pack_headers(v2_header_pairs(document))  # names cached
 
 
 def test_a_detail_record_reads_as_its_head_answer(fleet: Fleet) -> None:
