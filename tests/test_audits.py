@@ -68,6 +68,16 @@ def test_public_unprotected_returns_exactly_the_planted_images(df, fleet) -> Non
     assert set(imgframe.public_unprotected(df).index) == fleet.planted.public_unprotected
 
 
+def test_v2_duplicates_keyed_by_multihash_are_exactly_the_planted_groups(fleet, emulator) -> None:
+    df = imgframe.fetch_images(
+        [image.id for image in fleet.images], endpoint=emulator.url, token=ADMIN_TOKEN, api="v2"
+    )
+    found = imgframe.checksum_duplicates(df)
+    assert found["dup_key"].astype(str).str.startswith("sha512:").all()
+    groups = {frozenset(g.index) for _, g in found.groupby("dup_group", observed=True)}
+    assert groups == set(fleet.planted.duplicate_groups)
+
+
 def test_checksum_duplicates_returns_exactly_the_planted_groups(df, fleet) -> None:
     found = imgframe.checksum_duplicates(df)
     groups = {frozenset(group.index) for _, group in found.groupby("dup_group")}

@@ -568,7 +568,11 @@ def _v2_image(image: FleetImage) -> dict[str, Any]:
         "protected": image.protected,
         "checksum": image.checksum,
         "os_hash_algo": "sha512" if hashed else None,
-        "os_hash_value": hashlib.sha512(image.id.encode()).hexdigest() if hashed else None,
+        # A hash of the data: images planted as byte-identical (same checksum and size)
+        # share it, as they do on a real Glance.
+        "os_hash_value": hashlib.sha512(f"{image.checksum}/{image.size}".encode()).hexdigest()
+        if hashed
+        else None,
         "owner": image.owner,
         "size": image.size,
         "virtual_size": image.virtual_size,
