@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -171,8 +172,25 @@ def test_member_volumes_lack_projects_and_are_incomplete(
 
 
 def test_a_failed_page_is_an_error_not_a_short_frame(usage: Usage) -> None:
-    with ComputeEmulator(usage, fail_page=3) as nova, pytest.raises(FetchError, match="500"):
+    with ComputeEmulator(usage, fail_page=3) as nova, pytest.raises(FetchError, match="503"):
         imgframe.fetch_servers(nova.compute_url, ADMIN_TOKEN, page_size=10, retries=1)
+    assert nova.failed == 2  # the first try and one retry, then the error
+
+
+def test_a_transient_failure_is_retried(usage: Usage) -> None:
+    with ComputeEmulator(usage, fail_page=2, fail_attempts=2) as nova:
+        df = imgframe.fetch_volumes(nova.volume_url, ADMIN_TOKEN, page_size=10, retries=3)
+    assert len(df) == len(usage.volumes) and nova.failed == 2
+
+
+def test_max_rps_paces_the_pages(usage: Usage) -> None:
+    with ComputeEmulator(usage) as nova:
+        started = time.monotonic()
+        imgframe.fetch_volumes(nova.volume_url, ADMIN_TOKEN, page_size=10, max_rps=20)
+        elapsed = time.monotonic() - started
+        pages = len(nova.requests)
+    assert pages >= 5
+    assert elapsed >= (pages - 1) / 20 * 0.9  # never faster than 20 pages a second
 
 
 def test_a_rejected_token_is_an_auth_error(compute: ComputeEmulator) -> None:
@@ -271,3 +289,14 @@ def test_owner_summary_gains_reclaimable_bytes(
     incomplete = imgframe.owner_summary(images, usage=(listed[0], None))
     assert incomplete["reclaimable_bytes"].isna().all()
     assert "reclaimable_bytes" not in imgframe.owner_summary(images).columns
+
+
+def test_cloud_finds_nova_and_cinder_in_the_catalog(
+    servers: Any, emulator: Any, compute: ComputeEmulator, usage: Usage, use_clouds_yaml: Any
+) -> None:
+    keystone = servers.keystone({"RegionOne": emulator}, compute={"RegionOne": compute})
+    use_clouds_yaml({"clouds": {"lab": {"auth": keystone.auth(), "region_name": "RegionOne"}}})
+    found = imgframe.fetch_servers(cloud="lab")
+    volumes = imgframe.fetch_volumes(cloud="lab", region="RegionOne")
+    assert len(found) == len(usage.servers) and len(volumes) == len(usage.volumes)
+    assert is_complete(found)[0] and is_complete(volumes)[0]

@@ -16,9 +16,9 @@ services answer an auditor:
 * **Servers booted from a volume** have ``"image": ""``; their image is the boot
   volume's ``volume_image_metadata.image_id``.
 
-``fail_page=n`` makes the n-th listing page (counted over both services) answer 500 to
-every attempt. Self-contained like :mod:`imgframe.testing.emulator`: it imports nothing
-of the client.
+``fail_page=n`` makes the listing requests from the n-th on (counted over both services)
+answer 503, the first ``fail_attempts`` of them (None: all, so the listing cannot end).
+Self-contained like :mod:`imgframe.testing.emulator`: it imports nothing of the client.
 
 Examples
 --------
@@ -261,11 +261,14 @@ class ComputeEmulator:
         tokens: Mapping[str, str | None] | None = None,
         max_limit: int = 1000,
         fail_page: int | None = None,
+        fail_attempts: int | None = None,
     ) -> None:
         self.usage = usage
         self.tokens: dict[str, str | None] = dict(tokens or {ADMIN_TOKEN: None})
         self.max_limit = max_limit
         self.fail_page = fail_page
+        self.fail_attempts = fail_attempts
+        self.failed = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.url = ""
         self._pages = 0
@@ -308,8 +311,10 @@ class ComputeEmulator:
         query = dict(request.query)
         self.requests.append((request.path, query))
         self._pages += 1
-        if self.fail_page is not None and self._pages >= self.fail_page:
-            raise web.HTTPInternalServerError(text="{}", content_type="application/json")
+        failing = self.fail_page is not None and self._pages >= self.fail_page
+        if failing and (self.fail_attempts is None or self.failed < self.fail_attempts):
+            self.failed += 1
+            raise web.HTTPServiceUnavailable(text="{}", content_type="application/json")
         try:
             limit = min(int(query.get("limit", self.max_limit)), self.max_limit)
             if limit < 0:
