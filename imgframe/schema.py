@@ -41,6 +41,7 @@ __all__ = [
     "columns",
     "dtypes",
     "field",
+    "fields_markdown",
     "required_columns",
     "schema_markdown",
     "with_optional_columns",
@@ -338,6 +339,21 @@ def schema_markdown() -> str:
         rows.append(f"| `{f.column}` | {header} | {dtype} | {f.description} |")
     for f in FLEET_FIELDS:
         rows.append(f"| `{f.column}` | (fetch_fleet) | {f.dtype} | {f.description} |")
+    return "\n".join(rows)
+
+
+def fields_markdown(fields: tuple[Field, ...]) -> str:
+    """The column table of :data:`SERVER_FIELDS` or :data:`VOLUME_FIELDS` as Markdown
+    (the README's tables are generated from this).
+
+    Examples
+    --------
+    >>> fields_markdown(SERVER_FIELDS).splitlines()[2]
+    '| `id` | `id` | string | server UUID (the index) |'
+    """
+    rows = ["| column | from the record | dtype | meaning |", "|---|---|---|---|"]
+    for f in fields:
+        rows.append(f"| `{f.column}` | `{f.source}` | {f.dtype} | {f.description} |")
     return "\n".join(rows)
 
 

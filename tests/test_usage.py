@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 import imgframe
 from imgframe import audits
 from imgframe.errors import FetchError, ImgframeParseWarning, IncompleteListingWarning
-from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS
+from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS, fields_markdown
 from imgframe.testing import ADMIN_TOKEN, Fleet
 from imgframe.testing.compute import ComputeEmulator, Usage, make_usage
 from imgframe.usage_frame import is_complete, servers_frame, volumes_frame
@@ -300,3 +301,9 @@ def test_cloud_finds_nova_and_cinder_in_the_catalog(
     volumes = imgframe.fetch_volumes(cloud="lab", region="RegionOne")
     assert len(found) == len(usage.servers) and len(volumes) == len(usage.volumes)
     assert is_complete(found)[0] and is_complete(volumes)[0]
+
+
+def test_readme_column_tables_are_generated_from_the_schema() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert fields_markdown(SERVER_FIELDS) in readme
+    assert fields_markdown(VOLUME_FIELDS) in readme
