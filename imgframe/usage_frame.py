@@ -310,11 +310,13 @@ def image_usage(
     uses = uses[uses["image"].isin(keys)]
     uses["status"] = uses["server"].map(status).array
     uses["project"] = uses["server"].map(server_project).array
+    uses["active"] = uses["status"].isin(ACTIVE_STATUSES).to_numpy(dtype=np.int64)
+    uses["stopped"] = uses["status"].isin(STOPPED_STATUSES).to_numpy(dtype=np.int64)
     by_image = uses.groupby("image", sort=False)
     out = pd.DataFrame(index=keys)
     out["servers"] = by_image.size()
-    out["servers_active"] = by_image["status"].agg(lambda s: s.isin(ACTIVE_STATUSES).sum())
-    out["servers_stopped"] = by_image["status"].agg(lambda s: s.isin(STOPPED_STATUSES).sum())
+    out["servers_active"] = by_image["active"].sum()
+    out["servers_stopped"] = by_image["stopped"].sum()
     volume_pairs = volume_pairs[volume_pairs["image"].isin(keys)]
     out["volumes"] = volume_pairs.groupby("image", sort=False).size()
     projects = pd.concat(

@@ -61,12 +61,16 @@ def listed(compute: ComputeEmulator) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------- the parser
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                  max_size=3),
-    max_leaves=8,
-)  # fmt: skip
+SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+
+
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    )
+
+
+JSON = st.recursive(SCALAR, _nested, max_leaves=8)
 KEYS = st.sampled_from(
     ["id", "name", "status", "image", "tenant_id", "created", "updated", "bootable", "size",
      "attachments", "volume_image_metadata", "os-vol-tenant-attr:tenant_id"]
