@@ -43,6 +43,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "COMPLETE_ATTR",
     "INCOMPLETE_ATTR",
+    "SHELVED_STATUSES",
     "STOPPED_STATUSES",
     "USAGE_COLUMNS",
     "RecordColumns",
@@ -261,10 +262,12 @@ def image_usage(
     ``images`` is an images frame (its index and ``owner``), ``servers`` and ``volumes``
     the frames of :func:`imgframe.fetch_servers` / :func:`imgframe.fetch_volumes` of the
     same cloud and region. A server uses an image when it was booted from it
-    (``image_id``) or is attached to a volume made from it (a server booted from a
-    volume, whose own ``image_id`` is NA). Columns :data:`USAGE_COLUMNS`: ``servers``
-    (distinct, any status), ``servers_active`` (ACTIVE), ``servers_stopped``
-    (:data:`STOPPED_STATUSES`), ``volumes`` (made from it, any status),
+    (``image_id``), is attached to a volume made from it (a server booted from a
+    volume, whose own ``image_id`` is NA), or is shelved (:data:`SHELVED_STATUSES`) and
+    the image is its shelve snapshot (``properties["instance_uuid"]`` names it).
+    Columns :data:`USAGE_COLUMNS`: ``servers`` (distinct, any status),
+    ``servers_active`` (ACTIVE), ``servers_stopped`` (:data:`STOPPED_STATUSES`),
+    ``volumes`` (made from it, any status),
     ``projects_using`` (distinct projects of those servers and volumes) and
     ``used_by_other_projects`` (one of them is not the image's owner; NA when the owner
     is unknown and someone uses it). Indexed like ``images``; one row per image. The
@@ -311,6 +314,9 @@ def image_usage(
         ]
         if attached:
             pairs.append(pd.DataFrame(attached, columns=["image", "server"]).astype(_STRING))
+    shelved = _shelve_snapshots(images, keys, status)
+    if shelved is not None:
+        pairs.append(shelved)
     uses = pd.concat(pairs, ignore_index=True).dropna(subset=["image"]).drop_duplicates()
     uses = uses[uses["image"].isin(keys)]
     uses["status"] = uses["server"].map(status).array
@@ -345,6 +351,27 @@ def image_usage(
     out.attrs[COMPLETE_ATTR] = not reasons
     out.attrs[INCOMPLETE_ATTR] = "; ".join(reasons) or None
     return out
+
+
+#: Nova statuses in which a server's disk lives only in a snapshot image (shelve): that
+#: image names the server in its ``instance_uuid`` property and no server names it in
+#: ``image``; deleting it makes the server impossible to unshelve.
+SHELVED_STATUSES = frozenset({"SHELVED", "SHELVED_OFFLOADED"})
+
+
+def _shelve_snapshots(images: pd.DataFrame, keys: pd.Index, status: pd.Series) -> Any:
+    """(image, server) pairs of the snapshots that shelved servers need, or None."""
+    if "properties" not in images.columns:
+        return None
+    on_shelf = set(status.index[status.isin(SHELVED_STATUSES).to_numpy(dtype=bool)])
+    if not on_shelf:
+        return None
+    pairs = [
+        (image, props.get("instance_uuid"))
+        for image, props in zip(keys, images["properties"].to_numpy(dtype=object), strict=True)
+        if isinstance(props, dict) and props.get("instance_uuid") in on_shelf
+    ]
+    return pd.DataFrame(pairs, columns=["image", "server"]).astype(_STRING) if pairs else None
 
 
 def _server_ids(text: str) -> list[str]:

@@ -311,3 +311,29 @@ def test_readme_column_tables_are_generated_from_the_schema() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert fields_markdown(SERVER_FIELDS) in readme
     assert fields_markdown(VOLUME_FIELDS) in readme
+
+
+def test_a_shelved_servers_snapshot_is_used_not_unused() -> None:
+    df = imgframe.frame_from_headers([
+        {"x-image-meta-id": "snap", "x-image-meta-status": "active", "x-image-meta-owner": "p1",
+         "x-image-meta-property-instance_uuid": "s1", "x-image-meta-size": "9"},
+        {"x-image-meta-id": "old-snap", "x-image-meta-status": "active", "x-image-meta-owner": "p1",
+         "x-image-meta-property-instance_uuid": "s2", "x-image-meta-size": "9"},
+    ])  # fmt: skip
+    servers = servers_frame([
+        {"id": "s1", "status": "SHELVED_OFFLOADED", "image": {"id": "base"}, "tenant_id": "p1"},
+        {"id": "s2", "status": "ACTIVE", "image": {"id": "base"}, "tenant_id": "p1"},
+    ])  # fmt: skip
+    usage = imgframe.image_usage(df, servers, volumes_frame([]))
+    assert usage["servers"].tolist() == [1, 0]  # a running server's old snapshot is not used
+    assert set(imgframe.unused(df, usage=usage).index) == {"old-snap"}
+    assert set(imgframe.only_stopped_servers(df, usage=usage).index) == {"snap"}
+
+
+def test_image_usage_has_one_typed_row_per_image(
+    images: pd.DataFrame, listed: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    table = imgframe.image_usage(images, *listed)
+    assert table.index.equals(images.index.astype("string[pyarrow]"))
+    assert [str(t) for t in table.dtypes] == ["Int64"] * 5 + ["boolean"]
+    assert (table["servers"] >= table["servers_active"] + table["servers_stopped"]).all()

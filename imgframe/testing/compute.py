@@ -147,7 +147,9 @@ def make_usage(fleet: Fleet, *, seed: int = 0, unknown_images: int = 3) -> Usage
     >>> make_usage(make_fleet(200, seed=2), seed=2) == usage
     True
     """
-    rng = random.Random(seed)
+    # Not random.Random(seed): make_fleet's stream of the same seed would give the servers
+    # the very ids its snapshots name in instance_uuid.
+    rng = random.Random(f"make_usage:{seed}")
     projects = fleet.projects or ("p0",)
     servers: list[FakeServer] = []
     volumes: list[FakeVolume] = []
