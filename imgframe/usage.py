@@ -88,8 +88,8 @@ CINDER = _Service("Cinder", "/volumes/detail", "volumes", "volumes_links", VOLUM
                   VOLUME_SERVICES)  # fmt: skip
 
 NOT_ALL_TENANTS = (
-    "Nova refused all_tenants (HTTP 403: the token is not an admin): only the token's "
-    "own project's servers were listed"
+    "{service} refused all_tenants (HTTP 403: the token is not an admin): only the token's "
+    "own project's {records} were listed"
 )
 NO_VOLUME_PROJECTS = (
     "Cinder did not show the volumes' projects (os-vol-tenant-attr:tenant_id, shown to "
@@ -232,7 +232,9 @@ async def _listing(
             except FetchError as exc:
                 if exc.status == 403 and "all_tenants" in params and "marker" not in params:
                     del params["all_tenants"]  # a member token: its own project, and say so
-                    reasons.append(NOT_ALL_TENANTS)
+                    reasons.append(
+                        NOT_ALL_TENANTS.format(service=service.name, records=service.key)
+                    )
                     continue
                 raise
             columns.add(records)
