@@ -17,6 +17,7 @@ from imgframe.audits import (
     broken,
     checksum_duplicates,
     format_mismatch,
+    only_stopped_servers,
     owner_summary,
     public_unprotected,
     register_rule,
@@ -25,6 +26,7 @@ from imgframe.audits import (
     security_properties,
     stale,
     unregister_rule,
+    unused,
 )
 from imgframe.auth import (
     CallableToken,
@@ -56,6 +58,8 @@ from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.parse import ImageRecord, parse_headers
 from imgframe.report_html import report
 from imgframe.schema import FIELDS, columns, dtypes
+from imgframe.usage import fetch_servers, fetch_servers_async, fetch_volumes, fetch_volumes_async
+from imgframe.usage_frame import image_usage
 from imgframe.widgets import picker  # ipywidgets is imported only when a picker is built
 
 __version__ = "0.1.0"
@@ -96,11 +100,17 @@ __all__ = [
     "fetch_fleet_async",
     "fetch_images",
     "fetch_images_async",
+    "fetch_servers",
+    "fetch_servers_async",
+    "fetch_volumes",
+    "fetch_volumes_async",
     "format_mismatch",
     "frame_from_headers",
+    "image_usage",
     "list_image_ids",
     "list_image_ids_async",
     "normalize_ids",
+    "only_stopped_servers",
     "owner_summary",
     "parse_headers",
     "picker",
@@ -119,4 +129,5 @@ __all__ = [
     "to_json",
     "to_parquet",
     "unregister_rule",
+    "unused",
 ]

@@ -32,7 +32,20 @@ rule                      severity  flags
                                     and size; placeholder hashes and size 0 never
 ``stale``                 low       active, live, not updated within ``older_than``
 ``requirements_missing``  low       active, live, bootable, ``min_ram`` or ``min_disk`` 0
+``unused``                low       active, live, no server in any state and no volume
+                                    uses it (needs ``usage``; nothing when incomplete)
+``only_stopped_servers``  info      active, live, used by servers, none of them running
+                                    (needs ``usage``)
 ========================  ========  ===================================================
+
+The usage rules need ``usage=``: the :func:`imgframe.image_usage` frame, or a
+``(servers, volumes)`` pair of :func:`imgframe.fetch_servers` /
+:func:`imgframe.fetch_volumes` frames it is computed from. Without it :func:`audit`
+skips them with a note (``findings.attrs["notes"]``, also logged). Deleting a used image
+is the incident to prevent: when servers or volumes were not read completely (a token
+that saw only its own project, or no volumes given) ``unused`` flags nothing and says so
+(a note in :func:`audit`, an :class:`~imgframe.IncompleteListingWarning` when called
+alone).
 
 Decisions: ``protected`` NA counts as unprotected and ``is_public`` NA as not public
 (only a known ``True`` is flagged); a format pair with an NA side is unknown, not a
@@ -57,7 +70,9 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,12 +81,14 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from imgframe.errors import ConfigError, InvalidInputError
+from imgframe.errors import ConfigError, IncompleteListingWarning, InvalidInputError
 from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
+from imgframe.usage_frame import USAGE_COLUMNS, image_usage, is_complete
 
 __all__ = [
     "FINDING_COLUMNS",
     "IMAGE_SIZE_PROPERTY",
+    "NOTES_ATTR",
     "PLACEHOLDER_CHECKSUMS",
     "SECURITY_CHECKS",
     "SEVERITIES",
@@ -81,6 +98,7 @@ __all__ = [
     "data_size",
     "finding_columns",
     "format_mismatch",
+    "only_stopped_servers",
     "owner_summary",
     "public_unprotected",
     "register_rule",
@@ -89,12 +107,17 @@ __all__ = [
     "security_properties",
     "stale",
     "unregister_rule",
+    "unused",
 ]
 
 #: Severities from most to least urgent; ``audit()``'s ``severity`` column is ordered so.
 SEVERITIES: tuple[str, ...] = ("high", "medium", "low", "info")
 #: The columns of :func:`audit`'s findings frame, in order.
 FINDING_COLUMNS: list[str] = ["rule", "severity", "image_id", "owner", "name", "detail"]
+#: ``findings.attrs`` key of :func:`audit`'s notes (rules skipped, rules that flagged
+#: nothing on purpose); each note is also logged on ``imgframe.audits`` at warning level.
+NOTES_ATTR = "notes"
+logger = logging.getLogger(__name__)
 #: The checks :func:`security_properties` knows.
 SECURITY_CHECKS: tuple[str, ...] = ("signature", "secure_boot", "mem_encryption")
 
@@ -559,8 +582,115 @@ def security_properties(
     return out
 
 
-def owner_summary(df: pd.DataFrame) -> pd.DataFrame:
+# --------------------------------------------------------------------------- usage rules
+Usage: TypeAlias = "pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]"
+
+
+def _usage_of(df: pd.DataFrame, usage: Any) -> pd.DataFrame:
+    """The image_usage frame of ``usage`` (given, or computed from (servers, volumes)),
+    one row per row of ``df``; NA where an image is not in it."""
+    if usage is None:
+        raise ConfigError(
+            "this rule needs usage=: imgframe.image_usage(images, servers, volumes), or the "
+            "(servers, volumes) frames of imgframe.fetch_servers / fetch_volumes"
+        )
+    if isinstance(usage, tuple):
+        if len(usage) != 2:
+            raise ConfigError("usage=(servers, volumes): two frames (volumes may be None)")
+        usage = image_usage(df, usage[0], usage[1])
+    if not isinstance(usage, pd.DataFrame) or not set(USAGE_COLUMNS) <= set(usage.columns):
+        raise ConfigError("usage must be an imgframe.image_usage frame or (servers, volumes)")
+    aligned = usage.reindex(df.index.astype(_STRING))
+    aligned.index = df.index
+    aligned.attrs = dict(usage.attrs)
+    return aligned
+
+
+def _candidates(df: pd.DataFrame) -> np.ndarray:
+    return _fetched(df) & _active(df) & _live(df)
+
+
+def unused(df: pd.DataFrame, usage: Usage | None = None) -> pd.DataFrame:
+    """Active, live images that no server in any state and no volume uses.
+
+    ``usage`` as :func:`audit` takes it. Adds ``bytes`` (:func:`data_size`: what
+    deleting it would free). An image missing from ``usage`` is not flagged (unknown).
+    When the usage is not complete (:func:`imgframe.usage_frame.is_complete`: servers
+    of one project only, volumes not given or not all shown) nothing is flagged and an
+    :class:`~imgframe.IncompleteListingWarning` says why.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> from imgframe.usage_frame import servers_frame, volumes_frame
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": i, "x-image-meta-status": "active", "x-image-meta-size": "7"}
+    ...     for i in ("a", "b")])
+    >>> servers = servers_frame([{"id": "s1", "status": "SHUTOFF", "image": {"id": "a"}}])
+    >>> unused(df, usage=(servers, volumes_frame([])))[["bytes"]]
+        bytes
+    id
+    b       7
+    """
+    df = _table(df)
+    used = _usage_of(df, usage)
+    complete, why = is_complete(used)
+    if not complete:
+        warnings.warn(_incomplete_note(why), IncompleteListingWarning, stacklevel=2)
+        return df.iloc[:0].assign(bytes=pd.Series([], dtype="Int64"))
+    idle = used["servers"].eq(0) & used["volumes"].eq(0)
+    found = df[_candidates(df) & idle.fillna(False).to_numpy(dtype=bool)]
+    return found.assign(bytes=data_size(found))
+
+
+def _incomplete_note(why: str | None) -> str:
+    return (
+        f"unused flagged nothing: servers or volumes were not read completely ({why}); "
+        "an image they do not show may still be used"
+    )
+
+
+def only_stopped_servers(df: pd.DataFrame, usage: Usage | None = None) -> pd.DataFrame:
+    """Active, live images used by servers none of which runs (all SHUTOFF, SUSPENDED,
+    SHELVED, SHELVED_OFFLOADED, PAUSED or STOPPED): candidates to retire with their
+    servers, not to delete (a stopped server can start again). Servers booted from a
+    volume made from the image count. Adds ``servers`` (how many). An incomplete usage
+    may miss a running server elsewhere: the rule still reports what it saw.
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> from imgframe.usage_frame import servers_frame
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": i, "x-image-meta-status": "active"} for i in ("a", "b")])
+    >>> servers = servers_frame([{"id": "s1", "status": "SHUTOFF", "image": {"id": "a"}},
+    ...                          {"id": "s2", "status": "ACTIVE", "image": {"id": "b"}}])
+    >>> only_stopped_servers(df, usage=(servers, None)).index.tolist()
+    ['a']
+    """
+    df = _table(df)
+    used = _usage_of(df, usage)
+    stopped = used["servers"].gt(0) & used["servers_stopped"].eq(used["servers"])
+    found = df[_candidates(df) & stopped.fillna(False).to_numpy(dtype=bool)]
+    return found.assign(servers=used["servers"][found.index])
+
+
+def _reclaimable(df: pd.DataFrame, usage: Any) -> pd.Series | None:
+    """Per row of ``df``: the bytes of an :func:`unused` image (0 when its size is
+    unknown), NA for the others; None when the usage is not complete."""
+    used = _usage_of(df, usage)
+    if not is_complete(used)[0]:
+        return None
+    found = unused(df, used)
+    return found["bytes"].fillna(0).reindex(df.index).astype("Int64")
+
+
+def owner_summary(df: pd.DataFrame, usage: Usage | None = None) -> pd.DataFrame:
     """Per owner: images, public images, bytes, duplicate images and the oldest image.
+
+    With ``usage`` (as :func:`audit` takes it) also ``unused`` (the owner's
+    :func:`unused` images) and ``reclaimable_bytes`` (their bytes, what deleting them
+    would free); both NA when the usage is not complete.
 
     Counts every row that was read (failed rows are excluded), deleted images included;
     ``duplicates`` counts the owner's images in :func:`checksum_duplicates` groups. Images
@@ -605,6 +735,20 @@ def owner_summary(df: pd.DataFrame) -> pd.DataFrame:
                       "duplicates": "Int64"})  # fmt: skip
     out["oldest_image"] = out["oldest_image"].astype("datetime64[ns, UTC]")
     out.index = pd.Index(out.index, dtype=_STRING, name="owner")
+    if usage is not None:
+        reclaim = _reclaimable(df, usage)
+        if reclaim is None:
+            out["unused"] = pd.Series(pd.NA, index=out.index, dtype="Int64")
+            out["reclaimable_bytes"] = pd.Series(pd.NA, index=out.index, dtype="Int64")
+        else:
+            owners = df["owner"].astype(_STRING).array[fetched]
+            per_owner = pd.DataFrame(
+                {"owner": owners, "unused": reclaim.notna().to_numpy()[fetched].astype(np.int64),
+                 "bytes": reclaim.fillna(0).array[fetched]}
+            ).groupby("owner", dropna=False, sort=True).sum()  # fmt: skip
+            per_owner.index = pd.Index(per_owner.index, dtype=_STRING, name="owner")
+            out["unused"] = per_owner["unused"].reindex(out.index).fillna(0).astype("Int64")
+            out["reclaimable_bytes"] = per_owner["bytes"].reindex(out.index).astype("Int64")
     return out.sort_values("images", ascending=False, kind="stable")
 
 
@@ -620,6 +764,7 @@ class _Rule:
     details: Details  # vectorized: rule output -> one sentence per row
     builtin: bool
     takes_now: bool = False
+    needs_usage: bool = False  # reads the usage= of audit(); skipped with a note without
 
 
 _RULES: dict[str, _Rule] = {}
@@ -630,10 +775,12 @@ def _check_severity(severity: str) -> None:
         raise ConfigError(f"unknown severity {severity!r}; choose from {list(SEVERITIES)}")
 
 
-def _builtin(severity: str, details: Details, takes_now: bool = False) -> Callable:
+def _builtin(
+    severity: str, details: Details, takes_now: bool = False, needs_usage: bool = False
+) -> Callable:
     def register(function: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
         name = function.__name__
-        _RULES[name] = _Rule(name, function, severity, details, True, takes_now)
+        _RULES[name] = _Rule(name, function, severity, details, True, takes_now, needs_usage)
         return function
 
     return register
@@ -770,6 +917,25 @@ _builtin("low", _describe_requirements)(requirements_missing)
 _builtin("medium", _describe_security)(security_properties)
 
 
+def _describe_unused(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    gib = _text((found["bytes"].astype("Float64") / 1024**3).round(2))
+    return (
+        "no server in any state and no volume uses it; deleting it would reclaim "
+        + gib.fillna("an unknown number of") + " GiB"
+    )  # fmt: skip
+
+
+def _describe_only_stopped(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return (
+        "used only by " + _text(found["servers"]) + " stopped server(s), none running: "
+        "retire it with them, do not delete it while they exist"
+    )
+
+
+_builtin("low", _describe_unused, needs_usage=True)(unused)
+_builtin("info", _describe_only_stopped, needs_usage=True)(only_stopped_servers)
+
+
 def _findings(
     rule: str, severity: str, found: pd.DataFrame, details: Any, source: pd.DataFrame
 ) -> pd.DataFrame:
@@ -838,6 +1004,7 @@ def audit(
     rules: Collection[str] | str | None = None,
     allow: Iterable[str] | str | Callable[[pd.DataFrame], Any] | None = None,
     now: Timeish = None,
+    usage: Usage | None = None,
 ) -> pd.DataFrame:
     """Run the audit rules and return one tidy findings frame, most severe first.
 
@@ -848,6 +1015,10 @@ def audit(
     are always reported as ``fetch_failed``. ``allow``: accepted risks to leave out —
     image ids and/or owner ids, or a callable ``allow(findings) -> boolean mask`` of the
     findings to drop. ``now`` (default: the current time) is passed to the time-based rules.
+    ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers, volumes)``, for the
+    usage rules (``unused``, ``only_stopped_servers``); without it they are skipped.
+    Notes (rules skipped, ``unused`` flagging nothing because the usage is incomplete)
+    are in ``findings.attrs["notes"]`` (:data:`NOTES_ATTR`) and logged at warning level.
 
     Examples
     --------
@@ -877,8 +1048,25 @@ def audit(
     fetched = _fetched(df)
     read = None
     parts = [_fetch_failed(df, ~fetched)]
+    notes: list[str] = []
+    if usage is not None and any(rule.needs_usage for rule in selected):
+        usage = _usage_of(df, usage)  # computed once for every rule that reads it
+    skipped = [rule.name for rule in selected if rule.needs_usage and usage is None]
+    if skipped:
+        notes.append(
+            f"skipped {', '.join(skipped)}: no usage given (usage=imgframe.image_usage(...) "
+            "or the (servers, volumes) frames)"
+        )
     for rule in selected:
-        if rule.builtin:
+        if rule.needs_usage:
+            if usage is None:
+                continue
+            complete, why = is_complete(usage)
+            if rule.name == "unused" and not complete:
+                notes.append(_incomplete_note(why))
+                continue
+            found = rule.function(df, usage=usage)
+        elif rule.builtin:
             found = rule.function(df, now=stamp) if rule.takes_now else rule.function(df)
         else:
             read = df[fetched] if read is None else read
@@ -898,4 +1086,11 @@ def audit(
     findings = findings.astype(types).sort_values(order, kind="stable")
     if allow is not None:
         findings = findings[~_allowed(findings.reset_index(drop=True), allow)]
-    return findings.reset_index(drop=True)[finding_columns(df)]
+    findings = findings.reset_index(drop=True)[finding_columns(df)]
+    # Asked for by name: a warning; skipped from the default set: not every audit is
+    # about usage, so only an info line.
+    level = logging.INFO if rules is None and usage is None else logging.WARNING
+    for note in notes:
+        logger.log(level, "%s", note)
+    findings.attrs[NOTES_ATTR] = notes
+    return findings

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -50,6 +50,7 @@ __all__ = [
     "cloud_regions",
     "cloud_token",
     "image_endpoint",
+    "service_endpoint",
     "token_source",
 ]
 
@@ -267,6 +268,7 @@ class KeystoneToken:
         #: or None when it comes from the service catalog.
         self.endpoint_override = endpoint
         self._catalog_url: str | None = None  # the catalog's answer, once asked
+        self._service_urls: dict[tuple[str, ...], str] = {}  # service_endpoint's answers
         self._secrets = _secret_values([auth]) | {s for s in secrets if s and len(s) >= 4}
         # The login (token, catalog, renewal time) is its own object so that the
         # KeystoneTokens of several regions (for_region) share one login.
@@ -375,6 +377,7 @@ class KeystoneToken:
         twin.region = region
         twin.endpoint_override = endpoint
         twin._catalog_url = None
+        twin._service_urls = {}
         return twin
 
     async def catalog_regions(self) -> list[str]:
@@ -462,32 +465,59 @@ class KeystoneToken:
         return now + max(1.0, remaining - self.refresh_before, remaining / 2)
 
     def _catalog_endpoint(self) -> str:
-        where = f"region {self.region!r}" if self.region else "any region"
-        access = self._catalog_access()
-        try:
-            if access is not None:
-                url = access.service_catalog.url_for(
-                    service_type="image", interface=self.interface, region_name=self.region
-                )
-            else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
-                url = self._session.get_endpoint(
-                    auth=self._auth,
-                    service_type="image",
-                    interface=self.interface,
-                    region_name=self.region,
-                )
-        except Exception as exc:
-            if type(exc).__name__ != "EndpointNotFound":
-                raise self._catalog_error(exc) from None
-            url = None
-        if not url:
-            raise ConfigError(
-                f"no {self.interface} 'image' endpoint in the service catalog for {where}; "
-                "pass endpoint=... or choose region/interface"
-            )
         # A catalog URL may end in an API version (``.../v2``): the service root is
         # wanted, as for an endpoint given by hand (imgframe adds the version it uses).
-        return normalize_endpoint(url)
+        return normalize_endpoint(self._catalog_url_for(("image",)))
+
+    def _catalog_url_for(self, service_types: Sequence[str]) -> str:
+        """The URL of the first of ``service_types`` the catalog has for this region and
+        interface, as the catalog gives it; ConfigError when it has none of them."""
+        where = f"region {self.region!r}" if self.region else "any region"
+        access = self._catalog_access()
+        for service_type in service_types:
+            try:
+                if access is not None:
+                    url = access.service_catalog.url_for(
+                        service_type=service_type, interface=self.interface,
+                        region_name=self.region,
+                    )  # fmt: skip
+                else:  # a plugin without a catalog of its own (e.g. a fixed endpoint)
+                    url = self._session.get_endpoint(
+                        auth=self._auth, service_type=service_type,
+                        interface=self.interface, region_name=self.region,
+                    )  # fmt: skip
+            except Exception as exc:
+                if type(exc).__name__ != "EndpointNotFound":
+                    raise self._catalog_error(exc) from None
+                url = None
+            if url:
+                return str(url)
+        names = " or ".join(f"'{t}'" for t in service_types)
+        raise ConfigError(
+            f"no {self.interface} {names} endpoint in the service catalog for {where}; "
+            "pass endpoint=... or choose region/interface"
+        )
+
+    async def service_endpoint(self, service_types: Sequence[str]) -> str:
+        """The catalog URL of the first of ``service_types`` it has (``compute``;
+        ``volumev3``, ``block-storage``), for this region and interface, as the catalog
+        gives it (Nova's ends in ``/v2.1``, Cinder's in ``/v3/{project_id}``: the
+        service's own root, kept). Logs in first if needed.
+
+        Examples
+        --------
+        >>> from keystoneauth1.identity import v3
+        >>> kt = KeystoneToken(v3.Token(auth_url="http://127.0.0.1:9/v3", token="t"))
+        >>> asyncio.run(kt.service_endpoint(["compute"]))
+        Traceback (most recent call last):
+        imgframe.errors.AuthError: Keystone login failed: ConnectFailure: ...
+        """
+        key = tuple(service_types)
+        found = self._service_urls.get(key)
+        if found is None:
+            found = await asyncio.to_thread(self._catalog_url_for, key)
+            self._service_urls[key] = found
+        return found
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets | ({self._shared.token} if self._shared.token else set()):
@@ -822,3 +852,35 @@ async def image_endpoint(source: TokenSource | RequestSigner, endpoint: str | No
         )
     found: str = await find()
     return found
+
+
+async def service_endpoint(
+    source: TokenSource | RequestSigner, endpoint: str | None, service_types: Sequence[str]
+) -> str:
+    """``endpoint`` if given, else the URL of the first of ``service_types`` in
+    ``source``'s service catalog (:meth:`KeystoneToken.service_endpoint`): what
+    :func:`image_endpoint` does for the image service, for the others (``compute``,
+    ``volumev3``). A trailing ``/`` is dropped; the path is kept.
+
+    Examples
+    --------
+    >>> nova = "https://nova.example.com/v2.1/"
+    >>> asyncio.run(service_endpoint(StaticToken("t"), nova, ["compute"]))
+    'https://nova.example.com/v2.1'
+    >>> asyncio.run(service_endpoint(StaticToken("t"), None, ["compute"]))
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: endpoint is required: the 'compute' URL (only a KeystoneToken...)
+    """
+    if endpoint is None:
+        find = getattr(source, "service_endpoint", None)
+        if not callable(find):
+            names = " or ".join(f"'{t}'" for t in service_types)
+            raise ConfigError(
+                f"endpoint is required: the {names} URL (only a KeystoneToken, or cloud=, "
+                "can find it in its service catalog)"
+            )
+        endpoint = await find(service_types)
+    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+    return endpoint.rstrip("/")

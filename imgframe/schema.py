@@ -33,12 +33,15 @@ __all__ = [
     "HEADER_FIELDS",
     "OPTIONAL_COLUMNS",
     "PROPERTY_PREFIX",
+    "SERVER_FIELDS",
     "V2_PREFIX",
+    "VOLUME_FIELDS",
     "Field",
     "Kind",
     "columns",
     "dtypes",
     "field",
+    "fields_markdown",
     "required_columns",
     "schema_markdown",
     "with_optional_columns",
@@ -102,6 +105,10 @@ class Field:
     #: The Glance v2 image attribute this column is read from (``GET /v2/images/{id}``);
     #: None when v2 has no such attribute (see ``imgframe.parse.v2_header_pairs``).
     v2: str | None = None
+    #: Server and volume columns (:data:`SERVER_FIELDS`, :data:`VOLUME_FIELDS`): where
+    #: the value is in the Nova / Cinder JSON record, a dotted path (``image.id``);
+    #: ``name[].key`` takes ``key`` of each object of the list ``name`` (a JSON array).
+    source: str | None = None
 
     @property
     def dtype(self) -> Any:
@@ -200,6 +207,43 @@ FLEET_FIELDS: tuple[Field, ...] = (
 FLEET_INDEX = "key"
 
 
+#: The columns of :func:`imgframe.fetch_servers`, one row per Nova server, ``id`` the
+#: index; read from ``GET {compute}/servers/detail`` records.
+SERVER_FIELDS: tuple[Field, ...] = (
+    Field("id", None, Kind.TEXT, "server UUID (the index)", source="id"),
+    Field("name", None, Kind.TEXT, "server name", source="name"),
+    Field("status", None, Kind.CATEGORY, "ACTIVE, SHUTOFF, SHELVED_OFFLOADED, ERROR, ...",
+          source="status"),
+    # Nova sends "image": "" for a server booted from a volume: its image is only in the
+    # volume's volume_image_metadata (VOLUME_FIELDS), so image_id is NA here.
+    Field("image_id", None, Kind.TEXT, "image it was booted from; NA when booted from a volume",
+          source="image.id"),
+    Field("project_id", None, Kind.CATEGORY, "owning project (Nova tenant_id)", source="tenant_id"),
+    Field("created_at", None, Kind.TIMESTAMP, "creation time, UTC", source="created"),
+    Field("updated_at", None, Kind.TIMESTAMP, "last update time, UTC", source="updated"),
+)  # fmt: skip
+
+#: The columns of :func:`imgframe.fetch_volumes`, one row per Cinder volume, ``id`` the
+#: index; read from ``GET {volumev3}/volumes/detail`` records.
+VOLUME_FIELDS: tuple[Field, ...] = (
+    Field("id", None, Kind.TEXT, "volume UUID (the index)", source="id"),
+    Field("status", None, Kind.CATEGORY, "available, in-use, error, ...", source="status"),
+    Field("image_id", None, Kind.TEXT, "image it was created from; NA when none",
+          source="volume_image_metadata.image_id"),
+    # Cinder sends the text "true"/"false"; the boolean grammar reads it (garbage is NA).
+    Field("bootable", None, Kind.BOOL, "marked bootable", source="bootable"),
+    # The ids, not a count: a server booted from this volume uses the volume's image,
+    # which imgframe.image_usage finds only by the server id.
+    Field("attached_servers", None, Kind.TEXT,
+          'servers it is attached to, a JSON array of ids, e.g. `["s1"]`; `[]` when none',
+          source="attachments[].server_id"),
+    # Cinder shows it to admins only (policy volume_extension:volume_tenant_attribute).
+    Field("project_id", None, Kind.CATEGORY, "owning project; NA when not shown to the token",
+          source="os-vol-tenant-attr:tenant_id"),
+    Field("size_gb", None, Kind.INT, "size in GiB", source="size"),
+)  # fmt: skip
+
+
 def field(column: str) -> Field:
     """Return the :class:`Field` of ``column``.
 
@@ -295,6 +339,21 @@ def schema_markdown() -> str:
         rows.append(f"| `{f.column}` | {header} | {dtype} | {f.description} |")
     for f in FLEET_FIELDS:
         rows.append(f"| `{f.column}` | (fetch_fleet) | {f.dtype} | {f.description} |")
+    return "\n".join(rows)
+
+
+def fields_markdown(fields: tuple[Field, ...]) -> str:
+    """The column table of :data:`SERVER_FIELDS` or :data:`VOLUME_FIELDS` as Markdown
+    (the README's tables are generated from this).
+
+    Examples
+    --------
+    >>> fields_markdown(SERVER_FIELDS).splitlines()[2]
+    '| `id` | `id` | string | server UUID (the index) |'
+    """
+    rows = ["| column | from the record | dtype | meaning |", "|---|---|---|---|"]
+    for f in fields:
+        rows.append(f"| `{f.column}` | `{f.source}` | {f.dtype} | {f.description} |")
     return "\n".join(rows)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from imgframe.testing.compute import ComputeEmulator
 from imgframe.testing.emulator import GlanceEmulator
 
 __all__ = ["FakeKeystone"]
@@ -38,9 +39,11 @@ class FakeKeystone:
 
     ``regions`` maps a region name to the emulator that plays its Glance (its public
     ``image`` endpoint); ``extra_endpoints`` adds ``(interface, region, url)`` entries
-    that no emulator serves. Tokens live ``lifetime`` seconds. ``issued`` lists the
-    tokens given out, ``failed_logins`` counts refused logins. Use it as a context
-    manager, or :meth:`start` / :meth:`stop`.
+    that no emulator serves. ``compute`` maps a region to the
+    :class:`~imgframe.testing.compute.ComputeEmulator` that plays its Nova (``compute``)
+    and Cinder (``volumev3``); its tokens are admins there too. Tokens live ``lifetime``
+    seconds. ``issued`` lists the tokens given out, ``failed_logins`` counts refused
+    logins. Use it as a context manager, or :meth:`start` / :meth:`stop`.
     """
 
     def __init__(
@@ -52,8 +55,10 @@ class FakeKeystone:
         app_secret: str = APP_SECRET,
         endpoint_suffix: str = "",
         extra_endpoints: Sequence[tuple[str, str, str]] = (),
+        compute: Mapping[str, ComputeEmulator] | None = None,
     ) -> None:
         self.regions = dict(regions)
+        self.compute = dict(compute or {})
         self.lifetime = lifetime
         self.password = password
         self.app_secret = app_secret
@@ -109,6 +114,8 @@ class FakeKeystone:
         token = "gAAAAK" + hashlib.blake2b(seed, digest_size=24).hexdigest()
         for emulator in self.regions.values():
             emulator.accept_token(token, "admin", admin=True, ttl_seconds=self.lifetime)
+        for nova in self.compute.values():
+            nova.accept_token(token)
         self.issued.append(token)
         now = datetime.now(UTC)
         endpoints = [
@@ -124,11 +131,29 @@ class FakeKeystone:
                 "project": {"id": "p1", "name": "demo", "domain": {"id": "default"}},
                 "roles": [{"id": "r1", "name": "admin"}],
                 "catalog": [
-                    {"type": "image", "name": "glance", "id": "s-image", "endpoints": endpoints}
+                    {"type": "image", "name": "glance", "id": "s-image", "endpoints": endpoints},
+                    *self._compute_services(),
                 ],
             }
         }
         return web.json_response(body, status=201, headers={"X-Subject-Token": token})
+
+    def _compute_services(self) -> list[dict[str, Any]]:
+        """The ``compute`` and ``volumev3`` catalog entries of the compute emulators."""
+        services = []
+        for kind, name, url_of in (
+            ("compute", "nova", lambda c: c.compute_url),
+            ("volumev3", "cinderv3", lambda c: c.volume_url),
+        ):
+            endpoints = [
+                {"id": f"{kind}-{region}", "interface": "public", "region": region,
+                 "region_id": region, "url": url_of(emulator)}
+                for region, emulator in self.compute.items()
+            ]  # fmt: skip
+            if endpoints:
+                services.append({"type": kind, "name": name, "id": f"s-{kind}",
+                                 "endpoints": endpoints})  # fmt: skip
+        return services
 
     def auth(self) -> dict[str, str]:
         """The ``auth`` section of a clouds.yaml entry that logs in here with a password."""
