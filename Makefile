@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_million.py
 	$(BIN)/python benchmarks/bench_unreachable.py
 	$(BIN)/python benchmarks/bench_listing.py
+	$(BIN)/python benchmarks/bench_servers.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -276,6 +276,9 @@ class ComputeEmulator:
         self._pages = 0
         self._servers = sorted(usage.servers, key=lambda s: (s.created_at, s.id), reverse=True)
         self._volumes = sorted(usage.volumes, key=lambda v: (v.created_at, v.id), reverse=True)
+        # Each view (service, project or everyone) with its id -> position, built on first
+        # use: a marker found by a scan would make a listing of n items cost n^2 / page.
+        self._views: dict[tuple[str, str | None], tuple[list[Any], dict[str, int]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -307,9 +310,19 @@ class ComputeEmulator:
         project = self.tokens[token]
         return project is None, project if project is not None else ADMIN_PROJECT
 
+    def _view(self, kind: str, project: str | None) -> tuple[list[Any], dict[str, int]]:
+        # project None: every project's items.
+        key = (kind, project)
+        if key not in self._views:
+            every = self._servers if kind == "servers" else self._volumes
+            items = every if project is None else [i for i in every if i.project_id == project]
+            self._views[key] = items, {item.id: n for n, item in enumerate(items)}
+        return self._views[key]
+
     def _page(
-        self, request: web.Request, items: list[Any], base: str, kind: str
+        self, request: web.Request, view: tuple[list[Any], dict[str, int]], base: str, kind: str
     ) -> tuple[list[Any], list[dict[str, str]]]:
+        items, positions = view
         query = dict(request.query)
         self.requests.append((request.path, query))
         self._pages += 1
@@ -326,7 +339,7 @@ class ComputeEmulator:
         start = 0
         marker = query.get("marker")
         if marker is not None:
-            where = next((n for n, item in enumerate(items) if item.id == marker), None)
+            where = positions.get(marker)
             if where is None:
                 raise _bad_request(f"marker [{marker}] not found")
             start = where + 1
@@ -349,8 +362,8 @@ class ComputeEmulator:
                 }
             }
             return web.json_response(refused, status=403)
-        mine = [s for s in self._servers if (admin and everyone) or s.project_id == project]
-        page, links = self._page(request, mine, self.compute_url, "servers")
+        view = self._view("servers", None if admin and everyone else project)
+        page, links = self._page(request, view, self.compute_url, "servers")
         body: dict[str, Any] = {"servers": [self._server(s) for s in page]}
         if links:
             body["servers_links"] = links
@@ -380,9 +393,9 @@ class ComputeEmulator:
         admin, project = self._who(request)
         # Cinder ignores all_tenants from a token that is not an admin.
         everyone = admin and _truthy(request.query.get("all_tenants", "0"))
-        mine = [v for v in self._volumes if everyone or v.project_id == project]
+        view = self._view("volumes", None if everyone else project)
         base = f"{self.url}/volume/v3/{request.match_info['project']}"
-        page, links = self._page(request, mine, base, "volumes")
+        page, links = self._page(request, view, base, "volumes")
         body: dict[str, Any] = {"volumes": [self._volume(v, admin) for v in page]}
         if links:
             body["volumes_links"] = links
