@@ -217,6 +217,33 @@ def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path, cli) -> None:
     assert "images/s" in ran.out and "by status:" in ran.out
 
 
+def test_demo_finds_the_planted_usage_and_writes_servers_and_volumes(tmp_path, cli) -> None:
+    from imgframe.cli import DEMO_SEED
+    from imgframe.testing.compute import make_usage
+
+    out = tmp_path / "out"
+    ran = cli("demo", "--images", "400", "--output-dir", str(out))
+    assert ran.status == 0, ran.err
+    planted = make_usage(make_fleet(400, seed=DEMO_SEED), seed=DEMO_SEED).planted
+    assert planted.unused and planted.only_stopped_servers
+    images = pd.read_csv(out / "images.csv", dtype={"id": str}).set_index("id")
+    read = set(images.index[(images["http_status"] == 200) & images["error"].isna()])
+    findings = pd.read_csv(out / "findings.csv", dtype={"image_id": str})
+    for rule, answer in (("unused", planted.unused),
+                         ("only_stopped_servers", planted.only_stopped_servers)):  # fmt: skip
+        found = set(findings.loc[findings["rule"] == rule, "image_id"])
+        # exactly the planted images whose rows the demo's faults left readable
+        assert found == answer & read, rule
+        assert f"{len(found):,} (planted {len(answer):,}, {len(answer - found):,} not read" in (
+            ran.out
+        )
+    assert "owners could reclaim" in ran.out and "reclaimable" in ran.out
+    servers = pd.read_csv(out / "servers.csv")
+    volumes = pd.read_csv(out / "volumes.csv")
+    assert len(servers) > 0 and servers["image_id"].isna().any()  # boot-from-volume ones
+    assert len(volumes) > 0 and f"read {len(servers):,} servers and {len(volumes):,}" in ran.out
+
+
 def test_emulator_command_serves_until_interrupted() -> None:
     import re
     import signal
