@@ -1,4 +1,5 @@
-"""The ``imgframe`` command: ``fetch``, ``audit``, ``emulator`` and ``demo``.
+"""The ``imgframe`` command: ``fetch``, ``audit``, ``servers``, ``volumes``, ``emulator``
+and ``demo``.
 
 Errors a user can fix print one line (``imgframe: error: ...``); nothing a user does
 should end in a traceback. The exit status says what happened (:data:`EXIT_STATUS_HELP`,
@@ -775,8 +776,15 @@ def _audit(args: argparse.Namespace) -> int:
             _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
     allow = _read_allow_list(args.allow) if args.allow else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
+    usage = None
+    if args.volumes and not args.servers:
+        raise ImgframeError("--volumes goes with --servers (the servers are what uses images)")
+    if args.servers:
+        servers = read_usage_table(args.servers, "servers")
+        volumes = read_usage_table(args.volumes, "volumes") if args.volumes else None
+        usage = (servers, volumes)
     try:
-        findings = audit(df, rules=rules, allow=allow)
+        findings = audit(df, rules=rules, allow=allow, usage=usage)
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
     if fmt == "html":
@@ -792,6 +800,120 @@ def _audit(args: argparse.Namespace) -> int:
         if findings["severity"].isin(worst).any():
             return EXIT_FINDINGS
     return EXIT_OK
+
+
+#: What ``--servers`` / ``--volumes`` files must hold for image_usage (``id`` included).
+USAGE_TABLE_COLUMNS = {
+    "servers": ("id", "status", "image_id", "project_id"),
+    "volumes": ("id", "image_id", "project_id", "attached_servers"),
+}
+
+#: Exit statuses of ``imgframe servers`` and ``imgframe volumes``.
+USAGE_EXIT_HELP = """\
+exit status:
+  0    complete: every server (volume) of every project was listed and written
+  1    internal error, a bug (IMGFRAME_DEBUG=1 shows the traceback; please report it)
+  2    usage or configuration error (a bad option, an -o that is not writable or not
+       .csv/.parquet/.json)
+  4    incomplete: the listing saw only the token's own project (Nova refused
+       all_tenants, or Cinder did not show the volumes' projects); nothing is written,
+       since 'imgframe audit --servers/--volumes' would take the file as complete and
+       call images unused that other projects use
+  5    the listing failed (endpoint unreachable, token rejected, a page that could not
+       be read after the retries): one line says why and nothing is written to -o
+"""
+
+
+def _usage_listing(args: argparse.Namespace) -> int:
+    """``imgframe servers`` / ``imgframe volumes``: one listing, written whole or not at all."""
+    from imgframe.usage import fetch_servers, fetch_volumes
+    from imgframe.usage_frame import is_complete
+
+    kind = args.kind
+    if args.cloud and args.endpoint:
+        raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
+    if args.token and args.cloud:
+        raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
+    if args.region and not args.cloud:
+        raise ImgframeError("--region chooses a region of --cloud; add --cloud NAME")
+    if not args.cloud and not args.endpoint:
+        raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
+    if args.output:
+        _check_output(args.output)
+    if args.token:
+        _say(
+            "warning: a token given with --token is visible to every user of this machine "
+            "(ps, /proc) and stays in your shell history; put it in OS_AUTH_TOKEN instead"
+        )
+    token: TokenArg = None if args.cloud else args.token or os.environ.get("OS_AUTH_TOKEN")
+    listing = fetch_servers if kind == "servers" else fetch_volumes
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The incompleteness is said once below, as the run's last line.
+        warnings.simplefilter("ignore", ImgframeWarning)
+        df = listing(
+            args.endpoint, token, cloud=args.cloud, region=args.region,
+            timeout=args.timeout, retries=args.retries, max_rps=args.max_rps,
+            verify=args.ca_bundle or not args.insecure,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    complete, why = is_complete(df)
+    if not complete:
+        _say(
+            f"incomplete: {len(df):,} {kind} listed, but {why}; {_nothing_written(args)} "
+            "(an audit would take the file as every project's and flag used images unused)"
+        )
+        return EXIT_INCOMPLETE
+    if args.output:
+        path = write(df, args.output)
+        _say(f"wrote {len(df):,} {kind} to {path}")
+    else:
+        to_csv(df, sys.stdout)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    _say(f"{len(df):,} {kind} in {seconds:.2f} s")
+    return EXIT_OK
+
+
+def read_usage_table(path: str, kind: str) -> pd.DataFrame:
+    """A table ``imgframe servers`` or ``imgframe volumes`` wrote (.csv, .parquet, .json),
+    indexed by ``id``, with the columns :func:`imgframe.image_usage` reads as text.
+
+    Examples
+    --------
+    >>> read_usage_table("servers.xlsx", "servers")
+    Traceback (most recent call last):
+    ...
+    imgframe.errors.ConfigError: cannot read servers 'servers.xlsx': use .csv, .parquet or .json
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".parquet", ".json"):
+        raise ConfigError(f"cannot read {kind} {path!r}: use .csv, .parquet or .json")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_json(path, orient="records", dtype=False)
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read {kind} {path!r}: no such file") from None
+    except (OSError, ValueError) as exc:  # pandas' parse errors are ValueErrors
+        raise ConfigError(f"cannot read {kind} {path!r}: {_first_line(exc)}") from None
+    if "id" not in df.columns and df.index.name == "id":
+        df = df.reset_index()
+    missing = [c for c in USAGE_TABLE_COLUMNS[kind] if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{path!r} is not a {kind} table (no {', '.join(missing)} column): write one with "
+            f"'imgframe {kind} -o FILE'"
+        )
+    text = {c: "string" for c in USAGE_TABLE_COLUMNS[kind]}
+    df = df.astype(text).set_index("id")
+    return df
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -1126,7 +1248,76 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FAIL_ON,
         help="exit 3 when a finding of this severity or worse exists (for CI jobs)",
     )
+    audit.add_argument(
+        "--servers",
+        metavar="FILE",
+        help="servers table of the same cloud and region ('imgframe servers -o FILE'): runs "
+        "the usage rules unused and only_stopped_servers (skipped without it)",
+    )
+    audit.add_argument(
+        "--volumes",
+        metavar="FILE",
+        help="volumes table ('imgframe volumes -o FILE'); without it unused flags nothing "
+        "(an image may be used only through a volume)",
+    )
     audit.set_defaults(run=_audit)
+
+    for kind, service, path in (
+        ("servers", "Nova", "{compute}/servers/detail"),
+        ("volumes", "Cinder", "{volumev3}/volumes/detail"),
+    ):
+        listing = sub.add_parser(
+            kind,
+            help=f"list every {service} {kind[:-1]} of every project into a table (for "
+            f"'imgframe audit --{kind}')",
+            description=f"List every {service} {kind[:-1]} the credentials can see (GET "
+            f"{path}?all_tenants=1, paged) into one table.",
+            epilog=USAGE_EXIT_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        where = listing.add_argument_group("where and who")
+        catalog = "compute" if kind == "servers" else "volumev3"
+        where.add_argument(
+            "--endpoint",
+            help=f"the {service} URL as the catalog's {catalog} entry gives it (e.g. "
+            + (
+                "https://nova:8774/v2.1)"
+                if kind == "servers"
+                else "https://cinder:8776/v3/PROJECT)"
+            ),
+        )
+        where.add_argument(
+            "--token",
+            help="X-Auth-Token for --endpoint (default: $OS_AUTH_TOKEN; prefer it: a token on "
+            "the command line is visible to every user in ps)",
+        )
+        where.add_argument(
+            "--cloud", metavar="NAME", help="a clouds.yaml cloud; needs imgframe[openstack]"
+        )
+        where.add_argument("--region", metavar="NAME", help="a region of --cloud")
+        listing.add_argument(
+            "--max-rps", type=float, metavar="N", help="at most N requests per second"
+        )
+        listing.add_argument(
+            "--timeout",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="seconds per request (30)",
+        )
+        listing.add_argument(
+            "--retries", type=int, default=3, metavar="N", help="retries of 429/5xx/timeouts (3)"
+        )
+        listing.add_argument(
+            "-o",
+            "--output",
+            help="write .csv, .parquet or .json (default: CSV on stdout); written whole or not "
+            "at all",
+        )
+        tls = listing.add_mutually_exclusive_group()
+        tls.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+        tls.add_argument("--ca-bundle", metavar="PEM", help="verify TLS with this CA bundle")
+        listing.set_defaults(run=_usage_listing, kind=kind)
 
     demo = sub.add_parser(
         "demo", help="emulator + fetch of a seeded fleet with faults; writes demo-output/"

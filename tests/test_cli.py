@@ -519,3 +519,117 @@ def test_audit_of_an_incomplete_table_says_so(fleet, tmp_path, cli) -> None:
     assert audited.status == 0
     assert f"is incomplete: {stuck} of {len(ids)} ids could not be read" in audited.err
     assert "fetch_failed" in audited.out
+
+
+# ---------------------------------------------------------------- servers, volumes, audit
+def _usage_cloud() -> tuple[object, object]:
+    from imgframe.testing.compute import make_usage
+
+    images = make_fleet(150, seed=11)
+    return images, make_usage(images, seed=11)
+
+
+def _images_table(cli, images, path: Path) -> None:
+    with GlanceEmulator(images) as glance:
+        ids = [image.id for image in images.images]
+        ran = cli("fetch", *ids, "--endpoint", glance.url, "-o", str(path))
+    assert ran.status == 0, ran.err
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "json"])
+def test_servers_and_volumes_tables_feed_the_usage_rules_of_audit(
+    tmp_path, cli, monkeypatch, ext
+) -> None:
+    from imgframe.testing.compute import ComputeEmulator
+
+    monkeypatch.setenv("OS_AUTH_TOKEN", ADMIN_TOKEN)
+    images, usage = _usage_cloud()
+    table = tmp_path / "images.csv"
+    _images_table(cli, images, table)
+    servers, volumes = tmp_path / f"servers.{ext}", tmp_path / f"volumes.{ext}"
+    with ComputeEmulator(usage, max_limit=40) as nova:
+        listed = cli("servers", "--endpoint", nova.compute_url, "-o", str(servers))
+        assert listed.status == 0, listed.err
+        assert f"wrote {len(usage.servers):,} servers" in listed.err
+        listed = cli("volumes", "--endpoint", nova.volume_url, "-o", str(volumes))
+        assert listed.status == 0, listed.err
+        pages = len(nova.requests)
+    assert pages >= len(usage.servers) // 40  # paged, not one answer
+    found_file = tmp_path / "findings.csv"
+    ran = cli("audit", str(table), "--servers", str(servers), "--volumes", str(volumes),
+              "--rules", "unused,only_stopped_servers", "-o", str(found_file))  # fmt: skip
+    assert ran.status == 0, ran.err
+    findings = pd.read_csv(found_file, dtype={"image_id": str})
+    planted = usage.planted
+    assert planted.unused and planted.only_stopped_servers and planted.through_volumes
+    for rule, answer in (("unused", planted.unused),
+                         ("only_stopped_servers", planted.only_stopped_servers)):  # fmt: skip
+        assert set(findings.loc[findings["rule"] == rule, "image_id"]) == answer, rule
+
+
+def test_audit_with_servers_only_flags_nothing_unused(tmp_path, cli, monkeypatch) -> None:
+    from imgframe.testing.compute import ComputeEmulator
+
+    monkeypatch.setenv("OS_AUTH_TOKEN", ADMIN_TOKEN)
+    images, usage = _usage_cloud()
+    table, servers = tmp_path / "images.csv", tmp_path / "servers.csv"
+    _images_table(cli, images, table)
+    with ComputeEmulator(usage) as nova:
+        assert cli("servers", "--endpoint", nova.compute_url, "-o", str(servers)).status == 0
+    ran = cli("audit", str(table), "--servers", str(servers), "--format", "csv",
+              "--rules", "unused,only_stopped_servers")  # fmt: skip
+    assert ran.status == 0, ran.err
+    findings = pd.read_csv(io.StringIO(ran.out), dtype={"image_id": str})
+    # images used only through volumes would look unused: without volumes none is flagged
+    assert not (findings["rule"] == "unused").any()
+    stopped = set(findings.loc[findings["rule"] == "only_stopped_servers", "image_id"])
+    # a stopped server booted from a volume is only seen through the volume
+    assert stopped and stopped <= usage.planted.only_stopped_servers
+
+
+def test_a_member_listing_is_incomplete_and_not_written(tmp_path, cli, monkeypatch) -> None:
+    from imgframe.testing.compute import ComputeEmulator
+
+    _, usage = _usage_cloud()
+    out = tmp_path / "servers.csv"
+    monkeypatch.setenv("OS_AUTH_TOKEN", "member-token")
+    with ComputeEmulator(usage) as nova:
+        nova.accept_token("member-token", usage.servers[0].project_id)
+        ran = cli("servers", "--endpoint", nova.compute_url, "-o", str(out))
+        assert ran.status == 4, ran.err
+        assert "all_tenants" in ran.err and "nothing written" in ran.err
+        volumes = cli("volumes", "--endpoint", nova.volume_url, "-o", str(tmp_path / "v.csv"))
+        assert volumes.status == 4, volumes.err
+    assert not out.exists() and not (tmp_path / "v.csv").exists()
+
+
+def test_a_listing_that_fails_exits_5_and_keeps_the_old_file(tmp_path, cli, monkeypatch) -> None:
+    from imgframe.testing.compute import ComputeEmulator
+
+    _, usage = _usage_cloud()
+    out = tmp_path / "servers.csv"
+    out.write_text("kept\n")
+    monkeypatch.setenv("OS_AUTH_TOKEN", ADMIN_TOKEN)
+    with ComputeEmulator(usage, max_limit=20, fail_page=2) as nova:
+        ran = cli("servers", "--endpoint", nova.compute_url, "-o", str(out), "--retries", "0")
+    assert ran.status == 5, ran.err
+    assert "Traceback" not in ran.err and out.read_text() == "kept\n"
+    with ComputeEmulator(usage) as nova:
+        wrong = cli("servers", "--endpoint", nova.compute_url, "--token", "not-a-token")
+    assert wrong.status == 5 and "401" in wrong.err and "Traceback" not in wrong.err
+
+
+def test_audit_usage_files_are_checked(tmp_path, cli) -> None:
+    images, _ = _usage_cloud()
+    table = tmp_path / "images.csv"
+    with GlanceEmulator(images) as glance:
+        assert cli("fetch", images.images[0].id, "--endpoint", glance.url, "--token",
+                   ADMIN_TOKEN, "-o", str(table)).status == 0  # fmt: skip
+    ran = cli("audit", str(table), "--volumes", str(table))
+    assert ran.status == 2 and "--volumes goes with --servers" in ran.err
+    ran = cli("audit", str(table), "--servers", str(table))  # an images table
+    assert ran.status == 2 and "is not a servers table" in ran.err
+    ran = cli("audit", str(table), "--servers", str(tmp_path / "missing.csv"))
+    assert ran.status == 2 and "no such file" in ran.err
+    ran = cli("servers", "--endpoint", "http://127.0.0.1:9", "-o", str(tmp_path / "s.xlsx"))
+    assert ran.status == 2
