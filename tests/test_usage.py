@@ -337,3 +337,47 @@ def test_image_usage_has_one_typed_row_per_image(
     assert table.index.equals(images.index.astype("string[pyarrow]"))
     assert [str(t) for t in table.dtypes] == ["Int64"] * 5 + ["boolean"]
     assert (table["servers"] >= table["servers_active"] + table["servers_stopped"]).all()
+
+
+def test_a_server_listed_on_two_pages_is_one_row() -> None:
+    # A server whose sort key changed while listing shows up on two pages: one row.
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    def server(n: str) -> dict[str, object]:
+        return {"id": n, "name": n, "status": "ACTIVE", "image": {"id": "img"}, "tenant_id": "p"}
+
+    pages = {
+        None: [server("a"), server("b")],
+        "b": [server("b"), server("c")],
+        "c": [],
+    }
+
+    async def detail(request: web.Request) -> web.Response:
+        marker = request.query.get("marker")
+        page = pages[marker]
+        links = (
+            [{"rel": "next", "href": f"/servers/detail?marker={page[-1]['id']}"}] if page else []
+        )
+        return web.json_response({"servers": page, "servers_links": links})
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_get("/servers/detail", detail)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        df = imgframe.fetch_servers(f"http://127.0.0.1:{port}", ADMIN_TOKEN, page_size=2)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+    assert df.index.tolist() == ["a", "b", "c"]
