@@ -351,16 +351,17 @@ class Lister:
             "changes-since": V1_CHANGES_SINCE,
             "limit": str(self.page_size),
         }
-        desc = self._v1_walk(session, params, _Stream(), first=True)
+        desc_stream = _Stream()
+        desc = self._v1_walk(session, params, desc_stream, first=True)
 
-        def asc() -> AsyncGenerator[Page, None]:
+        def asc(stream: _Stream) -> AsyncGenerator[Page, None]:
             # params as the first page left them (without a refused changes-since).
-            return self._v1_walk(session, {**params, "sort_dir": "asc"}, _Stream())
+            return self._v1_walk(session, {**params, "sort_dir": "asc"}, stream)
 
         async def after(marker: str, stream: _Stream) -> Page:
             return await self._get(session, V1.page_path({**params, "marker": marker}), stream)
 
-        pages = self._both_ends(desc, asc, after)
+        pages = self._both_ends(desc, asc, after, desc_stream)
         async with contextlib.aclosing(pages):
             async for page in pages:
                 if page.deleted and not self.include_deleted:
@@ -433,21 +434,24 @@ class Lister:
     async def _both_ends(
         self,
         desc: AsyncGenerator[Page, None],
-        make_asc: Callable[[], AsyncGenerator[Page, None]],
+        make_asc: Callable[[_Stream], AsyncGenerator[Page, None]],
         after: Callable[[str, _Stream], Coroutine[Any, Any, Page]],
+        desc_stream: _Stream,
     ) -> AsyncGenerator[Page, None]:
         """The pages of the walk ``desc`` (the listing's own order), read from both ends.
 
         Once ``desc``'s first page is in, ``make_asc()`` walks the same listing from its
         other end (``sort_dir=asc``: Glance sorts by (sort_key, created_at, id) with one
-        direction for all keys, ``glance/db/sqlalchemy/api.py`` ``_paginate_query``),
-        and ``after(oldest, stream)`` asks ``desc``'s page after the ``asc`` walk's
-        first id, which must be empty. The walks stop when one lists an id the other
-        has: ``desc``'s pages are yielded as they come, then the ``asc`` pages reversed
-        (without the ids ``desc`` listed), the order one ``desc`` walk gives. Anything
-        inconsistent (an ``asc`` walk that fails or repeats an id, a server ignoring
-        ``sort_dir``, walks that disagree where they meet) drops the ``asc`` walk and
-        finishes with ``desc`` alone: no image is lost or listed twice either way.
+        direction for all keys, ``glance/db/sqlalchemy/api.py`` ``_paginate_query``).
+        The walks stop when one lists an id the other has: ``desc``'s pages are
+        yielded as they come, then the ``asc`` pages reversed (without the ids ``desc``
+        listed), the order one ``desc`` walk gives. Where they meet, the last ids
+        ``desc`` listed must be the last ``asc`` listed, reversed; when that is one id
+        only, ``after(oldest, stream)`` (``desc``'s page after the ``asc`` walk's first
+        id) must be empty too. Anything inconsistent (an ``asc`` walk that fails or
+        repeats an id, a server ignoring ``sort_dir``, walks that disagree where they
+        meet) drops the ``asc`` walk and finishes with ``desc`` alone: no image is lost
+        or listed twice either way.
         """
         tasks: list[asyncio.Task[Any]] = []
         asc: AsyncGenerator[Page, None] | None = None
@@ -477,15 +481,14 @@ class Lister:
                     return
                 listed += second.ids
                 listed_set.update(second.ids)
-            asc = make_asc()
+            stream = _Stream(other=listed_set)
+            asc = make_asc(stream)
             first_tasks = (_task(_next_page(desc)), _task(_next_page(asc)))
             tasks[:] = first_tasks
             desc_task: asyncio.Task[Page | None] | None = first_tasks[0]
             asc_task: asyncio.Task[Page | None] | None = first_tasks[1]
-            check: asyncio.Task[Page] | None = None
             backward: list[Page] = []
-            backward_set: set[str] = set()
-            stream = _Stream()
+            backward_set = desc_stream.other  # filled as the asc walk lists
             met = False
             while asc_task is not None and desc_task is not None and not met:
                 await asyncio.wait((desc_task, asc_task), return_when=asyncio.FIRST_COMPLETED)
@@ -519,26 +522,28 @@ class Lister:
                     ):
                         asc_task = None  # walked to the end without meeting: inconsistent
                         break
-                    if check is None:
-                        check = _task(after(page.ids[0], stream))
-                        tasks.append(check)
                     backward.append(page)
                     backward_set.update(page.ids)
                     met = not listed_set.isdisjoint(page.ids)
                     if not met:
                         asc_task = _task(_next_page(asc))
                         tasks.append(asc_task)
-            if met and check is not None:
-                ascending = [i for page in backward for i in page.ids]
+            if met:
+                ascending = [i for back in backward for i in back.ids]
                 overlap = len(listed_set & backward_set)
                 beyond = None
-                # Where the walks meet, the last ids desc listed are the last asc listed,
-                # reversed; and desc's page after asc's first id (the oldest) is empty.
                 if listed[-overlap:] == ascending[::-1][:overlap]:
-                    try:
-                        beyond = await check
-                    except Exception as exc:
-                        logger.debug("%s: the page after the last failed (%s)", self.endpoint, exc)
+                    if overlap > 1:
+                        # Two ids or more met in reversed order: the server honoured
+                        # sort_dir (one that ignores it sends them in the same order).
+                        beyond = Page([], None)
+                    else:  # one id: as well a server ignoring sort_dir with 1-id pages
+                        try:
+                            beyond = await after(ascending[0], stream)
+                        except Exception as exc:
+                            logger.debug(
+                                "%s: the page after the last failed (%s)", self.endpoint, exc
+                            )
                 if beyond is not None and not beyond.ids:
                     for back in reversed(backward):
                         kept = [
@@ -553,6 +558,7 @@ class Lister:
                     return
                 logger.debug("%s: the listing's two ends disagree: read on", self.endpoint)
             # desc alone, from where it is: the listing in its own order, nothing lost.
+            desc_stream.other = set()  # its pages are asked for ahead again
             for task in tasks:
                 if task is not desc_task:
                     await _cancelled_task(task)
@@ -621,15 +627,15 @@ class Lister:
         """One listing pass with the ``extra`` filters, read from both ends."""
         params = {"limit": str(self.page_size), **extra}
 
-        def asc() -> AsyncGenerator[Page, None]:
-            return self._v2_walk(session, {**params, "sort_dir": "asc"}, _Stream())
+        def asc(stream: _Stream) -> AsyncGenerator[Page, None]:
+            return self._v2_walk(session, {**params, "sort_dir": "asc"}, stream)
 
         async def after(marker: str, stream: _Stream) -> Page:
             return await self._get(session, V2.page_path({**params, "marker": marker}), stream)
 
-        return self._both_ends(
-            self._v2_walk(session, params, _Stream(), first=bool(extra)), asc, after
-        )
+        desc_stream = _Stream()
+        desc = self._v2_walk(session, params, desc_stream, first=bool(extra))
+        return self._both_ends(desc, asc, after, desc_stream)
 
     async def _v2_walk(
         self,
@@ -699,7 +705,14 @@ class Lister:
             body = await self._fetch(session, path, stream)
         guess = _next_guess(body[1], self.glance.name, path)
         following = None
-        if guess is not None and guess not in asked:
+        if (
+            guess is not None
+            and guess not in asked
+            and (
+                not stream.other
+                or parse_qs(urlsplit(guess).query).get("marker", [""])[-1] not in stream.other
+            )
+        ):
             following = (guess, asyncio.create_task(self._fetch(session, guess, stream)))
             await asyncio.sleep(0)  # the task runs until its request is on the wire
         try:
@@ -789,6 +802,9 @@ class _Stream:
     asked: set[str] = dataclasses.field(default_factory=set)
     markers: set[str] = dataclasses.field(default_factory=set)
     followed: set[str] = dataclasses.field(default_factory=set)
+    # The ids the walk from the other end has listed: a page past one of them is not
+    # asked for ahead (the walks have met; it would be thrown away).
+    other: set[str] = dataclasses.field(default_factory=set)
 
 
 async def _next_page(pages: AsyncIterator[Page]) -> Page | None:
