@@ -735,3 +735,19 @@ def test_walks_from_both_ends_overlap_in_time() -> None:
     assert concurrent == sequential == newest_first(fleet, "v1")
     # 12 pages one after the other (>= 0.48 s) against ~7 at a time from each end.
     assert one_end >= 0.48 and both_ends < 0.8 * one_end
+
+
+def test_the_walk_from_the_end_holds_a_bounded_number_of_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imgframe.listing
+
+    monkeypatch.setattr(imgframe.listing, "_FROM_THE_END", 2)
+    fleet = make_fleet(203, seed=9)
+    with GlanceEmulator(fleet) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, page_size=10)
+        gets = [r for r in emu.request_log if r.method == "GET"]
+    assert ids == newest_first(fleet, "v1")
+    # 21 pages of 10: 2 from the end, the rest newest first until it meets them; + the
+    # page where they meet, the asc page asked for ahead before it paused, + 2 spare.
+    assert len(gets) <= 21 + 4
