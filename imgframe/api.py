@@ -295,7 +295,11 @@ async def _listing(
     first page switches to v2 (the lister does), and so does ``fetcher``."""
     # Listed ids are taken as sent (not stripped): the listing dedupes them, and an id
     # with spaces is invalid and reported as such rather than silently changed.
-    pages = Lister(endpoint, tokens, options).detail_pages()
+    # From both ends at once when rows are made from the listing (it is then the run's
+    # cost); one page at a time for HEADs, which then hold the listing back.
+    pages = Lister(
+        endpoint, tokens, options, concurrent=not options.verify_with_head
+    ).detail_pages()
     async with contextlib.aclosing(pages):
         async for page in pages:
             if page.api is not fetcher.glance:

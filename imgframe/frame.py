@@ -509,9 +509,13 @@ class Collector:
         self.frames.clear()
         if not self.positions:
             return frame
-        order = np.argsort(np.concatenate(self.positions), kind="stable")
+        positions = np.concatenate(self.positions)
         self.positions.clear()
-        return _reordered(frame, order)
+        if bool((positions[1:] >= positions[:-1]).all()):
+            # Already in order (a listing's rows arrive page by page, in listing order):
+            # the stable sort would be the identity, its copy of every column ~0.1 s at 50k.
+            return frame
+        return _reordered(frame, np.argsort(positions, kind="stable"))
 
 
 class FrameBuilder:

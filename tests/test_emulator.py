@@ -708,3 +708,48 @@ def test_max_in_flight_counts_concurrent_requests(fleet: Fleet) -> None:
         for image_id in ids[:2]:
             head(emu, image_id)
         assert emu.max_in_flight == 1
+
+
+def test_listing_sort_dir_and_sort_key_order_like_glance() -> None:
+    fleet = make_fleet(57, seed=3)
+    newest_first = [
+        i.id for i in sorted(fleet.images, key=lambda i: (i.created_at, i.id), reverse=True)
+    ]
+    by_id = sorted(i.id for i in fleet.images)
+
+    def walk(url: str, query: str, v2: bool = False) -> list[str]:
+        listed: list[str] = []
+        path: str | None = url + query
+        for _ in range(100):
+            assert path is not None
+            body = requests.get(path, headers={"X-Auth-Token": ADMIN_TOKEN}, timeout=10).json()
+            listed += [image["id"] for image in body["images"]]
+            if v2:
+                if "next" not in body:
+                    return listed
+                path = emu.url + body["next"]
+            elif not body["images"]:
+                return listed
+            else:
+                path = url + query + "&marker=" + listed[-1]
+        raise AssertionError("the listing did not end")
+
+    with GlanceEmulator(fleet) as emu:
+        v1 = emu.url + "/v1/images/detail?changes-since=1970-01-01T00:00:00&limit=10"
+        assert walk(v1, "") == newest_first
+        assert walk(v1, "&sort_dir=asc") == newest_first[::-1]
+        assert walk(v1, "&sort_key=id&sort_dir=asc") == by_id
+        assert walk(v1, "&sort_key=id") == by_id[::-1]
+        live = [i for i in newest_first if not fleet.by_id()[i].deleted]
+        v2 = emu.url + "/v2/images?limit=10&visibility=all"
+        v2_live = [i for i in live if not fleet.by_id()[i].os_hidden]
+        assert walk(v2, "", v2=True) == v2_live
+        assert walk(v2, "&sort_dir=asc", v2=True) == v2_live[::-1]
+        statuses = [
+            requests.get(v1 + query, headers={"X-Auth-Token": ADMIN_TOKEN}, timeout=10).status_code
+            for query in ("&sort_dir=up", "&sort_key=owner")
+        ]
+    assert statuses == [400, 400]
+    with GlanceEmulator(fleet, faults=Faults(ignore_sort=True)) as emu:
+        v1 = emu.url + "/v1/images/detail?changes-since=1970-01-01T00:00:00&limit=10"
+        assert walk(v1, "&sort_dir=asc") == newest_first

@@ -150,7 +150,9 @@ def test_a_page_of_deleted_images_only_does_not_end_the_v1_listing() -> None:
         return web.json_response({"images": pages[request.query.get("marker")]})
 
     result, seen = run_against(listing, api="v1")
-    assert result == ["a", "d"] and len(seen) == 4
+    # 4 pages; this server ignores sort_dir, so the walk from the other end (1 page, and
+    # its next asked for ahead) disagrees where it meets this one and is dropped.
+    assert result == ["a", "d"] and len(in_order(seen)) == 4 and len(seen) <= 6
     result, _ = run_against(listing, api="v1", include_deleted=True)
     assert result == ["a", "b", "c", "d"]
 
@@ -225,7 +227,8 @@ def test_first_id_arrives_before_the_last_page_is_requested(
         return requests_at_first_id, count
 
     requests_at_first_id, count = asyncio.run(run())
-    assert requests_at_first_id <= 2  # page 1, and page 2 asked for as soon as it arrived
+    # Page 1, and page 2 asked for as soon as it arrived (v2: per pass, both at once).
+    assert requests_at_first_id <= (2 if api == "v1" else 4)
     assert count == len(live_ids(fleet))
     assert len(emulator.request_log) >= 5  # the other pages came later, one by one
 
@@ -239,8 +242,10 @@ def test_stopping_early_requests_no_more_pages(emulator: GlanceEmulator) -> None
 
     assert len(asyncio.run(run())) == 15
     # Pages 1 and 2, and page 3 if its request, sent as soon as page 2 arrived, reached
-    # the server before the listing was closed (which cancels it); nothing after that.
-    assert 2 <= len(emulator.request_log) <= 3
+    # the server before the listing was closed (which cancels it); from the other end
+    # its first page, the one asked for ahead and the page after its first id; nothing
+    # after that.
+    assert 2 <= len(emulator.request_log) <= 6
 
 
 async def _take(source: AsyncIterator[str], n: int) -> AsyncIterator[str]:
@@ -287,6 +292,11 @@ def run_against(
     return asyncio.run(run()), seen
 
 
+def in_order(seen: list[str]) -> list[str]:
+    """The requests of ``seen`` of the listing's own walk (newest first) and first pass."""
+    return [path for path in seen if "sort_dir" not in path and "os_hidden" not in path]
+
+
 def image_list(*ids: str, next_link: str | None = None) -> web.Response:
     body: dict[str, Any] = {"images": [{"id": i} for i in ids]}
     if next_link is not None:
@@ -309,8 +319,9 @@ def test_a_next_page_asked_for_on_a_wrong_guess_is_dropped_not_listed() -> None:
 
     result, seen = run_against(listing, api="v1")
     assert result == ["a", "b", "c"]
-    markers = [parse_qs(urlsplit(path).query).get("marker", [None])[0] for path in seen]
-    assert [m for m in markers if m != "zzz"] == [None, "b", "c"] and len(seen) <= 4
+    markers = [parse_qs(urlsplit(path).query).get("marker", [None])[0] for path in in_order(seen)]
+    assert [m for m in markers if m != "zzz"] == [None, "b", "c"] and len(in_order(seen)) <= 4
+    assert len(seen) <= 7  # and the other end's walk, dropped: this server ignores sort_dir
 
 
 def test_v2_next_pages_asked_for_ahead_are_the_links_the_pages_give() -> None:
@@ -325,7 +336,11 @@ def test_v2_next_pages_asked_for_ahead_are_the_links_the_pages_give() -> None:
         return image_list("c")
 
     result, seen = run_against(paged, api="v2")
-    assert result == ["a", "b", "c"] and len(seen) == 4
+    assert result == ["a", "b", "c"]
+    given = {"/v2/images?visibility=all&marker=a", "/v2/images?visibility=all&marker=b"}
+    assert given <= set(seen)
+    assert all(path in given or path.startswith("/v2/images?limit=1000&") for path in seen)
+    assert len(seen) <= 8  # and the hidden pass, the other end's walk (it ignores sort_dir)
 
 
 def test_v1_server_that_repeats_its_page_raises_quickly() -> None:
@@ -346,7 +361,7 @@ def test_v2_server_that_repeats_its_next_link_raises_quickly() -> None:
     result, seen = run_against(same_page, api="v2")
     assert isinstance(result, FetchError)
     assert "same next link" in str(result) and "s3cr3t" not in str(result)
-    assert len(seen) == 2
+    assert len(seen) <= 4  # two pages of each pass (they run side by side)
 
 
 def test_ids_repeated_across_pages_are_yielded_once() -> None:
@@ -378,7 +393,7 @@ def test_next_link_to_another_origin_is_not_followed() -> None:
 
     result, seen = run_against(elsewhere, api="v2")
     assert isinstance(result, FetchError) and "another origin" in str(result)
-    assert len(seen) == 1
+    assert len(in_order(seen)) == 1 and len(seen) <= 2  # the hidden pass ran alongside
 
 
 def test_transient_errors_are_retried() -> None:
@@ -586,7 +601,10 @@ def test_v2_each_pass_follows_its_own_next_links() -> None:
         return image_list(f"{tag}2")
 
     result, seen = run_against(paged, api="v2", page_size=1)
-    assert result == ["v1", "v2", "h1", "h2"] and len(seen) == 4
+    assert result == ["v1", "v2", "h1", "h2"]
+    # Two pages each; this server ignores sort_dir, so each pass's walk from the other
+    # end (its first page, and the page after its first id) is dropped.
+    assert len([path for path in seen if "sort_dir" not in path]) == 4 and len(seen) <= 10
 
 
 def test_v2_server_refusing_the_filters_is_listed_by_default_with_a_warning() -> None:
@@ -610,7 +628,7 @@ def test_a_400_on_a_later_v2_page_is_an_error_not_a_fallback() -> None:
 
     result, seen = run_against(broken, api="v2")
     assert isinstance(result, FetchError) and result.status == 400
-    assert len(seen) == 2
+    assert len(seen) <= 4  # two pages of each pass (they run side by side)
 
 
 def test_emulator_v2_listing_filters_like_glance() -> None:
@@ -643,3 +661,93 @@ def test_hidden_images_leave_the_rest_of_the_fleet_unchanged() -> None:
         assert a == b_copy
     assert plain.planted == with_hidden.planted
     assert make_fleet(200, seed=4, hidden=6) == with_hidden
+
+
+# --- from both ends ---------------------------------------------------------------------
+
+
+def newest_first(fleet: Fleet, api: str, include_deleted: bool = False) -> list[str]:
+    """The ids one newest-first walk lists (v2: the pass of the hidden ones after)."""
+    ordered = sorted(fleet.images, key=lambda i: (i.created_at, i.id), reverse=True)
+    if api == "v1":
+        return [i.id for i in ordered if include_deleted or not i.deleted]
+    live = [i for i in ordered if not i.deleted]
+    return [i.id for i in live if not i.os_hidden] + [i.id for i in live if i.os_hidden]
+
+
+@pytest.mark.parametrize(
+    ("api", "page_size", "clamp"),
+    [
+        ("v1", 1, 1000),
+        ("v1", 7, 1000),
+        ("v1", 100, 1000),
+        ("v1", 1000, 30),
+        ("v1", 5000, 1000),
+        ("v2", 9, 1000),
+        ("v2", 1000, 40),
+    ],
+)
+def test_a_listing_read_from_both_ends_is_the_newest_first_listing(
+    api: str, page_size: int, clamp: int
+) -> None:
+    fleet = make_fleet(203, seed=9, hidden=7)
+    with GlanceEmulator(fleet, api_limit_max=clamp) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api=api, page_size=page_size)
+        gets = [r for r in emu.request_log if r.method == "GET"]
+        deleted = list_image_ids(
+            endpoint=emu.url, token=ADMIN_TOKEN, page_size=page_size, include_deleted=True
+        )
+    assert ids == newest_first(fleet, api)
+    assert deleted == newest_first(fleet, "v1", include_deleted=True)
+    # Pages of min(page_size, clamp) ids (v1: + the empty page; v2: + the hidden pass),
+    # + where the walks meet, the page after the oldest, the two asked for ahead.
+    per_page = min(page_size, clamp)
+    listed = len(fleet.images) if api == "v1" else len(ids)
+    assert len(gets) <= -(-listed // per_page) + (6 if api == "v1" else 9)
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 10])
+@pytest.mark.parametrize("api", APIS)
+def test_a_server_that_ignores_sort_dir_is_listed_from_one_end(api: str, page_size: int) -> None:
+    fleet = make_fleet(23, seed=2, hidden=2)
+    with GlanceEmulator(fleet, faults=Faults(ignore_sort=True)) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, api=api, page_size=page_size)
+    assert ids == newest_first(fleet, api)
+
+
+def test_walks_from_both_ends_overlap_in_time() -> None:
+    from imgframe.auth import token_source
+    from imgframe.config import FetchOptions
+    from imgframe.listing import Lister
+
+    fleet = make_fleet(1003, seed=5)
+    options = FetchOptions.build(api="v1", page_size=100)
+
+    async def timed(concurrent: bool) -> tuple[float, list[str]]:
+        lister = Lister(emu.url, token_source(ADMIN_TOKEN), options, concurrent=concurrent)
+        started = time.monotonic()
+        ids = [i async for i in lister.ids()]
+        return time.monotonic() - started, ids
+
+    with GlanceEmulator(fleet, faults=Faults(latency=0.04)) as emu:
+        one_end, sequential = asyncio.run(timed(False))
+        both_ends, concurrent = asyncio.run(timed(True))
+    assert concurrent == sequential == newest_first(fleet, "v1")
+    # 12 pages one after the other (>= 0.48 s) against ~7 at a time from each end.
+    assert one_end >= 0.48 and both_ends < 0.8 * one_end
+
+
+def test_the_walk_from_the_end_holds_a_bounded_number_of_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imgframe.listing
+
+    monkeypatch.setattr(imgframe.listing, "_FROM_THE_END", 2)
+    fleet = make_fleet(203, seed=9)
+    with GlanceEmulator(fleet) as emu:
+        ids = list_image_ids(endpoint=emu.url, token=ADMIN_TOKEN, page_size=10)
+        gets = [r for r in emu.request_log if r.method == "GET"]
+    assert ids == newest_first(fleet, "v1")
+    # 21 pages of 10: 2 from the end, the rest newest first until it meets them; + the
+    # page where they meet, the asc page asked for ahead before it paused, + 2 spare.
+    assert len(gets) <= 21 + 4

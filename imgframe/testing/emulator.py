@@ -216,6 +216,9 @@ class Faults:
     ``no_changes_since`` plays a v1 server that does not take ``changes-since`` in a
     listing (answers 400 to it), which imgframe cannot rule out for every IMS deployment.
 
+    ``ignore_sort`` plays a server that takes ``sort_key`` and ``sort_dir`` but lists
+    newest first whatever they say.
+
     Examples
     --------
     >>> faults = Faults(transient_rate=0.5, seed=1)
@@ -246,6 +249,7 @@ class Faults:
     list_fail_from: int | None = None
     list_fail_status: int = 500
     no_changes_since: bool = False
+    ignore_sort: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -631,7 +635,9 @@ class GlanceEmulator:
     unknown id. ``GET /v1/images[/detail]`` lists, newest first (``created_at`` then
     ``id`` descending, Glance's default), ``limit`` (default 25, clamped to
     ``api_limit_max``) and ``marker`` (the last id of the previous page; unknown or
-    invisible -> 400). Like real v1 the body is only ``{"images": [...]}`` with no
+    invisible -> 400); ``sort_key`` (``created_at`` or ``id``) and ``sort_dir`` (``asc``
+    or ``desc``) order by (sort_key, created_at, id), one direction for all, as Glance
+    does (v1 and v2). Like real v1 the body is only ``{"images": [...]}`` with no
     ``next`` link: a client asks for the next page with the last id as marker until it
     gets an empty page. Like Glance v1 (Queens) the default listing hides deleted *and
     killed* images, and ``changes-since=<ISO time>`` lists the images updated after it,
@@ -719,6 +725,8 @@ class GlanceEmulator:
         # benchmark measures the client (a real Glance renders in another process).
         self._listed_json: dict[tuple[Callable[[FleetImage], dict[str, Any]], str], bytes] = {}
         self._listing_pos: dict[str, int] = {}
+        # The other orders a listing may ask for ((sort_key, sort_dir) -> images, positions).
+        self._orders: dict[tuple[str, str], tuple[list[FleetImage], dict[str, int]]] = {}
         self._ids: list[str] | None = None  # for Faults.other_id, made on first use
         self._folded: dict[str, FleetImage] | None = None  # for case_insensitive_ids
         self._in_flight = 0  # only the server's event loop changes it
@@ -1147,7 +1155,15 @@ class GlanceEmulator:
         if limit < 0:
             return _error(400, "limit param must be positive", is_head)
         limit = min(limit, self.api_limit_max)
-        ordered, position = self._ordered()
+        sort_key = query.get("sort_key", "created_at")
+        sort_dir = query.get("sort_dir", "desc")
+        if sort_dir not in ("asc", "desc"):
+            return _error(400, f"Invalid sort direction: {sort_dir}", is_head)
+        if sort_key not in _SORT_KEYS:
+            return _error(400, f"Unsupported sort_key: {sort_key}", is_head)
+        if self.faults.ignore_sort:
+            sort_key, sort_dir = "created_at", "desc"
+        ordered, position = self._ordered(sort_key, sort_dir)
         start = 0
         marker = query.get("marker")
         if marker is not None:
@@ -1253,7 +1269,24 @@ class GlanceEmulator:
             parts.append(encoded)
         return b", ".join(parts)
 
-    def _ordered(self) -> tuple[list[FleetImage], dict[str, int]]:
+    def _ordered(
+        self, sort_key: str = "created_at", sort_dir: str = "desc"
+    ) -> tuple[list[FleetImage], dict[str, int]]:
+        if (sort_key, sort_dir) != ("created_at", "desc"):
+            order = self._orders.get((sort_key, sort_dir))
+            if order is None:
+                # Glance sorts by (sort_key, created_at, id), one direction for all keys
+                # (glance/db/sqlalchemy/api.py _paginate_query).
+                images = sorted(
+                    self.fleet.images,
+                    key=lambda image: (getattr(image, sort_key), image.created_at, image.id),
+                    reverse=sort_dir == "desc",
+                )
+                order = self._orders[sort_key, sort_dir] = (
+                    images,
+                    {image.id: i for i, image in enumerate(images)},
+                )
+            return order
         if self._listing is None:
             self._listing = sorted(
                 self.fleet.images, key=lambda image: (image.created_at, image.id), reverse=True
@@ -1320,6 +1353,10 @@ def _visible(image: FleetImage, who: Token) -> bool:
     if who.admin:
         return True
     return not image.deleted and (image.is_public or image.owner == who.project_id)
+
+
+# The sort keys the emulator takes (Glance takes more; imgframe asks only for these).
+_SORT_KEYS = frozenset({"created_at", "id"})
 
 
 def _listable(image: FleetImage, who: Token, show_deleted: bool) -> bool:
