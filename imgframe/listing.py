@@ -61,7 +61,6 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
-from yarl import URL
 
 from imgframe.auth import (
     RequestSigner,
@@ -74,17 +73,13 @@ from imgframe.auth import (
 from imgframe.config import DEFAULT_MAX_PAGES as DEFAULT_MAX_PAGES
 from imgframe.config import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE
 from imgframe.config import DEFAULT_RETRY, DEFAULT_TIMEOUT, FetchOptions, RetryPolicy, Timeout
-from imgframe.errors import AuthError, ConfigError, FetchError, IncompleteListingWarning
+from imgframe.errors import ConfigError, FetchError, IncompleteListingWarning
 from imgframe.glance import V1, V2, GlanceApi, Page, after_300, glance_api, normalize_endpoint
 from imgframe.http import (
     Credentials,
-    describe,
-    failure,
+    get_page,
     new_session,
-    retry_after,
     ssl_option,
-    status_sentence,
-    tls_refused,
 )
 from imgframe.runner import run_sync
 
@@ -744,38 +739,8 @@ class Lister:
                 url=self.endpoint + path,
             )
         url = self.endpoint + path
-        # Signed as yarl will send it (a server's next link may need quoting).
-        wire = URL(url)
-        attempt = 0
-        refreshed = False
-        while True:
-            attempt += 1
-            token = self.credentials.token
-            headers = self.credentials.headers("GET", str(wire))
-            wait: str | None = None
-            try:
-                async with session.get(wire, headers=headers, allow_redirects=False) as response:
-                    status = response.status
-                    if status == 200:
-                        body = await response.read()
-                        request_id = None
-                        for name, value in response.raw_headers:
-                            if name.lower() == b"x-openstack-request-id":
-                                request_id = value
-                        self._read += 1
-                        return url, body, request_id
-                    wait = response.headers.get("Retry-After")
-                    await response.read()  # keep the connection reusable
-                problem = status_sentence(status)
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise FetchError(tls_refused(self.endpoint, exc), url=url) from None
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                status, problem = None, failure(exc, self._timeout)[0]
-                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
-            except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
-                problem = failure(exc, self._timeout)[0]
-                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
-                raise FetchError(f"listing {url} failed: {problem}", url=url) from None
+
+        def switch_at_300(status: int) -> None:
             if status == 300 and self.glance is V1:
                 # NoV1ApiError, unless api="auto" and nothing was listed yet.
                 self.glance = after_300(self.api if not self._read else "v1", self.endpoint, url)
@@ -783,22 +748,19 @@ class Lister:
                     "%s has no Glance v1 API (its listing answered 300): using v2", self.endpoint
                 )
                 raise _Switched
-            if status == 401:
-                if not refreshed and token is not None:
-                    refreshed = True
-                    if await self.credentials.refresh(token):
-                        continue
-                rejected = self.credentials.rejected
-                raise AuthError(f"listing {url} failed: {rejected}", url=url, status=401)
-            if status is not None and status not in self._retry.statuses:
-                raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
-            if attempt >= self._retry.attempts:
-                raise FetchError(
-                    f"listing {url} failed: {problem} (gave up after {attempt} attempts)",
-                    url=url,
-                    status=status,
-                )
-            await asyncio.sleep(self._retry.delay(attempt, retry_after(wait)))
+
+        body, request_id = await get_page(
+            session,
+            url,
+            self.credentials,
+            self._timeout,
+            self._retry,
+            endpoint=self.endpoint,
+            log=logger,
+            on_status=switch_at_300,
+        )
+        self._read += 1
+        return url, body, request_id
 
     def _parse(self, url: str, body: bytes, request_id: bytes | None = None) -> Page:
         return self.glance.parse_page(self.endpoint, url, body, request_id)

@@ -40,16 +40,12 @@ import pyarrow.compute as pc
 
 from imgframe.auth import TokenArg, cloud_token, service_endpoint, token_source
 from imgframe.config import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, FetchOptions, RetryPolicy, Timeout
-from imgframe.errors import AuthError, FetchError, IncompleteListingWarning
+from imgframe.errors import FetchError, IncompleteListingWarning
 from imgframe.http import (
     Credentials,
-    describe,
-    failure,
+    get_page,
     new_session,
-    retry_after,
     ssl_option,
-    status_sentence,
-    tls_refused,
 )
 from imgframe.runner import run_sync
 from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS, Field
@@ -123,50 +119,23 @@ class _Pages:
                 f"max_pages={self.options.max_pages} pages",
                 url=url,
             )
-        retry = self.options.retries
-        attempt, refreshed = 0, False
-        while True:
-            attempt += 1
-            if self.pacer is not None:
-                wait_for = self.pacer.reserve()
-                if wait_for > 0:
-                    await asyncio.sleep(wait_for)
-            token = self.credentials.token
-            wait: str | None = None
-            try:
-                headers = self.credentials.headers("GET", url)
-                async with session.get(url, headers=headers, allow_redirects=False) as response:
-                    status = response.status
-                    body = await response.read()
-                    wait = response.headers.get("Retry-After")
-                if status == 200:
-                    return self._document(url, body)
-                problem = status_sentence(status)
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise FetchError(tls_refused(self.endpoint, exc), url=url) from None
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                status, problem = None, failure(exc, self.options.timeout)[0]
-                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
-            except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
-                problem = failure(exc, self.options.timeout)[0]
-                logger.debug("GET %s: %s (%s)", url, problem, describe(exc))
-                raise FetchError(f"listing {url} failed: {problem}", url=url) from None
-            if status == 401:
-                if not refreshed and token is not None:
-                    refreshed = True
-                    if await self.credentials.refresh(token):
-                        continue
-                rejected = self.credentials.rejected
-                raise AuthError(f"listing {url} failed: {rejected}", url=url, status=401)
-            if status is not None and status not in retry.statuses:
-                raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
-            if attempt >= retry.attempts:
-                raise FetchError(
-                    f"listing {url} failed: {problem} (gave up after {attempt} attempts)",
-                    url=url,
-                    status=status,
-                )
-            await asyncio.sleep(retry.delay(attempt, retry_after(wait)))
+        body, _ = await get_page(
+            session,
+            url,
+            self.credentials,
+            self.options.timeout,
+            self.options.retries,
+            endpoint=self.endpoint,
+            log=logger,
+            before_attempt=None if self.pacer is None else self._paced,
+        )
+        return self._document(url, body)
+
+    async def _paced(self) -> None:
+        assert self.pacer is not None
+        wait_for = self.pacer.reserve()
+        if wait_for > 0:
+            await asyncio.sleep(wait_for)
 
     def _document(self, url: str, body: bytes) -> tuple[list[Any], str | None]:
         """(records, next marker or None) of one page; FetchError if it is not a list."""
