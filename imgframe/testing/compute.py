@@ -35,9 +35,7 @@ True
 
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from imgframe.testing.fleet import FLEET_NOW, Fleet
+from imgframe.testing.served import LocalServer
 
 __all__ = [
     "ADMIN_PROJECT",
@@ -246,7 +245,7 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "f", "no", "n", "off")
 
 
-class ComputeEmulator:
+class ComputeEmulator(LocalServer):
     """Nova (``compute_url``) and Cinder v3 (``volume_url``) over one :class:`Usage`.
 
     ``tokens`` maps a token to its project; None is an admin (whose own project is
@@ -255,6 +254,9 @@ class ComputeEmulator:
     ``(path, query)`` of each listing request served. Use it as a context manager, or
     :meth:`start` / :meth:`stop`.
     """
+
+    what = "the compute emulator"
+    shutdown_timeout = 0.2
 
     def __init__(
         self,
@@ -265,6 +267,7 @@ class ComputeEmulator:
         fail_page: int | None = None,
         fail_attempts: int | None = None,
     ) -> None:
+        super().__init__()
         self.usage = usage
         self.tokens: dict[str, str | None] = dict(tokens or {ADMIN_TOKEN: None})
         self.max_limit = max_limit
@@ -272,16 +275,12 @@ class ComputeEmulator:
         self.fail_attempts = fail_attempts
         self.failed = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.url = ""
         self._pages = 0
         self._servers = sorted(usage.servers, key=lambda s: (s.created_at, s.id), reverse=True)
         self._volumes = sorted(usage.volumes, key=lambda v: (v.created_at, v.id), reverse=True)
         # Each view (service, project or everyone) with its id -> position, built on first
         # use: a marker found by a scan would make a listing of n items cost n^2 / page.
         self._views: dict[tuple[str, str | None], tuple[list[Any], dict[str, int]]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def compute_url(self) -> str:
@@ -428,46 +427,9 @@ class ComputeEmulator:
 
     # -- serving --
 
-    def start(self) -> ComputeEmulator:
-        """Serve on a free 127.0.0.1 port from a thread of its own."""
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_get("/compute/v2.1/servers/detail", self._servers_detail)
-            app.router.add_get("/volume/v3/{project}/volumes/detail", self._volumes_detail)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the compute emulator did not start within 10 s")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the thread."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> ComputeEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/compute/v2.1/servers/detail", self._servers_detail)
+        app.router.add_get("/volume/v3/{project}/volumes/detail", self._volumes_detail)
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:

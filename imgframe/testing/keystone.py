@@ -15,9 +15,7 @@ Examples
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +24,7 @@ from aiohttp import web
 
 from imgframe.testing.compute import ComputeEmulator
 from imgframe.testing.emulator import GlanceEmulator
+from imgframe.testing.served import LocalServer
 
 __all__ = ["FakeKeystone"]
 
@@ -34,7 +33,7 @@ APP_SECRET = "appcred-S3cret-77aa"
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-class FakeKeystone:
+class FakeKeystone(LocalServer):
     """Keystone v3 password / application-credential logins for Glance emulators.
 
     ``regions`` maps a region name to the emulator that plays its Glance (its public
@@ -45,6 +44,8 @@ class FakeKeystone:
     seconds. ``issued`` lists the tokens given out, ``failed_logins`` counts refused
     logins. Use it as a context manager, or :meth:`start` / :meth:`stop`.
     """
+
+    what = "the fake Keystone"
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class FakeKeystone:
         extra_endpoints: Sequence[tuple[str, str, str]] = (),
         compute: Mapping[str, ComputeEmulator] | None = None,
     ) -> None:
+        super().__init__()
         self.regions = dict(regions)
         self.compute = dict(compute or {})
         self.lifetime = lifetime
@@ -66,10 +68,6 @@ class FakeKeystone:
         self.extra_endpoints = list(extra_endpoints)
         self.issued: list[str] = []
         self.failed_logins = 0
-        self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def catalog(self) -> list[tuple[str, str, str]]:
@@ -166,44 +164,8 @@ class FakeKeystone:
             "project_domain_name": "Default",
         }
 
-    def start(self) -> FakeKeystone:
-        """Serve on a free 127.0.0.1 port from a thread of its own."""
-        ready = threading.Event()
-
-        async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_get("/", self._root)
-            app.router.add_get("/v3", self._v3)
-            app.router.add_get("/v3/", self._v3)
-            app.router.add_post("/v3/auth/tokens", self._tokens)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Keystone did not start within 10 s")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the thread."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> FakeKeystone:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._root)
+        app.router.add_get("/v3", self._v3)
+        app.router.add_get("/v3/", self._v3)
+        app.router.add_post("/v3/auth/tokens", self._tokens)
