@@ -40,7 +40,6 @@ from imgframe.auth import cloud_token as cloud_token
 from imgframe.checkpoint import Checkpoint, Manifest, restored_positions
 from imgframe.config import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from imgframe.config import (
-    DEFAULT_PAGE_SIZE,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     FetchOptions,
@@ -62,10 +61,9 @@ from imgframe.runner import run_sync as run_sync
 __all__ = ["fetch_images", "fetch_images_async", "normalize_ids"]
 
 BATCH_SIZE = 10_000
-# ids=None: listing pages asked for, and how many may wait in the feed before the
-# listing pauses (a page is drained in well under a second at usual concurrency, so
-# three pages keep the workers fed across a slow listing page without hoarding ids).
-LISTING_PAGE_SIZE = DEFAULT_PAGE_SIZE
+# ids=None: how many listing pages may wait in the feed before the listing pauses (a
+# page is drained in well under a second at usual concurrency, so three pages keep the
+# workers fed across a slow listing page without hoarding ids).
 LISTING_PAGES_AHEAD = 3
 
 
@@ -117,7 +115,6 @@ async def fetch_images_async(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
-        page_size=LISTING_PAGE_SIZE,
     )
     return await fetch_with_options(
         ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region
@@ -499,7 +496,6 @@ def fetch_images(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
-        page_size=LISTING_PAGE_SIZE,
     )
     coroutine = fetch_with_options(
         ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region

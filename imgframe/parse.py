@@ -753,15 +753,32 @@ def _v2_text(image: dict[Any, Any]) -> bytes | None:
     append("x-image-meta-deleted")
     append("False")
     names = _V2_TEXT_PROPERTY_NAMES
-    core = V2_CORE_ATTRIBUTES
-    for key, value in image.items():
-        if value is None or key in core:
+    if not _plain_properties(image, names, JSON_PROPERTY_PREFIX, V2_CORE_ATTRIBUTES, append):
+        return None
+    if len(names) > _NAME_CACHE_MAX:
+        names.clear()
+    return _encoded(parts)
+
+
+def _plain_properties(
+    properties: Mapping[Any, Any],
+    names: dict[Any, str],
+    prefix: str,
+    skip: frozenset[str],
+    append: Any,
+) -> bool:
+    """Append each property's (header name, text) for the text paths of the record
+    packers; False as soon as a key is not a str or a value is not plain (str, bool, an
+    int that ``%d`` prints safely): the caller then takes the bytes path. ``names``
+    caches the header name of each key."""
+    for key, value in properties.items():
+        if value is None or key in skip:
             continue
         name = names.get(key)
         if name is None:
             if key.__class__ is not str:
-                return None
-            name = names[key] = JSON_PROPERTY_PREFIX + key
+                return False
+            name = names[key] = prefix + key
         append(name)
         cls = value.__class__
         if cls is str:
@@ -771,13 +788,12 @@ def _v2_text(image: dict[Any, Any]) -> bytes | None:
         elif cls is int and -_BIG_INT < value < _BIG_INT:
             append(str(value))
         else:
-            return None
-    if len(names) > _NAME_CACHE_MAX:
-        names.clear()
-    return _encoded(parts)
+            return False
+    return True
 
 
 _V1_META_PREFIX = b"x-image-meta-"
+_NO_KEYS: frozenset[str] = frozenset()
 
 
 def v1_detail_header_pairs(image: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
@@ -938,25 +954,10 @@ def _v1_detail_text(image: dict[Any, Any]) -> bytes | None:
     if properties is not None:
         if properties.__class__ is not dict:
             return None
-        names = _V1_TEXT_PROPERTY_NAMES
-        for key, value in properties.items():
-            if value is None:
-                continue
-            name = names.get(key)
-            if name is None:
-                if key.__class__ is not str:
-                    return None
-                name = names[key] = PROPERTY_PREFIX + key
-            append(name)
-            cls = value.__class__
-            if cls is str:
-                append(value)
-            elif cls is bool:
-                append("True" if value else "False")
-            elif cls is int and -_BIG_INT < value < _BIG_INT:
-                append(str(value))
-            else:
-                return None
+        if not _plain_properties(
+            properties, _V1_TEXT_PROPERTY_NAMES, PROPERTY_PREFIX, _NO_KEYS, append
+        ):
+            return None
     if len(_V1_TEXT_NAMES) > _NAME_CACHE_MAX or len(_V1_TEXT_PROPERTY_NAMES) > _NAME_CACHE_MAX:
         _V1_TEXT_NAMES.clear()
         _V1_TEXT_PROPERTY_NAMES.clear()
