@@ -9,9 +9,10 @@ retries, timeouts, connection failures, rows never sent because the run stopped)
 **unread**: a resumed run asks those ids again, and a run with any of them is
 incomplete.
 
-A run **failed as a whole** when no row got a definitive answer and no row got an
-HTTP answer other than 401: nothing but refused connections, DNS or TLS failures,
-timeouts, a rejected token or rows never sent. Then the table is worthless (writing
+A run **failed as a whole** when ids were sent and none got a definitive answer and no
+row got an HTTP answer other than 401: nothing but refused connections, DNS or TLS
+failures, timeouts, a rejected token or rows never sent. Invalid ids do not count
+either way: imgframe answered them itself, not the server. Then the table is worthless (writing
 it would only replace a good snapshot with rows of errors) and the cause is one line.
 
 Examples
@@ -112,7 +113,8 @@ def run_outcome(df: pd.DataFrame) -> Outcome:
     reasons = {str(k): int(v) for k, v in errors.value_counts().items()}
     status = df["http_status"]
     other_answer = (status.notna() & status.ne(401)).fillna(False).to_numpy(dtype=bool)
-    failed = bool(len(df)) and not final.any() and not other_answer.any()
+    sent = df["error"].astype("string").ne(INVALID_ID).fillna(True).to_numpy(dtype=bool)
+    failed = bool(sent.any()) and not (final & sent).any() and not other_answer.any()
     return Outcome(
         rows=len(df), unread=int(unread.sum()), reasons=reasons, failed_as_a_whole=failed
     )
