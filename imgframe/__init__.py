@@ -9,6 +9,7 @@ Examples
 """
 
 import imgframe.accessor  # noqa: F401  (registers the df.img namespace)
+from imgframe.allow import AllowList
 from imgframe.api import fetch_images, fetch_images_async, normalize_ids
 from imgframe.audits import (
     FINDING_COLUMNS,
@@ -19,6 +20,7 @@ from imgframe.audits import (
     format_mismatch,
     only_stopped_servers,
     owner_summary,
+    profile_names,
     public_unprotected,
     register_rule,
     requirements_missing,
@@ -68,6 +70,7 @@ __all__ = [
     "FIELDS",
     "FINDING_COLUMNS",
     "SEVERITIES",
+    "AllowList",
     "AuthError",
     "CallableToken",
     "CheckpointError",
@@ -114,6 +117,7 @@ __all__ = [
     "owner_summary",
     "parse_headers",
     "picker",
+    "profile_names",
     "public_unprotected",
     "read",
     "read_csv",

@@ -26,7 +26,8 @@ rule                      severity  flags
 ``format_mismatch``       medium    ami/aki/ari container or disk whose partner differs
                                     (Glance's own rule); ``virtual_size < size``; live
 ``security_properties``   medium    active, live, missing a signature, secure boot or
-                                    memory encryption (one finding lists all missing)
+                                    memory encryption (one finding lists all missing);
+                                    profile ``hardening``, not ``default``
 ``fetch_failed``          medium    rows that could not be read (``audit`` only)
 ``checksum_duplicates``   low       live images sharing a data hash (multihash, else MD5)
                                     and size; placeholder hashes and size 0 never
@@ -37,6 +38,24 @@ rule                      severity  flags
 ``only_stopped_servers``  info      active, live, used by servers, none of them running
                                     (needs ``usage``)
 ========================  ========  ===================================================
+
+Profiles
+--------
+Each rule belongs to profiles; :func:`audit` runs the ``default`` profile unless told
+otherwise: every rule above but ``security_properties``, which is in ``hardening`` (on a
+typical fleet it flags most images, for properties few clouds set, and its findings
+drowned the ones an operator acts on). ``profile="all"`` runs every rule, a list of
+profiles their union; :func:`register_rule` puts a rule in ``default`` unless given
+``profiles=``. ``rules=`` and ``profile=`` together are an error: one says which rules.
+
+Allow-lists and baselines
+-------------------------
+``allow=`` takes an :class:`imgframe.AllowList` (scoped entries with a reason and an
+expiry, :mod:`imgframe.allow`), plain image or owner ids, a file path (``os.PathLike``)
+or a function of the findings. Covered findings are kept aside in
+``findings.attrs["allowed"]``. ``baseline=`` takes an older findings frame or images
+table: only findings new since then are returned, the resolved ones are in
+``findings.attrs["resolved"]``.
 
 The usage rules need ``usage=``: the :func:`imgframe.image_usage` frame, or a
 ``(servers, volumes)`` pair of :func:`imgframe.fetch_servers` /
@@ -71,9 +90,10 @@ Examples
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -81,15 +101,22 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from imgframe.allow import AllowList, allowed_table
 from imgframe.errors import ConfigError, IncompleteListingWarning, InvalidInputError
+from imgframe.outcome import definitive_mask
 from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
 from imgframe.usage_frame import USAGE_COLUMNS, image_usage, is_complete
 
 __all__ = [
+    "ALLOWED_ATTR",
+    "ALL_PROFILE",
+    "COUNTS_ATTR",
+    "DEFAULT_PROFILE",
     "FINDING_COLUMNS",
     "IMAGE_SIZE_PROPERTY",
     "NOTES_ATTR",
     "PLACEHOLDER_CHECKSUMS",
+    "RESOLVED_ATTR",
     "SECURITY_CHECKS",
     "SEVERITIES",
     "audit",
@@ -100,6 +127,7 @@ __all__ = [
     "format_mismatch",
     "only_stopped_servers",
     "owner_summary",
+    "profile_names",
     "public_unprotected",
     "register_rule",
     "requirements_missing",
@@ -117,6 +145,19 @@ FINDING_COLUMNS: list[str] = ["rule", "severity", "image_id", "owner", "name", "
 #: ``findings.attrs`` key of :func:`audit`'s notes (rules skipped, rules that flagged
 #: nothing on purpose); each note is also logged on ``imgframe.audits`` at warning level.
 NOTES_ATTR = "notes"
+#: ``findings.attrs`` key (with ``allow=``): the findings the allow-list covered, with the
+#: reason of the entry that covered each (:data:`imgframe.allow.ALLOWED_COLUMNS`).
+ALLOWED_ATTR = "allowed"
+#: ``findings.attrs`` key (with ``baseline=``): the baseline's findings that are gone.
+RESOLVED_ATTR = "resolved"
+#: ``findings.attrs`` key: counts, ``{"findings": N}`` plus ``allowed`` with ``allow=`` and
+#: ``new``, ``unchanged``, ``resolved`` with ``baseline=``.
+COUNTS_ATTR = "counts"
+#: The profile :func:`audit` runs when neither ``rules`` nor ``profile`` is given: the
+#: rules whose findings an operator acts on.
+DEFAULT_PROFILE = "default"
+#: The profile of every rule, whatever profiles it names.
+ALL_PROFILE = "all"
 logger = logging.getLogger(__name__)
 #: The checks :func:`security_properties` knows.
 SECURITY_CHECKS: tuple[str, ...] = ("signature", "secure_boot", "mem_encryption")
@@ -765,9 +806,19 @@ class _Rule:
     builtin: bool
     takes_now: bool = False
     needs_usage: bool = False  # reads the usage= of audit(); skipped with a note without
+    profiles: frozenset[str] = frozenset({DEFAULT_PROFILE})
 
 
 _RULES: dict[str, _Rule] = {}
+
+
+def _profiles(profiles: Collection[str] | str) -> frozenset[str]:
+    """Checked profile names of one rule (``all`` needs no naming: every rule is in it)."""
+    names = [profiles] if isinstance(profiles, str) else list(profiles)
+    bad = [p for p in names if not isinstance(p, str) or not re.fullmatch(r"[\w.-]+", p)]
+    if bad:
+        raise ConfigError(f"profile names are words (letters, digits, _ . -), got {bad[0]!r}")
+    return frozenset(names) - {ALL_PROFILE}
 
 
 def _check_severity(severity: str) -> None:
@@ -776,25 +827,37 @@ def _check_severity(severity: str) -> None:
 
 
 def _builtin(
-    severity: str, details: Details, takes_now: bool = False, needs_usage: bool = False
+    severity: str,
+    details: Details,
+    takes_now: bool = False,
+    needs_usage: bool = False,
+    profiles: Collection[str] = (DEFAULT_PROFILE,),
 ) -> Callable:
     def register(function: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
         name = function.__name__
-        _RULES[name] = _Rule(name, function, severity, details, True, takes_now, needs_usage)
+        _RULES[name] = _Rule(
+            name, function, severity, details, True, takes_now, needs_usage, _profiles(profiles)
+        )
         return function
 
     return register
 
 
 def register_rule(
-    name: str, severity: str, describe: Callable[[pd.Series], str]
+    name: str,
+    severity: str,
+    describe: Callable[[pd.Series], str],
+    *,
+    profiles: Collection[str] | str = (DEFAULT_PROFILE,),
 ) -> Callable[[Callable[[pd.DataFrame], pd.DataFrame]], Callable[[pd.DataFrame], pd.DataFrame]]:
     """Decorator: make ``f(df) -> DataFrame`` (offending rows) part of :func:`audit`.
 
     ``describe(row) -> str`` writes each finding's ``detail``. The rule sees only rows
-    that were read (failed rows are ``fetch_failed`` findings already). Registering a name
-    again replaces your earlier rule (re-running a notebook cell works); built-in names
-    are refused. The function is returned unchanged.
+    that were read (failed rows are ``fetch_failed`` findings already). ``profiles``: the
+    profiles it runs in (default: ``default``, so a plain ``audit(df)`` runs it; a new
+    name makes a new profile; ``()`` runs it only by name or with ``profile="all"``).
+    Registering a name again replaces your earlier rule (re-running a notebook cell
+    works); built-in names are refused. The function is returned unchanged.
 
     Examples
     --------
@@ -810,6 +873,7 @@ def register_rule(
     >>> unregister_rule("unnamed")
     """
     _check_severity(severity)
+    in_profiles = _profiles(profiles)
     existing = _RULES.get(name)
     if (existing is not None and existing.builtin) or name == "fetch_failed":
         raise ConfigError(f"{name!r} is a built-in rule; choose another name")
@@ -820,7 +884,7 @@ def register_rule(
     def register(
         function: Callable[[pd.DataFrame], pd.DataFrame],
     ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-        _RULES[name] = _Rule(name, function, severity, details, builtin=False)
+        _RULES[name] = _Rule(name, function, severity, details, builtin=False, profiles=in_profiles)
         return function
 
     return register
@@ -844,15 +908,58 @@ def unregister_rule(name: str) -> None:
     del _RULES[name]
 
 
-def rule_names() -> list[str]:
-    """The names :func:`audit` accepts in ``rules``, built-ins first.
+def rule_names(profile: str | None = None) -> list[str]:
+    """The names :func:`audit` accepts in ``rules``, built-ins first; with ``profile``,
+    the rules that profile runs (``fetch_failed`` is reported whatever runs).
 
     Examples
     --------
     >>> rule_names()[:3]
     ['fetch_failed', 'public_unprotected', 'checksum_duplicates']
+    >>> rule_names("hardening")
+    ['fetch_failed', 'security_properties']
     """
-    return ["fetch_failed", *_RULES]
+    if profile is None:
+        return ["fetch_failed", *_RULES]
+    return ["fetch_failed", *(rule.name for rule in _select(None, profile))]
+
+
+def profile_names() -> list[str]:
+    """The profiles :func:`audit` knows: ``default`` first, ``all`` last.
+
+    Examples
+    --------
+    >>> profile_names()
+    ['default', 'hardening', 'all']
+    """
+    named = set().union(*(rule.profiles for rule in _RULES.values())) - {DEFAULT_PROFILE}
+    return [DEFAULT_PROFILE, *sorted(named), ALL_PROFILE]
+
+
+def _select(rules: Collection[str] | str | None, profile: Collection[str] | str | None) -> list:
+    """The rules to run: by name, else by profile (``default`` when neither is given)."""
+    if rules is not None and profile is not None:
+        raise ConfigError(
+            "give rules= or profile=, not both (rules= names the rules to run, profile= "
+            "a set of them)"
+        )
+    if rules is not None:
+        names = [rules] if isinstance(rules, str) else list(rules)
+        unknown = [name for name in names if name not in _RULES and name != "fetch_failed"]
+        if unknown:
+            raise ConfigError(f"unknown rules {unknown}; known: {rule_names()}")
+        return [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
+    wanted = [DEFAULT_PROFILE if profile is None else profile] if (
+        profile is None or isinstance(profile, str)
+    ) else list(profile)  # fmt: skip
+    known = profile_names()
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        shown = f"unknown profile {unknown[0]!r}" if unknown else "no profile given"
+        raise ConfigError(f"{shown}; known: {', '.join(known)}")
+    if ALL_PROFILE in wanted:
+        return list(_RULES.values())
+    return [rule for rule in _RULES.values() if rule.profiles & set(wanted)]
 
 
 def _days(delta: pd.Series) -> pd.Series:
@@ -914,7 +1021,9 @@ _builtin("low", _describe_stale, takes_now=True)(stale)
 _builtin("medium", _describe_broken, takes_now=True)(broken)
 _builtin("medium", _describe_formats)(format_mismatch)
 _builtin("low", _describe_requirements)(requirements_missing)
-_builtin("medium", _describe_security)(security_properties)
+# Few clouds set these properties: on most fleets this flags most images, so it is its
+# own profile rather than drowning the findings an operator acts on.
+_builtin("medium", _describe_security, profiles=("hardening",))(security_properties)
 
 
 def _describe_unused(found: pd.DataFrame, now: pd.Timestamp) -> Any:
@@ -988,37 +1097,172 @@ def _fetch_failed(df: pd.DataFrame, failed: np.ndarray) -> pd.DataFrame:
     return _findings("fetch_failed", "medium", rows, details, df)
 
 
-def _allowed(findings: pd.DataFrame, allow: Any) -> np.ndarray:
-    if callable(allow):
-        drop = allow(findings)
-        drop = drop.to_numpy(dtype=bool) if isinstance(drop, pd.Series) else np.asarray(drop)
-        if drop.dtype != bool or drop.shape != (len(findings),):
-            raise ConfigError("allow(findings) must return one boolean per finding")
-        return drop
-    items = [allow] if isinstance(allow, str) else list(allow)
-    return (findings["image_id"].isin(items) | findings["owner"].isin(items)).to_numpy(dtype=bool)
+AllowArg: TypeAlias = (
+    "AllowList | Iterable[str] | str | os.PathLike[str] | Callable[[pd.DataFrame], Any]"
+)
+_FUNCTION_REASON = "allowed by the allow= function"
+
+
+def _allow_list(allow: Any) -> AllowList | Callable[[pd.DataFrame], Any]:
+    """``allow=`` as an :class:`AllowList`, or the function it is. A plain str is one id
+    (never a path: a file is named by a ``pathlib.Path``), ids are entries for every rule
+    with the reason "given in code", mappings are records."""
+    if isinstance(allow, AllowList) or callable(allow):
+        return allow
+    if isinstance(allow, os.PathLike):
+        return AllowList.read(os.fspath(allow))
+    items: list[Any] = [allow] if isinstance(allow, str) else list(allow)
+    if all(isinstance(item, Mapping) for item in items) and items:
+        return AllowList.from_records(items)
+    if all(isinstance(item, str) for item in items):
+        return AllowList.from_ids(items)
+    raise ConfigError(
+        "allow= takes an imgframe.AllowList, image or owner ids, a file path or a function"
+    )
+
+
+def _allowed(
+    findings: pd.DataFrame, allow: Any, now: pd.Timestamp, ran: Collection[str]
+) -> tuple[np.ndarray, pd.DataFrame, str]:
+    """Which findings ``allow`` covers (one boolean each), those findings with the reason
+    (``findings.attrs["allowed"]``), and where the entries came from. Expired entries and
+    entries that covered nothing are warned about."""
+    if isinstance(allow, AllowList):
+        split = allow.split(findings, now, ran)
+        allow.warn(split, stacklevel=3)
+        return split.allowed, split.frame, allow.source
+    drop = allow(findings)
+    drop = drop.to_numpy(dtype=bool) if isinstance(drop, pd.Series) else np.asarray(drop)
+    if drop.dtype != bool or drop.shape != (len(findings),):
+        raise ConfigError("allow(findings) must return one boolean per finding")
+    rows = np.flatnonzero(drop)
+    frame = allowed_table(findings, rows, [_FUNCTION_REASON] * len(rows))
+    return drop, frame, "the allow= function"
+
+
+def _clock_of(frame: pd.DataFrame, now: Timeish) -> Timeish:
+    """The clock to audit ``frame`` by: the fetch time it carries
+    (``frame.attrs["imgframe"]["fetched_at"]``), else ``now``. A baseline is judged as of
+    its own fetch, not as of the newer frame's."""
+    provenance = frame.attrs.get("imgframe")
+    fetched = provenance.get("fetched_at") if isinstance(provenance, Mapping) else None
+    return now if fetched is None else fetched
+
+
+def _match_keys(findings: pd.DataFrame, fleet: bool) -> pd.Series:
+    """What makes a finding "the same" across runs: its image (for fleets
+    cloud/region/id)."""
+    if not fleet:
+        return findings["image_id"].astype(_STRING).reset_index(drop=True)
+    if FLEET_INDEX in findings.columns:
+        return findings[FLEET_INDEX].astype(_STRING).reset_index(drop=True)
+    parts = [findings[c].astype(_STRING).reset_index(drop=True) for c in _FLEET_COLUMNS[:2]]
+    return (
+        parts[0]
+        + "/"
+        + parts[1]
+        + "/"
+        + findings["image_id"].astype(_STRING).reset_index(drop=True)
+    )
+
+
+def _baseline_findings(
+    baseline: pd.DataFrame, fleet: bool, rules: list[str], now: Timeish, usage: Any
+) -> pd.DataFrame:
+    """``baseline`` as findings: a findings frame as it is, an images table audited with
+    the same rules and usage on its own clock."""
+    if not isinstance(baseline, pd.DataFrame):
+        raise ConfigError("baseline= takes a findings frame or an images table")
+    columns = set(baseline.columns)
+    if set(required_columns()) <= columns:
+        base_fleet = _is_fleet(baseline)
+        found = audit(baseline, rules=rules, now=_clock_of(baseline, now), usage=usage)
+    elif {"rule", "image_id"} <= columns:
+        base_fleet = {"cloud", "region"} <= columns
+        found = baseline
+    else:
+        raise ConfigError(
+            "baseline is neither an images table nor findings imgframe wrote (it has no "
+            f"'rule' and 'image_id' columns, nor {required_columns()})"
+        )
+    if base_fleet != fleet:
+        what = ("a fleet's", "one cloud's") if base_fleet else ("one cloud's", "a fleet's")
+        raise ConfigError(f"baseline= holds {what[0]} images but the frame {what[1]}")
+    return found
+
+
+def _against_baseline(
+    every: pd.DataFrame,
+    kept: pd.DataFrame,
+    baseline: pd.DataFrame,
+    df: pd.DataFrame,
+    ran: list[str],
+) -> tuple[np.ndarray, pd.DataFrame, int]:
+    """(which of ``kept`` are new, the resolved baseline findings, how many unchanged).
+
+    The same finding is the same rule on the same image. A baseline finding is resolved
+    when no current finding (allowed ones included: allowed is not fixed) matches it and
+    its image was not left unread this time (unknown is not resolved). Only the rules run
+    now are compared."""
+    fleet = _is_fleet(df)
+    base = baseline[baseline["rule"].astype(_STRING).isin(ran).to_numpy(dtype=bool)]
+    base = base.reset_index(drop=True)
+    base_keys = base["rule"].astype(_STRING) + "\x1f" + _match_keys(base, fleet)
+    every_keys = (
+        every["rule"].astype(_STRING).reset_index(drop=True) + "\x1f" + _match_keys(every, fleet)
+    )
+    kept_keys = (
+        kept["rule"].astype(_STRING).reset_index(drop=True) + "\x1f" + _match_keys(kept, fleet)
+    )
+    new = ~kept_keys.isin(base_keys).to_numpy(dtype=bool)
+    unread = ~(_fetched(df) | definitive_mask(df))
+    unknown = pd.Index(df.index[unread]).astype(_STRING)
+    gone = ~base_keys.isin(every_keys) & ~_match_keys(base, fleet).isin(unknown)
+    resolved = base[gone.to_numpy(dtype=bool)].drop_duplicates(subset=None).reset_index(drop=True)
+    columns = [c for c in finding_columns(df) if c in resolved.columns]
+    return new, resolved[columns], int((~new).sum())
 
 
 def audit(
     df: pd.DataFrame,
     rules: Collection[str] | str | None = None,
-    allow: Iterable[str] | str | Callable[[pd.DataFrame], Any] | None = None,
+    allow: AllowArg | None = None,
     now: Timeish = None,
     usage: Usage | None = None,
+    profile: Collection[str] | str | None = None,
+    baseline: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Run the audit rules and return one tidy findings frame, most severe first.
 
     Columns :data:`FINDING_COLUMNS`: ``rule`` (category), ``severity`` (ordered category
     over :data:`SEVERITIES`), ``image_id``, ``owner``, ``name``, ``detail`` (a sentence);
     sorted by severity, rule, image id; one finding per image per rule. ``rules``: names
-    to run (default: all, your registered rules included); rows that could not be read
-    are always reported as ``fetch_failed``. ``allow``: accepted risks to leave out —
-    image ids and/or owner ids, or a callable ``allow(findings) -> boolean mask`` of the
-    findings to drop. ``now`` (default: the current time) is passed to the time-based rules.
-    ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers, volumes)``, for the
-    usage rules (``unused``, ``only_stopped_servers``); without it they are skipped.
-    Notes (rules skipped, ``unused`` flagging nothing because the usage is incomplete)
-    are in ``findings.attrs["notes"]`` (:data:`NOTES_ATTR`) and logged at warning level.
+    to run; ``profile``: a profile (or several) to run instead (:func:`profile_names`;
+    default ``"default"``, every rule but ``security_properties``; ``"all"`` every rule,
+    your registered ones included); giving both is an error. Rows that could not be read
+    are always reported as ``fetch_failed``.
+
+    ``allow``: accepted risks to leave out — an :class:`imgframe.AllowList` (entries
+    scoped to a rule and an image or owner, with a reason and an expiry; expired entries
+    and entries that cover nothing are warned about, :class:`imgframe.allow.AllowListWarning`),
+    a ``pathlib.Path`` of an allow-list file, image and/or owner ids (each for every rule,
+    reason "given in code"), or a callable ``allow(findings) -> boolean mask`` of the
+    findings to drop. The covered findings are in ``findings.attrs["allowed"]``
+    (:data:`ALLOWED_ATTR`) with their reasons.
+
+    ``baseline``: an older findings frame (or images table, then audited with the same
+    rules and usage, as of its own fetch time when it carries one): only the findings new
+    since then are returned (same rule and image; for fleets the same cloud, region and
+    image); the baseline's findings that are gone are in ``findings.attrs["resolved"]``
+    (:data:`RESOLVED_ATTR`). A finding the allow-list covers is neither; an image that
+    could not be read now leaves its old findings unresolved (unknown).
+
+    ``now`` (default: the current time) is passed to the time-based rules and judges the
+    allow-list's expiry. ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers,
+    volumes)``, for the usage rules (``unused``, ``only_stopped_servers``); without it they
+    are skipped. Notes (rules skipped, ``unused`` flagging nothing because the usage is
+    incomplete, what was allowed, new and resolved) are in ``findings.attrs["notes"]``
+    (:data:`NOTES_ATTR`) and logged; the counts in ``findings.attrs["counts"]``.
 
     Examples
     --------
@@ -1034,15 +1278,16 @@ def audit(
     Traceback (most recent call last):
     ...
     imgframe.errors.ConfigError: unknown rules ['nope']; known: ['fetch_failed', ...]
+    >>> older = df.iloc[:1]
+    >>> new = audit(df, baseline=older)
+    >>> new["image_id"].tolist(), new.attrs["counts"]
+    (['b'], {'findings': 1, 'new': 1, 'unchanged': 1, 'resolved': 0})
     """
-    if rules is None:
-        selected = list(_RULES.values())
-    else:
-        names = [rules] if isinstance(rules, str) else list(rules)
-        unknown = [name for name in names if name not in _RULES and name != "fetch_failed"]
-        if unknown:
-            raise ConfigError(f"unknown rules {unknown}; known: {rule_names()}")
-        selected = [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
+    selected = _select(rules, profile)
+    allow_given = None if allow is None else _allow_list(allow)
+    if isinstance(allow_given, AllowList):
+        allow_given.check_rules(rule_names())  # before the work: a typo is a usage error
+    usage_given = usage
     df = _table(df)
     stamp = _now(now)
     fetched = _fetched(df)
@@ -1075,8 +1320,8 @@ def audit(
         parts.append(_findings(rule.name, rule.severity, found, rule.details(found, stamp), df))
 
     findings = pd.concat(parts, ignore_index=True)
-    rule_order = sorted({"fetch_failed", *(rule.name for rule in selected)})
-    findings["rule"] = pd.Categorical(findings["rule"], categories=rule_order)
+    ran = sorted({"fetch_failed", *(rule.name for rule in selected)})
+    findings["rule"] = pd.Categorical(findings["rule"], categories=ran)
     findings["severity"] = findings["severity"].astype(_SEVERITY_DTYPE)
     types = {"image_id": _STRING, "owner": "category", "name": _STRING, "detail": _STRING}
     order = ["severity", "rule", "image_id"]
@@ -1084,13 +1329,45 @@ def audit(
         types |= {"cloud": "category", "region": "category", FLEET_INDEX: _STRING}
         order.append(FLEET_INDEX)
     findings = findings.astype(types).sort_values(order, kind="stable")
-    if allow is not None:
-        findings = findings[~_allowed(findings.reset_index(drop=True), allow)]
     findings = findings.reset_index(drop=True)[finding_columns(df)]
+    every = findings
+    # Said once each, after the audit: what the options changed (logged at info level).
+    told: list[str] = []
+    counts: dict[str, int] = {}
+    allowed_frame = resolved = None
+    if allow_given is not None:
+        covered, allowed_frame, source = _allowed(findings, allow_given, stamp, ran)
+        findings = findings[~covered].reset_index(drop=True)
+        counts["allowed"] = int(covered.sum())
+        told.append(f"allowed {counts['allowed']:,} findings ({source}): findings.attrs['allowed']")
+    if baseline is not None:
+        names = [rule.name for rule in selected] or ["fetch_failed"]
+        old = _baseline_findings(baseline, _is_fleet(df), names, now, usage_given)
+        new, resolved, unchanged = _against_baseline(every, findings, old, df, ran)
+        findings = findings[new].reset_index(drop=True)
+        counts |= {"new": int(new.sum()), "unchanged": unchanged, "resolved": len(resolved)}
+        told.append(
+            f"baseline: {counts['new']:,} new findings returned, {unchanged:,} unchanged, "
+            f"{len(resolved):,} resolved (findings.attrs['resolved'])"
+        )
+    if rules is None and profile is None:
+        left_out = [rule.name for rule in _RULES.values() if DEFAULT_PROFILE not in rule.profiles]
+        if left_out:
+            told.append(
+                f"profile {DEFAULT_PROFILE!r}: not run {', '.join(left_out)} "
+                "(profile='all' runs every rule)"
+            )
     # Asked for by name: a warning; skipped from the default set: not every audit is
     # about usage, so only an info line.
     level = logging.INFO if rules is None and usage is None else logging.WARNING
     for note in notes:
         logger.log(level, "%s", note)
-    findings.attrs[NOTES_ATTR] = notes
+    for note in told:
+        logger.info("%s", note)
+    findings.attrs[NOTES_ATTR] = notes + told
+    findings.attrs[COUNTS_ATTR] = {"findings": len(findings), **counts}
+    if allowed_frame is not None:
+        findings.attrs[ALLOWED_ATTR] = allowed_frame
+    if resolved is not None:
+        findings.attrs[RESOLVED_ATTR] = resolved
     return findings

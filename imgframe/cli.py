@@ -730,17 +730,14 @@ def _write_text(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
-def _read_allow_list(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return _read_ids(handle, f"allow-list {path!r}")
-    except OSError as exc:
-        raise ImgframeError(f"cannot read allow-list {path!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ImgframeError(f"allow-list {path!r} is not UTF-8 text") from None
-
-
 FAIL_ON = ("high", "medium", "low", "info")
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its attrs (a shallow copy)."""
+    out = frame.copy(deep=False)
+    out.attrs = {}
+    return out
 
 
 def _audit_format(fmt: str | None, output: str | None) -> str:
@@ -765,6 +762,7 @@ def _audit_format(fmt: str | None, output: str | None) -> str:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from imgframe.allow import AllowList
     from imgframe.audits import audit
     from imgframe.io import read, report
 
@@ -774,8 +772,12 @@ def _audit(args: argparse.Namespace) -> int:
         outcome = run_outcome(df)
         if not outcome.complete:  # e.g. a table written by a fetch that exited 4
             _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
-    allow = _read_allow_list(args.allow) if args.allow else None
+    allow = AllowList.read(args.allow) if args.allow else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
+    profile = [p.strip() for p in args.profile.split(",") if p.strip()] if args.profile else None
+    # An images table is audited as of its own fetch; a findings file is taken as it is
+    # (audit tells them apart by their columns).
+    baseline = read(args.baseline) if args.baseline else None
     usage = None
     if args.volumes and not args.servers:
         raise ImgframeError("--volumes goes with --servers (the servers are what uses images)")
@@ -784,9 +786,19 @@ def _audit(args: argparse.Namespace) -> int:
         volumes = read_usage_table(args.volumes, "volumes") if args.volumes else None
         usage = (servers, volumes)
     try:
-        findings = audit(df, rules=rules, allow=allow, usage=usage)
+        findings = audit(
+            df, rules=rules, allow=allow, usage=usage, profile=profile, baseline=baseline
+        )
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
+    counts = findings.attrs.get("counts", {})
+    if allow is not None:
+        _say(f"allow-list {args.allow}: {counts.get('allowed', 0):,} findings allowed")
+    if baseline is not None:
+        _say(
+            f"baseline {args.baseline}: {counts.get('new', 0):,} new findings, "
+            f"{counts.get('unchanged', 0):,} unchanged, {counts.get('resolved', 0):,} resolved"
+        )
     if fmt == "html":
         path = report(df, args.output or sys.stdout, findings=findings)
         if path is not None:
@@ -794,7 +806,9 @@ def _audit(args: argparse.Namespace) -> int:
     elif fmt == "table":
         _write_text(findings_table(findings) + "\n", args.output)
     else:
-        _write_findings(findings, fmt, args.output)
+        # The attrs (allowed and resolved findings are frames) have no place in the file
+        # and pyarrow would warn that it cannot keep them.
+        _write_findings(_plain(findings), fmt, args.output)
     if args.fail_on:
         worst = FAIL_ON[: FAIL_ON.index(args.fail_on) + 1]
         if findings["severity"].isin(worst).any():
@@ -1241,12 +1255,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--rules", metavar="A,B", help="only these rules (comma-separated)")
     audit.add_argument(
-        "--allow", metavar="FILE", help="accepted risks: image or owner ids, one per line"
+        "--profile",
+        metavar="NAME",
+        help="the rules of these profiles (comma-separated): default (what an operator acts "
+        "on; the default), hardening (security_properties), all (every rule)",
+    )
+    audit.add_argument(
+        "--allow",
+        metavar="FILE",
+        help="accepted risks: a .csv (rule,image_id,owner,reason,expires) or .yaml "
+        "allow-list, or image or owner ids one per line (any other extension)",
+    )
+    audit.add_argument(
+        "--baseline",
+        metavar="OLD",
+        help="an older images table or findings file: report only the findings new since "
+        "then (with --fail-on: fail on a new finding only)",
     )
     audit.add_argument(
         "--fail-on",
         choices=FAIL_ON,
-        help="exit 3 when a finding of this severity or worse exists (for CI jobs)",
+        help="exit 3 when a finding of this severity or worse exists (with --baseline: a "
+        "new one) (for CI jobs)",
     )
     audit.add_argument(
         "--servers",

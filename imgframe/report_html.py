@@ -226,6 +226,22 @@ def _owners(owners: pd.DataFrame, max_rows: int) -> str:
     )
 
 
+def _allowed(findings: pd.DataFrame, max_rows: int) -> str:
+    """The appendix of findings an allow-list covered, with each entry's reason; empty
+    when the audit had no allow-list (``findings.attrs["allowed"]``)."""
+    allowed = findings.attrs.get("allowed")
+    if not isinstance(allowed, pd.DataFrame):
+        return ""
+    return (
+        '<section id="allowed"><h2>Appendix: allowed findings '
+        f"({len(allowed):,})</h2>"
+        "<p>Findings an allow-list entry accepted, left out of the findings above, with the "
+        "entry's reason and expiry.</p>"
+        + _capped(allowed, max_rows, what="allowed findings")
+        + "</section>"
+    )
+
+
 def _utc(now: Any) -> pd.Timestamp:
     """``now`` (None for the current time; naive means UTC) as an aware UTC timestamp."""
     stamp = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
@@ -245,8 +261,9 @@ def report(
     Sections: fleet summary (requested, fetched, failed by HTTP status, total bytes,
     images by status), findings by severity (``findings``, or
     :func:`imgframe.audits.audit` of ``df`` as of ``now``), duplicate groups
-    (:func:`imgframe.audits.checksum_duplicates`) and the owner summary
-    (:func:`imgframe.audits.owner_summary`). Long tables stop after ``max_rows`` rows
+    (:func:`imgframe.audits.checksum_duplicates`), the owner summary
+    (:func:`imgframe.audits.owner_summary`) and, when the audit had an allow-list, an
+    appendix of the allowed findings with their reasons. Long tables stop after ``max_rows`` rows
     with an "and N more" line. No script, no external resource. The file is written to a
     temporary name and renamed, so an existing report is replaced whole or not at all.
     ``path`` may also be an open text stream (e.g. ``sys.stdout``); then None is returned.
@@ -303,6 +320,7 @@ def render_report(
         + _findings(findings, max_rows)
         + _duplicates(duplicates, max_rows)
         + _owners(owners, max_rows)
+        + _allowed(findings, max_rows)
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
