@@ -337,10 +337,11 @@ class AllowList:
         text = text.removeprefix("\ufeff")
         if suffix in _YAML_SUFFIXES:
             return cls(_yaml_entries(text, source), source=source)
-        first = next((line for line in text.splitlines() if _significant(line)), None)
+        first = next((line for line in _lines(text) if _significant(line)), None)
         if first is None:
             return cls((), source=source)
-        if suffix == ".csv" or any(d in first for d in _DELIMITERS):
+        # A comment after a plain id may well hold a comma: only the id part is looked at.
+        if suffix == ".csv" or any(d in first.partition("#")[0] for d in _DELIMITERS):
             return cls(_csv_entries(text, source), source=source)
         return cls(_plain_entries(text, source), source=source)
 
@@ -368,10 +369,10 @@ class AllowList:
         rule is not in ``rules_run`` are not judged for matching nothing."""
         expired = tuple(e for e in self.entries if e.expired(now))
         live = [(n, e) for n, e in enumerate(self.entries) if not e.expired(now)]
-        rows = _covering(findings, live)  # finding row -> entry number, first entry first
+        # finding row -> the first covering entry's number; every entry that covered one
+        rows, used = _covering(findings, live)
         allowed = np.zeros(len(findings), dtype=bool)
         allowed[rows.index.to_numpy(dtype=np.int64)] = True
-        used = set(rows.to_numpy().tolist())
         unmatched = tuple(
             e for n, e in live if n not in used and (e.rule == _ANY_RULE or e.rule in rules_run)
         )
@@ -397,10 +398,13 @@ class AllowList:
 
 
 # --------------------------------------------------------------------------- matching
-def _covering(findings: pd.DataFrame, live: list[tuple[int, AllowEntry]]) -> pd.Series:
-    """Finding row number -> the number of the first live entry covering it."""
+def _covering(
+    findings: pd.DataFrame, live: list[tuple[int, AllowEntry]]
+) -> tuple[pd.Series, set[int]]:
+    """Finding row number -> the number of the first live entry covering it, and the
+    numbers of every entry that covered a finding."""
     if not live or findings.empty:
-        return pd.Series([], dtype=np.int64)
+        return pd.Series([], dtype=np.int64), set()
     entries = pd.DataFrame(
         {
             "n": [n for n, _ in live],
@@ -436,7 +440,7 @@ def _covering(findings: pd.DataFrame, live: list[tuple[int, AllowEntry]]) -> pd.
     owner_ok = both["e_owner"].isna() | both["e_owner"].eq(both["owner"]).fillna(False)
     keep = rule_ok & (both["either"] | (image_ok & owner_ok))
     hits = both[keep.to_numpy(dtype=bool)]
-    return hits.groupby("row")["n"].min()
+    return hits.groupby("row")["n"].min(), set(hits["n"].tolist())
 
 
 def _allowed_frame(
@@ -494,6 +498,11 @@ def allowed_table(
 
 
 # --------------------------------------------------------------------------- files
+def _lines(text: str) -> list[str]:
+    """The lines as an editor and the csv module count them (\\n, \\r\\n or \\r only)."""
+    return io.StringIO(text, newline="").readlines()
+
+
 def _significant(line: str) -> bool:
     text = line.strip()
     return bool(text) and not text.startswith("#")
@@ -544,12 +553,16 @@ def _entry(record: dict[str, Any], where: str) -> AllowEntry:
 
 
 def _csv_entries(text: str, source: str) -> list[AllowEntry]:
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     start = next(n for n, line in enumerate(lines) if _significant(line))
     header_line = lines[start].strip()
     delimiter = max(_DELIMITERS, key=header_line.count)
     where = f"{source} line {start + 1}"
-    names = [name.strip().lower() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    try:
+        header = next(csv.reader([header_line], delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        raise ConfigError(f"{where}: not a CSV header ({_one_line(str(exc))})") from None
+    names = [name.strip().lower() for name in header]
     unknown = [name for name in names if name not in ALLOW_COLUMNS]
     if unknown:
         raise ConfigError(
@@ -575,7 +588,7 @@ def _csv_entries(text: str, source: str) -> list[AllowEntry]:
             break
         except csv.Error as exc:
             raise ConfigError(
-                f"{source} line {start + 1 + reader.line_num}: not a CSV row ({exc})"
+                f"{source} line {done + 1}: not a CSV row ({_one_line(str(exc))})"
             ) from None
         first_line = done + 1
         done = start + 1 + reader.line_num
@@ -592,7 +605,7 @@ def _csv_entries(text: str, source: str) -> list[AllowEntry]:
 
 def _plain_entries(text: str, source: str) -> list[AllowEntry]:
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         value, hash_, comment = line.partition("#")
         value = value.strip()
         if not value:
@@ -614,8 +627,9 @@ def _yaml_entries(text: str, source: str) -> list[AllowEntry]:
         raise ConfigError(
             f"reading {source!r} needs PyYAML (pip install pyyaml), or write it as .csv"
         ) from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None:
             return []
@@ -629,24 +643,46 @@ def _yaml_entries(text: str, source: str) -> list[AllowEntry]:
                 raise ConfigError(f"{where}: an entry is a mapping of {list(ALLOW_COLUMNS)}")
             record: dict[str, Any] = {}
             for key_node, value_node in item.value:
-                key = loader.construct_object(key_node, deep=True)
+                key = _construct(loader, key_node, source)
                 if not isinstance(key, str):
                     raise ConfigError(f"{where}: unknown column {key!r}")
                 if key in record:
                     raise ConfigError(f"{where}: {key!r} is given twice")
-                record[key] = loader.construct_object(value_node, deep=True)
+                record[key] = _construct(loader, value_node, source)
             entries.append(_entry(record, where))
         return entries
     except ConfigError:
         raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
+        if mark is not None:
+            line = f" line {mark.line + 1}"
+        else:  # a ReaderError (a character YAML refuses) knows its position only
+            position = getattr(exc, "position", 0)
+            line = f" line {text[:position].count(chr(10)) + 1}"
+        problem = _one_line(str(getattr(exc, "problem", None) or type(exc).__name__))
         hint = " (quote '*')" if "*" in text else ""
         raise ConfigError(f"{source}{line}: not YAML ({problem}){hint}") from None
-    except (ValueError, TypeError, RecursionError) as exc:
-        # The constructor's own failures: a timestamp that is no date, an unhashable key.
-        raise ConfigError(f"{source}: not a readable YAML allow-list ({exc})") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{source} line 1: not a readable YAML allow-list (nested too deep)"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _construct(loader: Any, node: Any, source: str) -> Any:
+    """One YAML value; the constructor's own failures (a timestamp that is no date, an
+    unhashable key) name the node's line."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        line = node.start_mark.line + 1
+        raise ConfigError(
+            f"{source} line {line}: not a readable YAML value ({_one_line(str(exc))})"
+        ) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

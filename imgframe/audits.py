@@ -1202,8 +1202,9 @@ def _against_baseline(
 
     The same finding is the same rule on the same image. A baseline finding is resolved
     when no current finding (allowed ones included: allowed is not fixed) matches it and
-    its image was not left unread this time (unknown is not resolved). Only the rules run
-    now are compared."""
+    its image was not left unread this time (unknown is not resolved); an image no longer
+    in the frame is resolved (deleted), unless, in a fleet, its cloud/region has no row at
+    all (a target that failed). Only the rules run now are compared."""
     fleet = _is_fleet(df)
     base = baseline[baseline["rule"].astype(_STRING).isin(ran).to_numpy(dtype=bool)]
     base = base.reset_index(drop=True)
@@ -1218,6 +1219,10 @@ def _against_baseline(
     unread = ~(_fetched(df) | definitive_mask(df))
     unknown = pd.Index(df.index[unread]).astype(_STRING)
     gone = ~base_keys.isin(every_keys) & ~_match_keys(base, fleet).isin(unknown)
+    if fleet:  # a cloud/region with no row now (a target that failed): unknown, not gone
+        places = df["cloud"].astype(_STRING) + "/" + df["region"].astype(_STRING)
+        base_places = base["cloud"].astype(_STRING) + "/" + base["region"].astype(_STRING)
+        gone &= base_places.isin(places.unique())
     resolved = base[gone.to_numpy(dtype=bool)].drop_duplicates(subset=None).reset_index(drop=True)
     columns = [c for c in finding_columns(df) if c in resolved.columns]
     return new, resolved[columns], int((~new).sum())
