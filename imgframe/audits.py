@@ -1156,14 +1156,11 @@ def _match_keys(findings: pd.DataFrame, fleet: bool) -> pd.Series:
         return findings["image_id"].astype(_STRING).reset_index(drop=True)
     if FLEET_INDEX in findings.columns:
         return findings[FLEET_INDEX].astype(_STRING).reset_index(drop=True)
-    parts = [findings[c].astype(_STRING).reset_index(drop=True) for c in _FLEET_COLUMNS[:2]]
-    return (
-        parts[0]
-        + "/"
-        + parts[1]
-        + "/"
-        + findings["image_id"].astype(_STRING).reset_index(drop=True)
+    cloud, region, image = (
+        findings[c].astype(_STRING).fillna("").reset_index(drop=True)
+        for c in (*_FLEET_COLUMNS[:2], "image_id")
     )
+    return cloud + "/" + region + "/" + image  # the fleet index, as fleet.py builds it
 
 
 def _baseline_findings(
@@ -1220,9 +1217,12 @@ def _against_baseline(
     unknown = pd.Index(df.index[unread]).astype(_STRING)
     gone = ~base_keys.isin(every_keys) & ~_match_keys(base, fleet).isin(unknown)
     if fleet:  # a cloud/region with no row now (a target that failed): unknown, not gone
-        places = df["cloud"].astype(_STRING) + "/" + df["region"].astype(_STRING)
-        base_places = base["cloud"].astype(_STRING) + "/" + base["region"].astype(_STRING)
-        gone &= base_places.isin(places.unique())
+
+        def place(frame: pd.DataFrame) -> pd.Series:  # a region may be NA (none named)
+            cloud, region = (frame[c].astype(_STRING).fillna("") for c in _FLEET_COLUMNS[:2])
+            return (cloud + "/" + region).reset_index(drop=True)
+
+        gone &= place(base).isin(place(df).unique())
     resolved = base[gone.to_numpy(dtype=bool)].drop_duplicates(subset=None).reset_index(drop=True)
     columns = [c for c in finding_columns(df) if c in resolved.columns]
     return new, resolved[columns], int((~new).sum())
