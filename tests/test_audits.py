@@ -507,3 +507,68 @@ def test_an_upload_younger_than_stuck_after_is_not_broken() -> None:
     assert imgframe.broken(df, stuck_after="1h", now="2026-11-01")["problem"].tolist() == [
         "stuck in saving"
     ]
+
+
+# --- rule profiles ----------------------------------------------------------------------
+
+
+def test_the_default_profile_leaves_security_properties_to_hardening(df) -> None:
+    default = imgframe.audit(df, now=FLEET_NOW)
+    assert "security_properties" not in set(default["rule"])
+    assert set(imgframe.rule_names("default")) == set(imgframe.rule_names()) - {
+        "security_properties"
+    }
+    hardening = imgframe.audit(df, profile="hardening", now=FLEET_NOW)
+    assert set(hardening["rule"]) == {"security_properties", "fetch_failed"}
+    everything = imgframe.audit(df, profile="all", now=FLEET_NOW)
+    pd.testing.assert_frame_equal(
+        everything.drop(columns="rule").reset_index(drop=True),
+        imgframe.audit(df, rules=imgframe.rule_names(), now=FLEET_NOW)
+        .drop(columns="rule")
+        .reset_index(drop=True),
+    )
+    both = imgframe.audit(df, profile=["default", "hardening"], now=FLEET_NOW)
+    assert (
+        len(both)
+        == len(everything)
+        == len(default) + len(hardening) - (hardening["rule"] == "fetch_failed").sum()
+    )
+    assert any("not run security_properties" in n for n in default.attrs["notes"])
+
+
+def test_profile_names_and_unknown_profiles(df) -> None:
+    assert imgframe.profile_names() == ["default", "hardening", "all"]
+    with pytest.raises(
+        ConfigError, match=r"unknown profile 'hardned'; known: default, hardening, all"
+    ):
+        imgframe.audit(df, profile="hardned")
+    with pytest.raises(ConfigError, match="give rules= or profile=, not both"):
+        imgframe.audit(df, rules=["stale"], profile="default")
+
+
+def test_a_registered_rule_is_in_default_unless_given_profiles(df) -> None:
+    @imgframe.register_rule("mine_default", "info", describe=lambda row: "x")
+    def mine_default(df: pd.DataFrame) -> pd.DataFrame:
+        return df.head(1)
+
+    @imgframe.register_rule("mine_later", "info", describe=lambda row: "y", profiles=["cleanup"])
+    def mine_later(df: pd.DataFrame) -> pd.DataFrame:
+        return df.head(1)
+
+    @imgframe.register_rule("mine_asked", "info", describe=lambda row: "z", profiles=())
+    def mine_asked(df: pd.DataFrame) -> pd.DataFrame:
+        return df.head(1)
+
+    try:
+        assert imgframe.profile_names() == ["default", "cleanup", "hardening", "all"]
+        ran = lambda **kw: set(imgframe.audit(df, now=FLEET_NOW, **kw)["rule"])  # noqa: E731
+        assert "mine_default" in ran() and not {"mine_later", "mine_asked"} & ran()
+        assert {"mine_later"} == ran(profile="cleanup") - {"fetch_failed"}
+        assert {"mine_default", "mine_later", "mine_asked"} <= ran(profile="all")
+        assert "mine_asked" in ran(rules=["mine_asked"])
+        with pytest.raises(ConfigError, match="profile names are words"):
+            imgframe.register_rule("bad", "info", describe=str, profiles=["two words"])
+    finally:
+        for name in ("mine_default", "mine_later", "mine_asked"):
+            imgframe.unregister_rule(name)
+    assert imgframe.profile_names() == ["default", "hardening", "all"]

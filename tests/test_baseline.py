@@ -121,9 +121,7 @@ def test_new_and_resolved_are_exactly_the_planted_changes(snapshots, week) -> No
     assert any("4 new findings returned" in note for note in found.attrs["notes"])
 
 
-def test_with_every_default_rule_new_and_resolved_are_the_set_differences(
-    snapshots, week
-) -> None:
+def test_with_every_default_rule_new_and_resolved_are_the_set_differences(snapshots, week) -> None:
     old, new = snapshots
     before = imgframe.audit(old, now=FLEET_NOW)
     after = imgframe.audit(new, now=FLEET_NOW)
@@ -199,7 +197,9 @@ def test_the_baseline_frame_is_audited_on_its_own_clock() -> None:
 
 def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week) -> None:
     east, west_before, west_after = (
-        servers.glance(week.before), servers.glance(week.before), servers.glance(week.after)
+        servers.glance(week.before),
+        servers.glance(week.before),
+        servers.glance(week.after),
     )
 
     def fleet(*targets: tuple[str, object]) -> pd.DataFrame:
