@@ -68,7 +68,8 @@ exit status:
   1    internal error, a bug (IMGFRAME_DEBUG=1 shows the traceback; please report it)
   2    usage or configuration error: a bad option, an unreadable ids file, an -o that
        is not writable or not .csv/.parquet/.json, a checkpoint made for another run
-  3    imgframe audit --fail-on: a finding that severe exists
+  3    imgframe audit --fail-on: a finding that severe exists (with --baseline: a
+       new one)
   4    incomplete: the table is written but some ids could not be read; the last line
        says how many and why (with --keep-going: which targets failed). Run the same
        command again to ask only those ids (the checkpoint keeps the others)
@@ -1238,7 +1239,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run imgframe's audit rules on a table written by 'imgframe fetch'.",
         epilog="exit status: 0 done (no finding as severe as --fail-on); 1 internal error; "
         "2 usage error, or a table that cannot be read (missing, cut short, not a table); "
-        "3 a finding as severe as --fail-on or worse",
+        "3 a finding as severe as --fail-on or worse (with --baseline: a new one)",
     )
     audit.add_argument("input", metavar="FILE", help="images table: .csv, .parquet or .json")
     audit.add_argument(

@@ -356,3 +356,28 @@ def test_any_text_is_a_valid_list_or_one_config_error_naming_a_line(text, suffix
     for entry in allow:
         assert entry.reason and (entry.image_id or entry.owner) and entry.rule
         assert entry.where.startswith(f"{source} line ")
+
+
+def test_the_readme_example_file_is_a_valid_allow_list(tmp_path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```\nrule,image_id,owner,reason,expires\n", 1)[1].split("```", 1)[0]
+    allow = allow_csv(tmp_path, "rule,image_id,owner,reason,expires\n" + block)
+    assert [e.rule for e in allow] == ["public_unprotected", "*", "stale"]
+    assert allow.entries[0].expires == date(2027, 3, 31) and allow.entries[1].owner
+
+
+def test_the_report_lists_allowed_findings_with_their_reason_in_an_appendix(fetched, full) -> None:
+    from imgframe.report_html import render_report
+
+    image = full["image_id"].iloc[0]
+    allow = AllowList.from_records(
+        [{"rule": "*", "image_id": image, "reason": "<b>CHG-5</b>", "expires": "2099-01-01"}]
+    )
+    findings = imgframe.audit(fetched, allow=allow, now=FLEET_NOW)
+    page = render_report(fetched, findings=findings, now=FLEET_NOW)
+    appendix = page.split('<section id="allowed">', 1)[1].split("</section>", 1)[0]
+    count = (full["image_id"] == image).sum()
+    assert f"Appendix: allowed findings ({count:,})" in appendix
+    assert image in appendix and "&lt;b&gt;CHG-5&lt;/b&gt;" in appendix and "2099-01-01" in appendix
+    plain = render_report(fetched, findings=imgframe.audit(fetched, now=FLEET_NOW), now=FLEET_NOW)
+    assert 'id="allowed"' not in plain
