@@ -949,9 +949,9 @@ def _select(rules: Collection[str] | str | None, profile: Collection[str] | str 
         if unknown:
             raise ConfigError(f"unknown rules {unknown}; known: {rule_names()}")
         return [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
-    wanted = [DEFAULT_PROFILE if profile is None else profile] if (
-        profile is None or isinstance(profile, str)
-    ) else list(profile)  # fmt: skip
+    if profile is None:
+        profile = DEFAULT_PROFILE
+    wanted = [profile] if isinstance(profile, str) else list(profile)
     known = profile_names()
     unknown = [name for name in wanted if name not in known]
     if unknown or not wanted:
@@ -1163,6 +1163,13 @@ def _match_keys(findings: pd.DataFrame, fleet: bool) -> pd.Series:
     return cloud + "/" + region + "/" + image  # the fleet index, as fleet.py builds it
 
 
+def _places(frame: pd.DataFrame) -> pd.Series:
+    """``cloud/region`` of each row of a fleet frame or its findings (a region may be NA:
+    none named)."""
+    cloud, region = (frame[c].astype(_STRING).fillna("") for c in _FLEET_COLUMNS[:2])
+    return (cloud + "/" + region).reset_index(drop=True)
+
+
 def _baseline_findings(
     baseline: pd.DataFrame, fleet: bool, rules: list[str], now: Timeish, usage: Any
 ) -> pd.DataFrame:
@@ -1206,6 +1213,8 @@ def _against_baseline(
     base = baseline[baseline["rule"].astype(_STRING).isin(ran).to_numpy(dtype=bool)]
     base = base.reset_index(drop=True)
     base_keys = base["rule"].astype(_STRING) + "\x1f" + _match_keys(base, fleet)
+    once = ~base_keys.duplicated().to_numpy(dtype=bool)  # one finding per rule and image
+    base, base_keys = base[once].reset_index(drop=True), base_keys[once].reset_index(drop=True)
     every_keys = (
         every["rule"].astype(_STRING).reset_index(drop=True) + "\x1f" + _match_keys(every, fleet)
     )
@@ -1217,13 +1226,8 @@ def _against_baseline(
     unknown = pd.Index(df.index[unread]).astype(_STRING)
     gone = ~base_keys.isin(every_keys) & ~_match_keys(base, fleet).isin(unknown)
     if fleet:  # a cloud/region with no row now (a target that failed): unknown, not gone
-
-        def place(frame: pd.DataFrame) -> pd.Series:  # a region may be NA (none named)
-            cloud, region = (frame[c].astype(_STRING).fillna("") for c in _FLEET_COLUMNS[:2])
-            return (cloud + "/" + region).reset_index(drop=True)
-
-        gone &= place(base).isin(place(df).unique())
-    resolved = base[gone.to_numpy(dtype=bool)].drop_duplicates(subset=None).reset_index(drop=True)
+        gone &= _places(base).isin(_places(df).unique())
+    resolved = base[gone.to_numpy(dtype=bool)].reset_index(drop=True)
     columns = [c for c in finding_columns(df) if c in resolved.columns]
     return new, resolved[columns], int((~new).sum())
 

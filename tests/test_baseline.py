@@ -195,7 +195,7 @@ def test_the_baseline_frame_is_audited_on_its_own_clock() -> None:
     assert found.empty and found.attrs["counts"]["unchanged"] == 1
 
 
-def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week) -> None:
+def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week, tmp_path) -> None:
     east, west_before, west_after = (
         servers.glance(week.before),
         servers.glance(week.before),
@@ -221,6 +221,11 @@ def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week) -> Non
     assert set(zip(resolved["cloud"], resolved["image_id"], strict=True)) == {
         ("west", week.fixed), ("west", week.deleted)
     }  # fmt: skip
+    # the fleet's findings written by imgframe and read back are the same baseline
+    path = imgframe.to_csv(imgframe.audit(old, rules=TWO_RULES, now=FLEET_NOW), tmp_path / "f.csv")
+    again = imgframe.audit(new, rules=TWO_RULES, baseline=imgframe.read(path), now=FLEET_NOW)
+    assert pairs(again) == pairs(found)
+    assert pairs(again.attrs["resolved"]) == pairs(resolved)
     # a target with no row now (it failed, or was not asked) resolves nothing
     only_east = fleet(("east", east))
     found = imgframe.audit(only_east, rules=TWO_RULES, baseline=old, now=FLEET_NOW)
