@@ -414,23 +414,29 @@ def _covering(
             "either": [e.either for _, e in live],
         }
     )
+
+    def text(column: str) -> Any:  # Arrow strings stay Arrow (no Python objects)
+        return findings[column].astype(_STRING).array
+
     rows = pd.DataFrame(
         {
             "row": np.arange(len(findings)),
-            "rule": findings["rule"].astype(_STRING).to_numpy(),
-            "image": findings["image_id"].astype(_STRING).to_numpy(),
-            "owner": findings["owner"].astype(_STRING).to_numpy(),
+            "rule": text("rule"),
+            "image": text("image_id"),
+            "owner": text("owner"),
         }
     )
     # One join per way an entry can name its target; NA never joins NA (dropped first).
     joins = [("image", "e_image"), ("owner", "e_owner")]
     if "key" in findings.columns:
-        rows["key"] = findings["key"].astype(_STRING).to_numpy()
+        rows["key"] = text("key")
         joins.append(("key", "e_image"))
     pairs = []
     for left, right in joins:
-        side = rows[rows[left].notna()]
         named = entries[entries[right].notna()]
+        # Only the findings an entry names go into the join (isin is vectorized; a
+        # million findings against few entries would otherwise be a million-row merge).
+        side = rows[rows[left].isin(named[right].unique()).to_numpy(dtype=bool)]
         pairs.append(side.merge(named, left_on=left, right_on=right, how="inner"))
     both = pd.concat(pairs, ignore_index=True)
     rule_ok = both["e_rule"].eq(_ANY_RULE) | both["e_rule"].eq(both["rule"])
