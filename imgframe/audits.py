@@ -89,6 +89,7 @@ Examples
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -1097,6 +1098,8 @@ def _fetch_failed(df: pd.DataFrame, failed: np.ndarray) -> pd.DataFrame:
     return _findings("fetch_failed", "medium", rows, details, df)
 
 
+# Set while a baseline images table is audited inside audit(): that audit logs nothing.
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("imgframe_audit_quiet", default=False)
 AllowArg: TypeAlias = (
     "AllowList | Iterable[str] | str | os.PathLike[str] | Callable[[pd.DataFrame], Any]"
 )
@@ -1180,7 +1183,11 @@ def _baseline_findings(
     columns = set(baseline.columns)
     if set(required_columns()) <= columns:
         base_fleet = _is_fleet(baseline)
-        found = audit(baseline, rules=rules, now=_clock_of(baseline, now), usage=usage)
+        token = _QUIET.set(True)  # its notes are not this audit's: not logged
+        try:
+            found = audit(baseline, rules=rules, now=_clock_of(baseline, now), usage=usage)
+        finally:
+            _QUIET.reset(token)
     elif {"rule", "image_id"} <= columns:
         base_fleet = {"cloud", "region"} <= columns
         found = baseline
@@ -1369,9 +1376,9 @@ def audit(
     # Asked for by name: a warning; skipped from the default set: not every audit is
     # about usage, so only an info line.
     level = logging.INFO if rules is None and usage is None else logging.WARNING
-    for note in notes:
+    for note in notes if not _QUIET.get() else ():
         logger.log(level, "%s", note)
-    for note in told:
+    for note in told if not _QUIET.get() else ():
         logger.info("%s", note)
     findings.attrs[NOTES_ATTR] = notes + told
     findings.attrs[COUNTS_ATTR] = {"findings": len(findings), **counts}

@@ -325,3 +325,12 @@ def test_cli_profile_errors_are_one_line(tables, cli, args, message) -> None:
     new, _ = tables  # last week's table: complete, so nothing else is said
     ran = cli("audit", str(new), *args)
     assert ran.status == 2 and message in ran.err and ran.err.count("\n") == 1, ran.err
+
+
+def test_the_baseline_audit_logs_nothing_of_its_own(caplog) -> None:
+    df = imgframe.frame_from_headers([{"x-image-meta-id": "a", "x-image-meta-status": "killed"}])
+    with caplog.at_level("INFO", logger="imgframe.audits"):
+        found = imgframe.audit(df, rules=["broken", "unused"], baseline=df)
+    skipped = [r for r in caplog.records if "skipped unused" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelname == "WARNING"
+    assert found.empty and found.attrs["counts"]["unchanged"] == 1
