@@ -42,7 +42,8 @@ Files (:meth:`AllowList.read`, chosen by extension)
   YAML syntax; ids must be text, quote an id made of digits).
 - anything else (``.txt``...): the older plain list, one image or owner id per line, for
   every rule and without expiry. ``#`` starts a comment, on its own line or after the id;
-  a comment after the id becomes the entry's reason (else ``listed in FILE``).
+  a comment after the id becomes the entry's reason (else ``listed in FILE``). A first
+  line holding commas, semicolons or tabs (before any ``#``) makes it the CSV format.
 
 A malformed entry is one :class:`~imgframe.ConfigError` line naming the file and the line
 (YAML: the entry's line and index): unknown column, missing reason, no target, a bad date,
