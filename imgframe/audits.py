@@ -81,6 +81,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from imgframe import provenance
 from imgframe.errors import ConfigError, IncompleteListingWarning, InvalidInputError
 from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
 from imgframe.usage_frame import USAGE_COLUMNS, image_usage, is_complete
@@ -177,7 +178,14 @@ def _active(df: pd.DataFrame) -> np.ndarray:
     return df["status"].eq("active").to_numpy(dtype=bool)
 
 
-def _now(now: Timeish) -> pd.Timestamp:
+def _now(now: Timeish, df: pd.DataFrame | None = None) -> pd.Timestamp:
+    """The audit clock: ``now`` if given (naive means UTC), else when ``df`` was fetched
+    (its provenance's ``fetched_at``), else the current time. Judging a saved table by
+    its fetch time makes its audit the same whatever day it is run."""
+    if now is None and df is not None:
+        fetched = provenance.fetched_at(df)
+        if fetched is not None:
+            return fetched
     stamp = pd.Timestamp.now("UTC") if now is None else pd.Timestamp(now)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
@@ -361,7 +369,8 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> pd.DataFrame:
     """Active, live images not updated (``updated_at``, else ``created_at``) within ``older_than``.
 
-    ``now`` defaults to the current time; a naive time means UTC. Images with neither
+    ``now`` defaults to when ``df`` was fetched (its provenance's ``fetched_at``), else
+    the current time; a naive time means UTC. Images with neither
     timestamp are not judged. Deleted and not-yet-usable images are :func:`broken`'s job.
 
     Examples
@@ -376,8 +385,8 @@ def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> p
     >>> stale(df, now="2026-11-01").index.tolist()
     ['old']
     """
+    cutoff = _now(now, df) - pd.Timedelta(older_than)
     df = _table(df)
-    cutoff = _now(now) - pd.Timedelta(older_than)
     old = (_last_change(df) < cutoff).to_numpy(dtype=bool)
     return df[_fetched(df) & _active(df) & _live(df) & old].copy()
 
@@ -398,7 +407,8 @@ def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> p
     """Images that cannot be used, with the reason in an added ``problem`` column.
 
     ``killed``; ``stuck in queued``/``stuck in saving`` when not updated within
-    ``stuck_after`` of ``now`` (default: the current time); ``active without checksum``
+    ``stuck_after`` of ``now`` (default: the frame's ``fetched_at``, else the current
+    time); ``active without checksum``
     (and/or ``size``); ``deleted``/``pending_delete`` images still listed.
 
     Examples
@@ -414,9 +424,10 @@ def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> p
     >>> broken(df, now="2026-11-01")["problem"].to_dict()
     {'a': 'killed', 'b': 'stuck in queued'}
     """
+    clock = _now(now, df)
     df = _table(df)
     status = df["status"]
-    old = (_last_change(df) < _now(now) - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
+    old = (_last_change(df) < clock - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
     active = _active(df)
     no_checksum = active & df["checksum"].isna().to_numpy()
     no_size = active & df["size"].isna().to_numpy()
@@ -1014,7 +1025,10 @@ def audit(
     to run (default: all, your registered rules included); rows that could not be read
     are always reported as ``fetch_failed``. ``allow``: accepted risks to leave out —
     image ids and/or owner ids, or a callable ``allow(findings) -> boolean mask`` of the
-    findings to drop. ``now`` (default: the current time) is passed to the time-based rules.
+    findings to drop. ``now`` is the clock of the time-based rules (``stale``,
+    ``broken``'s stuck uploads): by default when ``df`` was fetched (its provenance's
+    ``fetched_at``, :mod:`imgframe.provenance`), so a saved table audited any day gives
+    the findings of the day it was fetched; the current time for a frame without one.
     ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers, volumes)``, for the
     usage rules (``unused``, ``only_stopped_servers``); without it they are skipped.
     Notes (rules skipped, ``unused`` flagging nothing because the usage is incomplete)
@@ -1043,8 +1057,8 @@ def audit(
         if unknown:
             raise ConfigError(f"unknown rules {unknown}; known: {rule_names()}")
         selected = [_RULES[name] for name in dict.fromkeys(names) if name != "fetch_failed"]
+    stamp = _now(now, df)
     df = _table(df)
-    stamp = _now(now)
     fetched = _fetched(df)
     read = None
     parts = [_fetch_failed(df, ~fetched)]

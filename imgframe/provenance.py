@@ -25,8 +25,8 @@ return a frame whose ``attrs[ATTR]`` is one JSON-able dict:
 ``imgframe_version``, ``provenance_version``
     the writer, and the layout of this dict (:data:`VERSION`).
 ``resumed``
-    only when a checkpoint answered some ids: ``{"rows": N}`` (those rows were read by
-    an earlier, interrupted run; ``fetched_at`` is this run's start).
+    only when the run resumed from a checkpoint: ``{"checkpoint_rows": N}``, the rows it
+    held (read by an earlier, interrupted run; ``fetched_at`` is this run's start).
 
 Keys this module does not know are kept as they are (later keys: members, profile).
 
