@@ -274,7 +274,7 @@ async def fetch_target(
         "include_deleted": options.include_deleted,
         "verify_with_head": options.verify_with_head,
     }
-    more = {"resumed": {"checkpoint_rows": restored}} if restored else {}
+    more: dict[str, Any] = {"resumed": {"checkpoint_rows": restored}} if restored else {}
     return provenance.attach(
         frame, provenance.build(frame, fetched_at=started, asked=asked, **more)
     )

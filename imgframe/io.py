@@ -714,6 +714,23 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
     files = dataset_files(folder)
     if not files:
         raise InvalidInputError(f"cannot read the dataset {str(folder)!r}: it has no .parquet file")
+    return read_dataset_files(files, folder)
+
+
+def read_dataset_files(
+    files: Sequence[tuple[Path, Sequence[tuple[str, str | None]]]],
+    source: Path,
+    *,
+    frame_columns_only: bool = False,
+) -> pd.DataFrame:
+    """One typed frame of dataset parts (:func:`dataset_files`' pairs), in that order.
+
+    Partition values become columns: those :func:`to_parquet` took out of the frame
+    (named in each part's :data:`PARTITIONING_KEY` metadata) go back in their place with
+    their dtype and categories; any other partition (a History's ``fetched``, a folder
+    of pandas' partitioned write) is added as text after them, unless
+    ``frame_columns_only``. The provenance is kept when every part has the same.
+    """
     names = [name for name, _ in files[0][1]]
     tables = []
     layout: dict[str, Any] = {}
@@ -721,7 +738,7 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
     for file, pairs in files:
         if [name for name, _ in pairs] != names:
             raise InvalidInputError(
-                f"cannot read the dataset {str(folder)!r}: {file} is partitioned by "
+                f"cannot read the dataset {str(source)!r}: {file} is partitioned by "
                 f"{[n for n, _ in pairs]}, other parts by {names}"
             )
         table = _read_table(file)
@@ -730,8 +747,15 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
             layout = _layout(metadata[PARTITIONING_KEY])
         provenances.append(_parquet_provenance(table, file))
         table = table.replace_schema_metadata(None)
+        own = (
+            _layout(metadata[PARTITIONING_KEY]).get("columns")
+            if PARTITIONING_KEY in metadata
+            else None
+        )
         for name, value in pairs:
-            if name in table.column_names:  # the part holds it too: the folder must agree
+            if name in table.column_names:  # the part holds it too: its own column wins
+                continue
+            if frame_columns_only and (own is None or name not in own):
                 continue
             table = table.append_column(name, _partition_array(name, value, table.num_rows))
         tables.append(table)
@@ -739,7 +763,7 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:
         raise InvalidInputError(
-            f"cannot read the dataset {str(folder)!r}: its parts do not share one schema "
+            f"cannot read the dataset {str(source)!r}: its parts do not share one schema "
             f"({_first_line(exc)})"
         ) from None
     flat = table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_TO_PANDAS.get)
@@ -751,7 +775,7 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
             *(c for c in flat.columns if c not in order and c not in _INDEX_COLUMNS),
         ]
     ]
-    df = _unflat(flat, folder)
+    df = _unflat(flat, source)
     for column, categories in layout.get("categories", {}).items():
         if column in df.columns and isinstance(df[column].dtype, pd.CategoricalDtype):
             present = set(df[column].cat.categories)
@@ -762,6 +786,12 @@ def _read_dataset(folder: Path) -> pd.DataFrame:
 
 
 _INDEX_COLUMNS = ("id", FLEET_INDEX)
+
+
+def _kind_name(kind: Kind | None) -> str:
+    return "text" if kind is None else kind.value
+
+
 _BOOL_TEXT = {"true": True, "false": False}
 
 
@@ -776,7 +806,7 @@ def _partition_array(name: str, value: str | None, n: int) -> pa.Array:
             return pa.array([int(value)] * n, pa.int64())
     except (KeyError, ValueError):
         raise InvalidInputError(
-            f"a partition folder says {name}={value!r}, which is not a {kind.value} value"
+            f"a partition folder says {name}={value!r}, which is not a {_kind_name(kind)} value"
         ) from None
     if kind in (Kind.BOOL, Kind.INT):
         return pa.nulls(n, pa.bool_() if kind is Kind.BOOL else pa.int64())
@@ -793,7 +823,10 @@ def _layout(raw: bytes) -> dict[str, Any]:
         return {}
     order = layout.get("order")
     categories = layout.get("categories")
+    columns = layout.get("columns")
     clean: dict[str, Any] = {}
+    if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+        clean["columns"] = columns
     if isinstance(order, list) and all(isinstance(c, str) for c in order):
         clean["order"] = order
     if isinstance(categories, dict) and all(

@@ -45,6 +45,7 @@ Examples
 --------
 >>> import imgframe
 >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Status": "active"}])
+>>> df["http_status"] = pd.array([200], dtype="Int64")  # as a fetch answered it
 >>> df = attach(df, build(df, fetched_at="2026-11-30T08:00:00Z",
 ...                       asked={"endpoint": "https://u:p@glance.example.com/?t=1"}))
 >>> of(df)["asked"]["endpoint"], of(df)["counts"]["read"], of(df)["complete"]
