@@ -391,7 +391,7 @@ def _to_dataset(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=parent))
     try:
         if not groups:  # no rows: one empty part keeps the schema
-            write_part(kept.slice(0, 0), staging / "part-0.parquet", extra)
+            write_part(table.slice(0, 0), staging / "part-0.parquet", extra)
         for key, rows in groups.items():
             folder = staging / partition_folder(list(zip(columns, key, strict=True)))
             folder.mkdir(parents=True)
