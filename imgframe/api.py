@@ -498,6 +498,11 @@ def fetch_images(
     Interrupting (Ctrl-C, a Jupyter kernel interrupt) stops the sending within a moment,
     writes the rows received so far to the checkpoint and raises ``KeyboardInterrupt``.
 
+    ``df.attrs["imgframe"]`` says what was fetched and when (``fetched_at``: the start of
+    the call; what was asked, counts, ``complete``; never a token): see
+    :mod:`imgframe.provenance`. The files of :mod:`imgframe.io` keep it, and the audits
+    judge ages against its ``fetched_at``.
+
     Examples
     --------
     >>> from imgframe.testing import GlanceEmulator, make_fleet, ADMIN_TOKEN

@@ -381,6 +381,9 @@ def fetch_fleet(
     Interrupting stops every target's sending and writes each one's rows.
     ``include_deleted`` applies to each target's listing (``ids=None``), and so does
     ``verify_with_head`` (one HEAD per listed id instead of rows from the listing).
+    ``df.attrs["imgframe"]`` is the run's provenance (:mod:`imgframe.provenance`): its
+    ``asked["targets"]`` lists each target (cloud, region, endpoint, rows, complete,
+    failed), and ``complete`` is False when a target failed.
 
     Examples
     --------

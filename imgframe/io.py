@@ -163,6 +163,9 @@ def to_csv(
     that are not in the schema get the same care unless they are numbers, booleans or
     dates. Rows end with CRLF (RFC 4180), so a CR inside a name is always quoted.
     ``path`` may also be an open text stream (e.g. ``sys.stdout``); then None is returned.
+    The frame's provenance goes to the sidecar ``path + ".meta.json"``
+    (:mod:`imgframe.provenance`; none for a stream, and an old sidecar is removed when
+    the frame has none).
 
     Examples
     --------
@@ -193,7 +196,8 @@ def to_csv(
 
 def to_json(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``df`` as a JSON array of records, one per line (properties as objects, NA
-    as null).
+    as null); its provenance goes to the sidecar ``path + ".meta.json"`` (the table
+    stays a plain array of records; :mod:`imgframe.provenance`).
 
     Examples
     --------
@@ -513,7 +517,9 @@ def read_csv(path: str | os.PathLike[str] | TextIO, *, safe: bool = True) -> pd.
     string and NA are both an empty cell and both read as NA; categories that no row uses
     (a frame filtered after fetching keeps them) are not in the file — the read frame has
     the sorted categories of the values present, as :func:`imgframe.fetch_images` makes
-    them (use Parquet to keep them).
+    them (use Parquet to keep them). The provenance in the sidecar ``path +
+    ".meta.json"``, if any, becomes ``df.attrs["imgframe"]`` (one warning, and none, if
+    it cannot be believed).
 
     Examples
     --------
@@ -591,7 +597,8 @@ def _check_last_row(path: Path, columns: int) -> None:
 def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a JSON file written by :func:`to_json` back into the same typed frame.
 
-    An empty array carries no column names: it reads as the empty contract frame.
+    An empty array carries no column names: it reads as the empty contract frame. The
+    sidecar's provenance is restored as by :func:`read_csv`.
 
     Examples
     --------

@@ -187,8 +187,6 @@ def build(
     keys (``resumed``, ...). Endpoints in ``asked`` (and in its ``targets``) are reduced
     to :func:`public_endpoint`.
     """
-    from imgframe import __version__
-
     tally = counts(df)
     asked = dict(asked)
     if "endpoint" in asked:
@@ -204,9 +202,20 @@ def build(
         "asked": asked,
         "counts": tally,
         "complete": tally["unread"] == 0 if complete is None else bool(complete),
-        "imgframe_version": __version__,
+        "imgframe_version": _version(),
         **more,
     }
+
+
+def _version() -> str:
+    # From the installed metadata, not ``imgframe.__version__``: importing the package
+    # from here would make every module that records provenance import all of imgframe.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgframe")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "unknown"
 
 
 def attach(df: pd.DataFrame, provenance: Mapping[str, Any]) -> pd.DataFrame:
