@@ -308,6 +308,8 @@ async def fleet_with_options(
                 "complete": own.get("complete"),
                 "failed": False,
             }
+            if "resumed" in own:
+                facts["checkpoint_rows"] = own["resumed"].get("checkpoint_rows", 0)
         asked_targets.append(facts)
         if isinstance(result, pd.DataFrame):
             frames.append(_labelled(result, target))
@@ -320,9 +322,11 @@ async def fleet_with_options(
         "verify_with_head": options.verify_with_head,
     }
     complete = provenance.counts(frame)["unread"] == 0 and not failures
+    resumed = sum(t.get("checkpoint_rows", 0) for t in asked_targets)
+    more: dict[str, Any] = {"resumed": {"checkpoint_rows": resumed}} if resumed else {}
     provenance.attach(
         frame,
-        provenance.build(frame, fetched_at=started, asked=asked_fleet, complete=complete),
+        provenance.build(frame, fetched_at=started, asked=asked_fleet, complete=complete, **more),
     )
     if failures:
         frame.attrs["failed_targets"] = failures

@@ -111,6 +111,25 @@ def test_an_incomplete_run_says_complete_false_and_its_resume_says_resumed(
     assert two["fetched_at"] >= one["finished_at"]
 
 
+def test_a_resumed_fleet_counts_the_rows_its_checkpoints_held(servers, tmp_path) -> None:
+    faulty = Faults(transient_rate=0.3, transient_attempts=1, seed=6)
+    east, west = servers.glance(30, seed=1, faults=faulty), servers.glance(20, seed=2)
+    targets = [
+        imgframe.Target("lab", "east", endpoint=east.url, token=ADMIN_TOKEN),
+        imgframe.Target("lab", "west", endpoint=west.url, token=ADMIN_TOKEN),
+    ]
+    ids = [i.id for i in east.fleet.images] + [i.id for i in west.fleet.images]
+    options = {"ids": ids, "retries": 0, "progress": False, "checkpoint": tmp_path / "c"}
+    first = imgframe.fetch_fleet(targets, **options).attrs["imgframe"]
+    assert first["complete"] is False and "resumed" not in first
+    second = imgframe.fetch_fleet(targets, **options).attrs["imgframe"]
+    assert second["complete"] is True
+    held = [t["checkpoint_rows"] for t in second["asked"]["targets"]]
+    assert second["resumed"] == {"checkpoint_rows": sum(held)}
+    # every target stored every definitive row of the first run
+    assert sum(held) == 2 * len(ids) - first["counts"]["unread"]
+
+
 def test_fleet_provenance_lists_its_targets(servers) -> None:
     east, west = servers.glance(30, seed=1), servers.glance(20, seed=2)
     targets = [
