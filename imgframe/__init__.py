@@ -55,6 +55,7 @@ from imgframe.errors import (
 )
 from imgframe.fleet import Target, fetch_fleet, fetch_fleet_async
 from imgframe.frame import frame_from_headers
+from imgframe.history import History
 from imgframe.io import read, read_csv, read_json, read_parquet, to_csv, to_json, to_parquet
 from imgframe.listing import list_image_ids, list_image_ids_async
 from imgframe.parse import ImageRecord, parse_headers
@@ -79,6 +80,7 @@ __all__ = [
     "FetchError",
     "FetchOptions",
     "FleetWarning",
+    "History",
     "HuaweiAkSk",
     "ImageRecord",
     "ImgframeError",

@@ -109,7 +109,8 @@ class ImageAccessor:
         return to_csv(self._df, path, **options)
 
     def to_parquet(self, path: str | Path, **options: Any) -> Any:
-        """:func:`imgframe.to_parquet` of this frame."""
+        """:func:`imgframe.to_parquet` of this frame (``partition_cols=[...]`` writes a
+        Hive-partitioned folder that :func:`imgframe.read_parquet` reads back)."""
         return to_parquet(self._df, path, **options)
 
     def to_json(self, path: str | Path, **options: Any) -> Any:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from imgframe import checkpoint as checkpoint_module
+from imgframe import provenance
 from imgframe.auth import RequestSigner, TokenArg, TokenSource, image_endpoint, token_source
 from imgframe.auth import cloud_token as cloud_token
 from imgframe.checkpoint import Checkpoint, Manifest, restored_positions
@@ -143,12 +144,19 @@ async def fetch_with_options(
     >>> df["error"].tolist()
     ['HTTP 404 Not Found']
     """
+    started = provenance.now_stamp()  # before the login: the run starts here
     token = cloud_token(token, cloud, region)
     requested = None if ids is None else normalize_ids(ids)
     manifest = None
     if options.checkpoint is not None:
         manifest = checkpoint_facts(requested, options)
-    return await fetch_target(requested, options, endpoint=endpoint, token=token, manifest=manifest)
+    frame = await fetch_target(
+        requested, options, endpoint=endpoint, token=token, manifest=manifest, started=started
+    )
+    if cloud is not None:  # the clouds.yaml shorthand: say which cloud was asked
+        asked = frame.attrs[provenance.ATTR]["asked"]
+        asked["cloud"], asked["region"] = cloud, region
+    return frame
 
 
 def checkpoint_facts(
@@ -172,10 +180,14 @@ async def fetch_target(
     token: TokenArg,
     manifest: Manifest | None = None,
     labels: tuple[str, str | None] | None = None,
+    started: str | None = None,
 ) -> pd.DataFrame:
     """One endpoint's frame of normalized ids (None: its listing); ``manifest`` (with
     ``options.checkpoint``) is the request's checkpoint facts, completed here with the
-    endpoint and ``labels`` (a fleet target's cloud and region)."""
+    endpoint and ``labels`` (a fleet target's cloud and region). The frame carries its
+    provenance (:mod:`imgframe.provenance`), ``fetched_at`` being ``started`` (default:
+    now)."""
+    started = started or provenance.now_stamp()
     source = token_source(token)
     endpoint = await image_endpoint(source, endpoint)
     fetcher = HeadFetcher(endpoint, source, options=options)
@@ -200,6 +212,7 @@ async def fetch_target(
             raise
     else:
         stored = None
+    restored = 0 if stored is None else len(stored)
     from_listing = requested is None and not options.verify_with_head
     collector = Collector(
         progress_bar(
@@ -253,7 +266,18 @@ async def fetch_target(
     if store is not None:
         store.close()  # every part on disk before the frame is returned
     collector.problems.warn(stacklevel=3)
-    return frame
+    asked = {
+        "endpoint": fetcher.endpoint,
+        "api": options.api,
+        "api_used": fetcher.glance.name,
+        "mode": "ids" if requested is not None else "listing",
+        "include_deleted": options.include_deleted,
+        "verify_with_head": options.verify_with_head,
+    }
+    more: dict[str, Any] = {"resumed": {"checkpoint_rows": restored}} if restored else {}
+    return provenance.attach(
+        frame, provenance.build(frame, fetched_at=started, asked=asked, **more)
+    )
 
 
 def _sendable(
@@ -473,6 +497,11 @@ def fetch_images(
 
     Interrupting (Ctrl-C, a Jupyter kernel interrupt) stops the sending within a moment,
     writes the rows received so far to the checkpoint and raises ``KeyboardInterrupt``.
+
+    ``df.attrs["imgframe"]`` says what was fetched and when (``fetched_at``: the start of
+    the call; what was asked, counts, ``complete``; never a token): see
+    :mod:`imgframe.provenance`. The files of :mod:`imgframe.io` keep it, and the audits
+    judge ages against its ``fetched_at``.
 
     Examples
     --------

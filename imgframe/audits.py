@@ -102,6 +102,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from imgframe import provenance
 from imgframe.allow import AllowList, allowed_table
 from imgframe.errors import ConfigError, IncompleteListingWarning, InvalidInputError
 from imgframe.outcome import definitive_mask
@@ -219,7 +220,14 @@ def _active(df: pd.DataFrame) -> np.ndarray:
     return df["status"].eq("active").to_numpy(dtype=bool)
 
 
-def _now(now: Timeish) -> pd.Timestamp:
+def _now(now: Timeish, df: pd.DataFrame | None = None) -> pd.Timestamp:
+    """The audit clock: ``now`` if given (naive means UTC), else when ``df`` was fetched
+    (its provenance's ``fetched_at``), else the current time. Judging a saved table by
+    its fetch time makes its audit the same whatever day it is run."""
+    if now is None and df is not None:
+        fetched = provenance.fetched_at(df)
+        if fetched is not None:
+            return fetched
     stamp = pd.Timestamp.now("UTC") if now is None else pd.Timestamp(now)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
@@ -403,7 +411,8 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> pd.DataFrame:
     """Active, live images not updated (``updated_at``, else ``created_at``) within ``older_than``.
 
-    ``now`` defaults to the current time; a naive time means UTC. Images with neither
+    ``now`` defaults to when ``df`` was fetched (its provenance's ``fetched_at``), else
+    the current time; a naive time means UTC. Images with neither
     timestamp are not judged. Deleted and not-yet-usable images are :func:`broken`'s job.
 
     Examples
@@ -418,8 +427,8 @@ def stale(df: pd.DataFrame, older_than: Span = "365D", now: Timeish = None) -> p
     >>> stale(df, now="2026-11-01").index.tolist()
     ['old']
     """
+    cutoff = _now(now, df) - pd.Timedelta(older_than)
     df = _table(df)
-    cutoff = _now(now) - pd.Timedelta(older_than)
     old = (_last_change(df) < cutoff).to_numpy(dtype=bool)
     return df[_fetched(df) & _active(df) & _live(df) & old].copy()
 
@@ -440,7 +449,8 @@ def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> p
     """Images that cannot be used, with the reason in an added ``problem`` column.
 
     ``killed``; ``stuck in queued``/``stuck in saving`` when not updated within
-    ``stuck_after`` of ``now`` (default: the current time); ``active without checksum``
+    ``stuck_after`` of ``now`` (default: the frame's ``fetched_at``, else the current
+    time); ``active without checksum``
     (and/or ``size``); ``deleted``/``pending_delete`` images still listed.
 
     Examples
@@ -456,9 +466,10 @@ def broken(df: pd.DataFrame, stuck_after: Span = "1D", now: Timeish = None) -> p
     >>> broken(df, now="2026-11-01")["problem"].to_dict()
     {'a': 'killed', 'b': 'stuck in queued'}
     """
+    clock = _now(now, df)
     df = _table(df)
     status = df["status"]
-    old = (_last_change(df) < _now(now) - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
+    old = (_last_change(df) < clock - pd.Timedelta(stuck_after)).to_numpy(dtype=bool)
     active = _active(df)
     no_checksum = active & df["checksum"].isna().to_numpy()
     no_size = active & df["size"].isna().to_numpy()
@@ -1273,11 +1284,14 @@ def audit(
     (:data:`RESOLVED_ATTR`). A finding the allow-list covers is neither; an image that
     could not be read now leaves its old findings unresolved (unknown).
 
-    ``now`` (default: the current time) is passed to the time-based rules and judges the
-    allow-list's expiry. ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers,
-    volumes)``, for the usage rules (``unused``, ``only_stopped_servers``); without it they
-    are skipped. Notes (rules skipped, ``unused`` flagging nothing because the usage is
-    incomplete, what was allowed, new and resolved) are in ``findings.attrs["notes"]``
+    ``now`` is the clock of the time-based rules (``stale``, ``broken``'s stuck uploads)
+    and of the allow-list's expiry: by default when ``df`` was fetched (its provenance's
+    ``fetched_at``, :mod:`imgframe.provenance`), so a saved table audited any day gives
+    the findings of the day it was fetched; the current time for a frame without one.
+    ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers, volumes)``, for the
+    usage rules (``unused``, ``only_stopped_servers``); without it they are skipped.
+    Notes (rules skipped, ``unused`` flagging nothing because the usage is incomplete,
+    what was allowed, new and resolved) are in ``findings.attrs["notes"]``
     (:data:`NOTES_ATTR`) and logged; the counts in ``findings.attrs["counts"]``.
 
     Examples
@@ -1304,8 +1318,8 @@ def audit(
     if isinstance(allow_given, AllowList):
         allow_given.check_rules(rule_names())  # before the work: a typo is a usage error
     usage_given = usage
+    stamp = _now(now, df)
     df = _table(df)
-    stamp = _now(now)
     fetched = _fetched(df)
     read = None
     parts = [_fetch_failed(df, ~fetched)]

@@ -67,15 +67,17 @@ exit status:
        id that was never sent)
   1    internal error, a bug (IMGFRAME_DEBUG=1 shows the traceback; please report it)
   2    usage or configuration error: a bad option, an unreadable ids file, an -o that
-       is not writable or not .csv/.parquet/.json, a checkpoint made for another run
+       is not writable or not .csv/.parquet/.json, a checkpoint made for another run,
+       a --history folder that cannot take the run (one of the same second exists)
   3    imgframe audit --fail-on: a finding that severe exists (with --baseline: a
        new one)
   4    incomplete: the table is written but some ids could not be read; the last line
        says how many and why (with --keep-going: which targets failed). Run the same
-       command again to ask only those ids (the checkpoint keeps the others)
+       command again to ask only those ids (the checkpoint keeps the others); with
+       --history the run is added, its provenance saying complete=false
   5    the run failed as a whole (no Glance v1 API, TLS not verified, endpoint
        unreachable, token rejected before any row was read): one line says why and
-       nothing is written to -o, so an older table there is kept
+       nothing is written to -o nor added to --history, so an older table is kept
   130  interrupted (SIGINT, Ctrl-C)
   143  terminated (SIGTERM: cron, timeout, systemd). On both, sending stops at once,
        the rows fetched so far stay in the checkpoint and the command that resumes
@@ -346,6 +348,10 @@ def _fetch(args: argparse.Namespace) -> int:
         _check_endpoint(args.endpoint)
     if args.output:
         _check_output(args.output)
+    if args.history:
+        from imgframe.history import History
+
+        History(args.history).check_writable()
     ids = _ids_from_args(args)
     if args.include_deleted and ids is not None:
         raise ImgframeError(
@@ -532,6 +538,8 @@ def _fetch_and_write(run: _Run, ids: list[str] | None, options: FetchOptions) ->
             if outcome.complete and not failed_targets:
                 run.remove()  # nothing to resume: a later run must ask the cloud again
             raise
+    if args.history:
+        _add_to_history(df, args.history)
     print(summarize(df, seconds), file=sys.stderr)
     if outcome.complete and not failed_targets:
         return EXIT_OK
@@ -544,6 +552,17 @@ def _fetch_and_write(run: _Run, ids: list[str] | None, options: FetchOptions) ->
     if not outcome.complete:
         _say(outcome.summary())
     return EXIT_INCOMPLETE
+
+
+def _add_to_history(df: pd.DataFrame, folder: str) -> None:
+    """``--history DIR``: the run becomes one snapshot of DIR, after the table is
+    written (a run that failed as a whole never gets here; an incomplete one is added
+    with complete=false). A snapshot that cannot be added is an error (exit 2)."""
+    from imgframe.history import History
+
+    parts = History(folder).add(df)
+    stamp = parts[0].parent.name.partition("=")[2]
+    _say(f"added snapshot {stamp} ({len(df):,} rows, {len(parts)} part(s)) to history {folder}")
 
 
 def _failure_line(outcome: Outcome, failed_targets: list[str]) -> str:
@@ -786,9 +805,10 @@ def _audit(args: argparse.Namespace) -> int:
         servers = read_usage_table(args.servers, "servers")
         volumes = read_usage_table(args.volumes, "volumes") if args.volumes else None
         usage = (servers, volumes)
+    now = _audit_clock(args.now) if args.now else None
     try:
         findings = audit(
-            df, rules=rules, allow=allow, usage=usage, profile=profile, baseline=baseline
+            df, rules=rules, allow=allow, usage=usage, now=now, profile=profile, baseline=baseline
         )
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
@@ -815,6 +835,25 @@ def _audit(args: argparse.Namespace) -> int:
         if findings["severity"].isin(worst).any():
             return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _audit_clock(text: str) -> pd.Timestamp:
+    """``--now WHEN`` as a UTC time (naive means UTC); a one-line error otherwise.
+
+    Examples
+    --------
+    >>> _audit_clock("2026-12-01")
+    Timestamp('2026-12-01 00:00:00+0000', tz='UTC')
+    """
+    try:
+        stamp = pd.Timestamp(text.strip())
+    except (ValueError, TypeError, OverflowError):
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise ConfigError(
+            f"--now {text!r} is not a time: use e.g. 2026-12-01 or 2026-12-01T08:00:00Z"
+        )
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 #: What ``--servers`` / ``--volumes`` files must hold for image_usage (``id`` included).
@@ -1188,6 +1227,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --all: keep deleted images the listing shows (admins only; by default "
         "they are left out)",
     )
+    fetch.add_argument(
+        "--history",
+        metavar="DIR",
+        help="also add the run to this history folder (imgframe.History: one dated Parquet "
+        "partition per run, cloud=/region=/fetched=); a run that failed as a whole (5) adds "
+        "nothing, an incomplete one (4) is added with complete=false",
+    )
     kept = fetch.add_mutually_exclusive_group()
     kept.add_argument(
         "--checkpoint",
@@ -1272,6 +1318,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OLD",
         help="an older images table or findings file: report only the findings new since "
         "then (with --fail-on: fail on a new finding only)",
+    )
+    audit.add_argument(
+        "--now",
+        metavar="WHEN",
+        help="the audit clock for stale and stuck images, e.g. 2026-12-01 or "
+        "2026-12-01T08:00:00Z (default: when the table was fetched, from its provenance; "
+        "the current time for a table without one)",
     )
     audit.add_argument(
         "--fail-on",

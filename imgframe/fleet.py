@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from imgframe import provenance
 from imgframe.api import checkpoint_facts, fetch_target
 from imgframe.auth import TokenArg
 from imgframe.checkpoint import fleet_folder, target_folder
@@ -223,6 +224,7 @@ async def fleet_with_options(
     ``options.checkpoint`` is the fleet's folder; each target gets its own inside it."""
     if errors not in ("raise", "warn"):
         raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
+    started = provenance.now_stamp()  # before the logins: the run starts here
     targets = fleet_targets(clouds, regions)
     requested = None if ids is None else normalize_ids(ids)
     manifest = root = None
@@ -247,6 +249,7 @@ async def fleet_with_options(
                 token=target.token,
                 manifest=manifest,
                 labels=(target.cloud, target.region),
+                started=started,
             )
         except ImgframeError as exc:
             raise _relabel(exc, target) from None
@@ -282,17 +285,49 @@ async def fleet_with_options(
 
     frames: list[pd.DataFrame] = []
     failures: list[str] = []
+    asked_targets: list[dict[str, Any]] = []
     for target, result in outcomes:
+        facts: dict[str, Any] = {"cloud": target.cloud, "region": target.region}
         if isinstance(result, ImgframeError):
             failures.append(str(result))
-            if requested is None:
-                continue  # nothing was listed: there are no rows to keep
-            # Nothing lost: each requested id gets a row saying why it was not read.
-            result = _not_fetched(requested, f"not fetched: {result}")
+            # Whether it failed, not why: the message is for the person watching.
+            facts |= {"endpoint": target.endpoint, "failed": True}
+            if requested is not None:
+                # Nothing lost: each requested id gets a row saying why it was not read.
+                result = _not_fetched(requested, f"not fetched: {result}")
+                facts["rows"] = len(result)
         elif isinstance(result, BaseException):
             raise result
-        frames.append(_labelled(result, target))
+        else:
+            own = result.attrs.get(provenance.ATTR, {})
+            asked = own.get("asked", {})
+            facts |= {
+                "endpoint": asked.get("endpoint"),
+                "api_used": asked.get("api_used"),
+                "rows": len(result),
+                "complete": own.get("complete"),
+                "failed": False,
+            }
+            if "resumed" in own:
+                facts["checkpoint_rows"] = own["resumed"].get("checkpoint_rows", 0)
+        asked_targets.append(facts)
+        if isinstance(result, pd.DataFrame):
+            frames.append(_labelled(result, target))
     frame = _combine(frames)
+    asked_fleet = {
+        "targets": asked_targets,
+        "api": options.api,
+        "mode": "ids" if requested is not None else "listing",
+        "include_deleted": options.include_deleted,
+        "verify_with_head": options.verify_with_head,
+    }
+    complete = provenance.counts(frame)["unread"] == 0 and not failures
+    resumed = sum(t.get("checkpoint_rows", 0) for t in asked_targets)
+    more: dict[str, Any] = {"resumed": {"checkpoint_rows": resumed}} if resumed else {}
+    provenance.attach(
+        frame,
+        provenance.build(frame, fetched_at=started, asked=asked_fleet, complete=complete, **more),
+    )
     if failures:
         frame.attrs["failed_targets"] = failures
         warnings.warn(
@@ -350,6 +385,9 @@ def fetch_fleet(
     Interrupting stops every target's sending and writes each one's rows.
     ``include_deleted`` applies to each target's listing (``ids=None``), and so does
     ``verify_with_head`` (one HEAD per listed id instead of rows from the listing).
+    ``df.attrs["imgframe"]`` is the run's provenance (:mod:`imgframe.provenance`): its
+    ``asked["targets"]`` lists each target (cloud, region, endpoint, rows, complete,
+    failed), and ``complete`` is False when a target failed.
 
     Examples
     --------

@@ -32,16 +32,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgframe.atomic import atomic_path
+from imgframe import provenance
+from imgframe.atomic import TEMP_SUFFIX, atomic_path
 from imgframe.errors import ConfigError, InvalidInputError
 from imgframe.report_html import report  # the HTML export lives in its own module
 from imgframe.schema import FIELDS, FLEET_FIELDS, FLEET_INDEX, Kind
@@ -159,6 +163,9 @@ def to_csv(
     that are not in the schema get the same care unless they are numbers, booleans or
     dates. Rows end with CRLF (RFC 4180), so a CR inside a name is always quoted.
     ``path`` may also be an open text stream (e.g. ``sys.stdout``); then None is returned.
+    The frame's provenance goes to the sidecar ``path + ".meta.json"``
+    (:mod:`imgframe.provenance`; none for a stream, and an old sidecar is removed when
+    the frame has none).
 
     Examples
     --------
@@ -180,14 +187,17 @@ def to_csv(
         out.to_csv(path, index=False, lineterminator="\r\n")
         return None
     path = Path(path)
+    described = provenance.usable(df, str(path))
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\r\n")
+        provenance.write_sidecar(described, tmp, path)
     return path
 
 
 def to_json(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``df`` as a JSON array of records, one per line (properties as objects, NA
-    as null).
+    as null); its provenance goes to the sidecar ``path + ".meta.json"`` (the table
+    stays a plain array of records; :mod:`imgframe.provenance`).
 
     Examples
     --------
@@ -202,20 +212,24 @@ def to_json(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     # One record per line: readable and diffable like indent=1, but json.dumps with an
     # indent runs the pure-Python encoder (~5x slower: 14 s for 200k rows).
     lines = ",\n".join(json.dumps(record, ensure_ascii=False) for record in records)
+    described = provenance.usable(df, str(path))
     with atomic_path(path) as tmp:
         tmp.write_text(f"[\n{lines}\n]\n" if records else "[]\n", encoding="utf-8")
+        provenance.write_sidecar(described, tmp, path)
     return path
 
 
-def to_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write ``df`` as Parquet (pyarrow); ``properties`` becomes ``map<string, string>``.
+def arrow_table(df: pd.DataFrame) -> pa.Table:
+    """``df`` as the Arrow table :func:`to_parquet` writes: pandas' metadata (dtypes,
+    index), ``properties`` as ``map<string, string>``, and the frame's provenance under
+    :data:`imgframe.provenance.PARQUET_KEY` when it has some.
 
     Examples
     --------
-    >>> import tempfile, imgframe, pyarrow.parquet as pq
-    >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])
-    >>> pq.read_table(to_parquet(df, tempfile.mkdtemp() + "/i.parquet")).num_rows
-    1
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a"}])
+    >>> arrow_table(df).schema.field("properties").type
+    MapType(map<string, string>)
     """
     table = pa.Table.from_pandas(
         df.drop(columns=["properties"], errors="ignore"), preserve_index=_index_holds_data(df)
@@ -227,10 +241,203 @@ def to_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         )
         position = list(df.columns).index("properties")
         table = table.add_column(position, "properties", props)
+    described = provenance.usable(df, "the Parquet file")
+    if described is not None:
+        metadata = dict(table.schema.metadata or {})
+        metadata[provenance.PARQUET_KEY] = provenance.dumps(described).encode("utf-8")
+        table = table.replace_schema_metadata(metadata)
+    return table
+
+
+def to_parquet(
+    df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    partition_cols: Sequence[str] | None = None,
+) -> Path:
+    """Write ``df`` as Parquet (pyarrow); ``properties`` becomes ``map<string, string>``
+    and the frame's provenance goes into the file's key-value metadata.
+
+    With ``partition_cols`` ``path`` is a folder holding a Hive-partitioned dataset,
+    ``col=value/.../part-0.parquet`` (values URL-quoted, NA as
+    ``__HIVE_DEFAULT_PARTITION__``), which :func:`read_parquet` reads back into the same
+    frame: every column with its dtype, the index, the categories (those of the
+    partition columns are kept in each part's metadata), the provenance; the rows come
+    back grouped by partition (sorted by the folder names), each group in its written
+    order. The folder is written whole beside ``path`` and renamed into place: a reader
+    sees the old dataset or the new one. An existing ``path`` is replaced only if it
+    holds nothing but a dataset (``name=value`` folders, ``.parquet`` files).
+    Partition columns are the frame's text, category, integer or boolean columns.
+
+    Examples
+    --------
+    >>> import tempfile, imgframe, pyarrow.parquet as pq
+    >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])
+    >>> pq.read_table(to_parquet(df, tempfile.mkdtemp() + "/i.parquet")).num_rows
+    1
+    >>> folder = to_parquet(df, tempfile.mkdtemp() + "/ds", partition_cols=["status"])
+    >>> sorted(p.name for p in folder.iterdir())
+    ['status=__HIVE_DEFAULT_PARTITION__']
+    """
     path = Path(path)
+    if partition_cols is not None:
+        return _to_dataset(df, path, _partition_columns(df, partition_cols))
+    table = arrow_table(df)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+#: A Hive partition folder of a missing value (pyarrow's and Spark's name).
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+#: Parquet metadata key of a dataset part: the partition columns, the frame's column
+#: order and the categories of partition columns (the folders hold only used values).
+PARTITIONING_KEY = b"imgframe.partitioning"
+_PARTITION_KINDS = (Kind.TEXT, Kind.CATEGORY, Kind.INT, Kind.BOOL)
+
+
+def _partition_columns(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    names = [columns] if isinstance(columns, str) else list(columns)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"partition_cols must be distinct column names, got {columns!r}")
+    for name in names:
+        if name not in df.columns:
+            raise ConfigError(f"cannot partition by {name!r}: the frame has no such column")
+        kind = _KINDS.get(name)
+        dtype = df[name].dtype
+        fits = (
+            kind in _PARTITION_KINDS
+            if kind is not None
+            else (
+                isinstance(dtype, pd.CategoricalDtype)
+                or pd.api.types.is_string_dtype(dtype)
+                or pd.api.types.is_integer_dtype(dtype)
+                or pd.api.types.is_bool_dtype(dtype)
+            )
+        )
+        if not fits:
+            raise ConfigError(
+                f"cannot partition by {name!r} ({dtype}): use text, category, integer or "
+                "boolean columns"
+            )
+    if len(names) == len(df.columns):
+        raise ConfigError("partition_cols cannot be every column: the parts would hold none")
+    return names
+
+
+def _partition_text(values: pd.Series) -> list[str | None]:
+    """Each value as its folder name would hold it (before quoting); None for NA."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        text = values.astype("boolean").map({True: "true", False: "false"}, na_action="ignore")
+    else:
+        text = values.astype(_TEXT)
+    out = [None if pd.isna(v) else str(v) for v in text.tolist()]
+    if "" in out:
+        raise ConfigError(
+            f"cannot partition by {values.name!r}: it holds an empty string, which a "
+            "folder name cannot tell from a missing value"
+        )
+    return out
+
+
+def partition_folder(pairs: Sequence[tuple[str, str | None]]) -> Path:
+    """The Hive folder of one partition: ``name=value`` segments, values URL-quoted.
+
+    Examples
+    --------
+    >>> partition_folder([("cloud", "prod/eu"), ("region", None)]).as_posix()
+    'cloud=prod%2Feu/region=__HIVE_DEFAULT_PARTITION__'
+    """
+    return Path(
+        *(
+            f"{name}={HIVE_NULL if value is None else quote(value, safe='')}"
+            for name, value in pairs
+        )
+    )
+
+
+def write_part(table: pa.Table, file: Path, extra: dict[bytes, bytes] | None = None) -> None:
+    """Write one Parquet file atomically (:func:`imgframe.atomic.atomic_path`), with
+    ``extra`` key-value metadata added to the table's."""
+    if extra:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    with atomic_path(file) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _to_dataset(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot write the dataset {str(path)!r}: it is a file")
+    if path.is_dir() and not _only_dataset(path):
+        raise ConfigError(
+            f"cannot write the dataset {str(path)!r}: the folder holds other files "
+            "(only a folder of name=value parts is replaced)"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {str(path)!r}: folder '{parent}' does not exist")
+    table = arrow_table(df)
+    values = [_partition_text(df[c]) for c in columns]
+    layout = {
+        "columns": columns,
+        "order": [str(c) for c in df.columns],
+        "categories": {
+            c: [str(v) for v in df[c].cat.categories]
+            for c in columns
+            if isinstance(df[c].dtype, pd.CategoricalDtype)
+        },
+    }
+    extra = {PARTITIONING_KEY: json.dumps(layout, ensure_ascii=False).encode("utf-8")}
+    groups = _row_groups(values)
+    kept = table.drop_columns(columns)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=parent))
+    try:
+        if not groups:  # no rows: one empty part keeps the schema
+            write_part(table.slice(0, 0), staging / "part-0.parquet", extra)
+        for key, rows in groups.items():
+            folder = staging / partition_folder(list(zip(columns, key, strict=True)))
+            folder.mkdir(parents=True)
+            write_part(kept.take(pa.array(rows, pa.int64())), folder / "part-0.parquet", extra)
+        _swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def _row_groups(values: list[list[str | None]]) -> dict[tuple[str | None, ...], Any]:
+    """Row numbers per distinct tuple of partition values, in order of first appearance
+    (one vectorized group-by instead of a Python step per row)."""
+    if not values or not values[0]:
+        return {}
+    keys = pd.DataFrame({n: pd.array(v, dtype=object) for n, v in enumerate(values)})
+    found = keys.groupby(list(keys.columns), sort=False, dropna=False).indices
+    return {
+        tuple(None if pd.isna(v) else v for v in (key if isinstance(key, tuple) else (key,))): rows
+        for key, rows in found.items()
+    }
+
+
+def _only_dataset(folder: Path) -> bool:
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            if "=" not in entry.name or not _only_dataset(entry):
+                return False
+        elif not (entry.suffix == ".parquet" or entry.name.endswith(TEMP_SUFFIX)):
+            return False
+    return True
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename the finished ``staging`` folder to ``path``; an old ``path`` is renamed
+    aside first and removed after (a folder cannot be renamed over a full one)."""
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TEMP_SUFFIX, dir=path.parent))
+    os.rename(path, old / path.name)
+    os.rename(staging, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -321,7 +528,9 @@ def read_csv(path: str | os.PathLike[str] | TextIO, *, safe: bool = True) -> pd.
     string and NA are both an empty cell and both read as NA; categories that no row uses
     (a frame filtered after fetching keeps them) are not in the file — the read frame has
     the sorted categories of the values present, as :func:`imgframe.fetch_images` makes
-    them (use Parquet to keep them).
+    them (use Parquet to keep them). The provenance in the sidecar ``path +
+    ".meta.json"``, if any, becomes ``df.attrs["imgframe"]`` (one warning, and none, if
+    it cannot be believed).
 
     Examples
     --------
@@ -354,7 +563,16 @@ def read_csv(path: str | os.PathLike[str] | TextIO, *, safe: bool = True) -> pd.
         for column in flat.columns:
             if _is_neutralised(column, _TEXT):
                 flat[column] = restore_formulas(flat[column])
-    return _unflat(flat, source)
+    df = _unflat(flat, source)
+    if not hasattr(path, "read"):
+        _restore_provenance(df, provenance.read_sidecar(source))
+    return df
+
+
+def _restore_provenance(df: pd.DataFrame, found: dict[str, Any] | None) -> pd.DataFrame:
+    if found is not None:
+        provenance.attach(df, found)
+    return df
 
 
 def _first_line(exc: BaseException) -> str:
@@ -390,7 +608,8 @@ def _check_last_row(path: Path, columns: int) -> None:
 def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a JSON file written by :func:`to_json` back into the same typed frame.
 
-    An empty array carries no column names: it reads as the empty contract frame.
+    An empty array carries no column names: it reads as the empty contract frame. The
+    sidecar's provenance is restored as by :func:`read_csv`.
 
     Examples
     --------
@@ -413,9 +632,10 @@ def read_json(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not records:
         from imgframe.frame import empty_frame  # the one place that knows the empty schema
 
-        return empty_frame()
+        return _restore_provenance(empty_frame(), provenance.read_sidecar(path))
     # dtype=object: a column of ints with nulls must not pass through float64 (2**53).
-    return _unflat(pd.DataFrame(records, dtype=object), path)
+    df = _unflat(pd.DataFrame(records, dtype=object), path)
+    return _restore_provenance(df, provenance.read_sidecar(path))
 
 
 # Parquet columns straight to nullable pandas dtypes (the default turns int64 with nulls
@@ -429,7 +649,16 @@ _ARROW_TO_PANDAS = {
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a Parquet file written by :func:`to_parquet` back into the same typed frame.
+    """Read a Parquet file written by :func:`to_parquet` back into the same typed frame,
+    its provenance (``df.attrs["imgframe"]``) included.
+
+    A folder is read as a Hive-partitioned dataset (``name=value`` folders, as
+    :func:`to_parquet` with ``partition_cols`` and pandas write them): each part is
+    read on its own and the partition columns are added from the folder names as text
+    and typed by the schema like every other column, so a missing value
+    (``__HIVE_DEFAULT_PARTITION__``) is NA rather than pyarrow's "Cannot yet unify
+    dictionaries with nulls". Files and folders whose names start with ``.`` or ``_``
+    are skipped. The dataset's provenance is kept when every part carries the same.
 
     Examples
     --------
@@ -439,10 +668,18 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
     [{'k': ''}]
     """
     path = Path(path)
+    if path.is_dir():
+        return _read_dataset(path)
+    table = _read_table(path)
+    flat = table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_TO_PANDAS.get)
+    return _restore_provenance(_unflat(flat, path), _parquet_provenance(table, path))
+
+
+def _read_table(path: Path) -> pa.Table:
     # Without pandas' metadata the index is the plain ``id`` column, as in CSV and JSON,
     # and every column goes through the same _AS_KIND table.
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise
@@ -451,8 +688,170 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise InvalidInputError(
             f"cannot read {str(path)!r}: not a readable Parquet file ({_first_line(exc)})"
         ) from None
+
+
+def _parquet_provenance(table: pa.Table, path: Path) -> dict[str, Any] | None:
+    raw = (table.schema.metadata or {}).get(provenance.PARQUET_KEY)
+    if raw is None:
+        return None
+    try:
+        return provenance.loads(raw)
+    except ValueError as exc:
+        provenance.ignored(path, str(exc))
+        return None
+
+
+def dataset_files(folder: Path) -> list[tuple[Path, list[tuple[str, str | None]]]]:
+    """The ``.parquet`` files of a Hive dataset folder, sorted by path, each with its
+    partition ``(name, value)`` pairs (values unquoted, ``__HIVE_DEFAULT_PARTITION__``
+    None). Names starting with ``.`` or ``_`` are skipped (temporary files, metadata)."""
+    found: list[tuple[Path, list[tuple[str, str | None]]]] = []
+
+    def walk(at: Path, pairs: list[tuple[str, str | None]]) -> None:
+        for entry in sorted(at.iterdir(), key=lambda e: e.name):
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_dir():
+                name, equals, value = entry.name.partition("=")
+                if not equals or not name:
+                    raise InvalidInputError(
+                        f"cannot read the dataset {str(folder)!r}: {entry} is not a "
+                        "name=value partition folder"
+                    )
+                walk(
+                    entry, [*pairs, (unquote(name), None if value == HIVE_NULL else unquote(value))]
+                )
+            elif entry.suffix == ".parquet":
+                found.append((entry, pairs))
+
+    walk(folder, [])
+    return found
+
+
+def _read_dataset(folder: Path) -> pd.DataFrame:
+    files = dataset_files(folder)
+    if not files:
+        raise InvalidInputError(f"cannot read the dataset {str(folder)!r}: it has no .parquet file")
+    return read_dataset_files(files, folder)
+
+
+def read_dataset_files(
+    files: Sequence[tuple[Path, Sequence[tuple[str, str | None]]]],
+    source: Path,
+    *,
+    frame_columns_only: bool = False,
+) -> pd.DataFrame:
+    """One typed frame of dataset parts (:func:`dataset_files`' pairs), in that order.
+
+    Partition values become columns: those :func:`to_parquet` took out of the frame
+    (named in each part's :data:`PARTITIONING_KEY` metadata) go back in their place with
+    their dtype and categories; any other partition (a History's ``fetched``, a folder
+    of pandas' partitioned write) is added as text after them, unless
+    ``frame_columns_only``. The provenance is kept when every part has the same.
+    """
+    names = [name for name, _ in files[0][1]]
+    tables = []
+    layout: dict[str, Any] = {}
+    provenances = []
+    for file, pairs in files:
+        if [name for name, _ in pairs] != names:
+            raise InvalidInputError(
+                f"cannot read the dataset {str(source)!r}: {file} is partitioned by "
+                f"{[n for n, _ in pairs]}, other parts by {names}"
+            )
+        table = _read_table(file)
+        metadata = table.schema.metadata or {}
+        if not layout and PARTITIONING_KEY in metadata:
+            layout = _layout(metadata[PARTITIONING_KEY])
+        provenances.append(_parquet_provenance(table, file))
+        table = table.replace_schema_metadata(None)
+        own = (
+            _layout(metadata[PARTITIONING_KEY]).get("columns")
+            if PARTITIONING_KEY in metadata
+            else None
+        )
+        for name, value in pairs:
+            if name in table.column_names:  # the part holds it too: its own column wins
+                continue
+            if frame_columns_only and (own is None or name not in own):
+                continue
+            table = table.append_column(name, _partition_array(name, value, table.num_rows))
+        tables.append(table)
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as exc:
+        raise InvalidInputError(
+            f"cannot read the dataset {str(source)!r}: its parts do not share one schema "
+            f"({_first_line(exc)})"
+        ) from None
     flat = table.to_pandas(ignore_metadata=True, types_mapper=_ARROW_TO_PANDAS.get)
-    return _unflat(flat, path)
+    order = [c for c in layout.get("order", []) if c in flat.columns]
+    flat = flat[
+        [
+            *(c for c in flat.columns if c not in order and c in _INDEX_COLUMNS),
+            *order,
+            *(c for c in flat.columns if c not in order and c not in _INDEX_COLUMNS),
+        ]
+    ]
+    df = _unflat(flat, source)
+    for column, categories in layout.get("categories", {}).items():
+        if column in df.columns and isinstance(df[column].dtype, pd.CategoricalDtype):
+            present = set(df[column].cat.categories)
+            if present <= set(categories):
+                df[column] = df[column].cat.set_categories(pd.Index(categories, dtype=_TEXT))
+    same = provenances[0] if all(p == provenances[0] for p in provenances) else None
+    return _restore_provenance(df, same)
+
+
+_INDEX_COLUMNS = ("id", FLEET_INDEX)
+
+
+def _kind_name(kind: Kind | None) -> str:
+    return "text" if kind is None else kind.value
+
+
+_BOOL_TEXT = {"true": True, "false": False}
+
+
+def _partition_array(name: str, value: str | None, n: int) -> pa.Array:
+    """A partition column of one part: its folder value ``n`` times, as text, except
+    the schema's integer and boolean columns (as :func:`_partition_text` wrote them)."""
+    kind = _KINDS.get(name)
+    try:
+        if value is not None and kind is Kind.BOOL:
+            return pa.array([_BOOL_TEXT[value.lower()]] * n, pa.bool_())
+        if value is not None and kind is Kind.INT:
+            return pa.array([int(value)] * n, pa.int64())
+    except (KeyError, ValueError):
+        raise InvalidInputError(
+            f"a partition folder says {name}={value!r}, which is not a {_kind_name(kind)} value"
+        ) from None
+    if kind in (Kind.BOOL, Kind.INT):
+        return pa.nulls(n, pa.bool_() if kind is Kind.BOOL else pa.int64())
+    return pa.array([value] * n, pa.string())
+
+
+def _layout(raw: bytes) -> dict[str, Any]:
+    """The partitioning metadata of a part, or {} when it is not what we wrote."""
+    try:
+        layout = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(layout, dict):
+        return {}
+    order = layout.get("order")
+    categories = layout.get("categories")
+    columns = layout.get("columns")
+    clean: dict[str, Any] = {}
+    if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+        clean["columns"] = columns
+    if isinstance(order, list) and all(isinstance(c, str) for c in order):
+        clean["order"] = order
+    if isinstance(categories, dict) and all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in categories.values()
+    ):
+        clean["categories"] = categories
+    return clean
 
 
 FORMATS = {".csv": to_csv, ".parquet": to_parquet, ".json": to_json}

@@ -71,7 +71,10 @@ def test_fetch_writes_the_format_its_extension_names(fleet, emulator, tmp_path, 
         assert pq.read_table(out).column("id").to_pylist() == ids
     else:
         assert [r["id"] for r in json.loads(out.read_text())] == ids
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
+    # beside a CSV or JSON table, its provenance sidecar (imgframe/provenance.py)
+    sidecar = [] if suffix == ".parquet" else [out.name + ".meta.json"]
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "cache")
+    assert written == sorted([out.name, *sidecar])
 
 
 def test_fetch_all_lists_the_cloud_and_fetches_every_image(fleet, emulator, tmp_path, cli):
