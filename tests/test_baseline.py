@@ -86,6 +86,10 @@ def snapshots(module_servers, week) -> tuple[pd.DataFrame, pd.DataFrame]:
         frames.append(imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN))
     old, new = frames
     assert old["http_status"].eq(200).all() and new["http_status"].eq(200).all()
+    # The fleets' planted ages are on their own clock (FLEET_NOW), not the real one: both
+    # snapshots say they were fetched then, as a week's two fetches on that clock would.
+    for frame in frames:
+        on_fleet_clock(frame)
     new = new.copy()
     keep = [c for c in new.columns if c in ("http_status", "error", "request_id")]
     empty = new.iloc[:0].reindex([week.unread])  # every column NA in its dtype
@@ -96,6 +100,11 @@ def snapshots(module_servers, week) -> tuple[pd.DataFrame, pd.DataFrame]:
     new["error"] = new["error"].cat.add_categories([UNREAD])
     new.loc[week.unread, "error"] = UNREAD
     return old, new
+
+
+def on_fleet_clock(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.attrs["imgframe"]["fetched_at"] = FLEET_NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return frame
 
 
 def pairs(findings: pd.DataFrame) -> set[tuple[str, str]]:
@@ -203,7 +212,7 @@ def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week, tmp_pa
             [imgframe.Target(name, endpoint=emu.url, token=ADMIN_TOKEN) for name, emu in targets]
         )
 
-    old = fleet(("east", east), ("west", west_before))
+    old = on_fleet_clock(fleet(("east", east), ("west", west_before)))
     new = fleet(("east", east), ("west", west_after))
     found = imgframe.audit(new, rules=TWO_RULES, baseline=old, now=FLEET_NOW)
     assert set(found["cloud"]) == {"west"}  # the same ids in the east changed nothing
