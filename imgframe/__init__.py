@@ -36,6 +36,7 @@ from imgframe.auth import (
     StaticToken,
     TokenSource,
 )
+from imgframe.changes import CHANGES, diff
 from imgframe.config import FetchOptions, RetryPolicy, Timeout
 from imgframe.errors import (
     AuthError,
@@ -65,6 +66,7 @@ from imgframe.widgets import picker  # ipywidgets is imported only when a picker
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHANGES",
     "FIELDS",
     "FINDING_COLUMNS",
     "SEVERITIES",
@@ -95,6 +97,7 @@ __all__ = [
     "broken",
     "checksum_duplicates",
     "columns",
+    "diff",
     "dtypes",
     "fetch_fleet",
     "fetch_fleet_async",
