@@ -45,7 +45,7 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -302,62 +302,87 @@ def _presence(
 def _fields(
     changes: _Changes, rb: np.ndarray, ra: np.ndarray, before: pd.DataFrame, after: pd.DataFrame
 ) -> None:
-    """The field changes of images live in both snapshots (positions ``rb``, ``ra``)."""
+    """The field changes of images live in both snapshots (positions ``rb``, ``ra``):
+    which rows changed is found over all of them, the sentences only for those rows."""
 
-    def pair(column: str) -> tuple[pd.Series, pd.Series]:
-        return _taken(before, column, rb), _taken(after, column, ra)
+    def pair(column: str, at: np.ndarray | None = None) -> tuple[pd.Series, pd.Series]:
+        rows_b, rows_a = (rb, ra) if at is None else (rb[at], ra[at])
+        return _taken(before, column, rows_b), _taken(after, column, rows_a)
 
     v2 = pair("visibility")
     both_v2 = v2[0].notna().to_numpy(dtype=bool) & v2[1].notna().to_numpy(dtype=bool)
-    visibility_moved = both_v2 & _differs(*v2, "visibility")
+    masks: dict[str, np.ndarray] = {"visibility": both_v2 & _differs(*v2, "visibility")}
+    public, protected = pair("is_public"), pair("protected")
+    old_public, new_public = _flag(public[0]), _flag(public[1])
+    old_protected, new_protected = _flag(protected[0]), _flag(protected[1])
+    masks |= {
+        "became_public": ~old_public & new_public,
+        "became_private": old_public & ~new_public,
+        "protection_removed": old_protected & ~new_protected,
+        "protection_added": ~old_protected & new_protected,
+        "owner_changed": _differs(*pair("owner"), "owner"),
+        "status_changed": _differs(*pair("status"), "status"),
+        "checksum": _differs(*pair("checksum"), "checksum"),
+    }
+    for column in ("os_hash_algo", "os_hash_value"):
+        masks[column] = both_v2 & _differs(*pair(column), column)
+    masks["checksum_changed"] = masks["checksum"] | masks["os_hash_algo"] | masks["os_hash_value"]
+    changed = [c for c in CHANGES if c in masks]
+    at = np.flatnonzero(np.logical_or.reduce([masks[c] for c in changed]))
+    if len(at):
+        masks = {name: mask[at] for name, mask in masks.items()}
+        _field_sentences(changes, (rb[at], ra[at]), masks, lambda column: pair(column, at))
+    _property_rows(changes, rb, ra, (before, after), v2)
 
-    def add(
-        change: str, mask: np.ndarray, detail: pd.Series, old: pd.Series, new: pd.Series
-    ) -> None:
+
+def _field_sentences(
+    changes: _Changes,
+    rows: tuple[np.ndarray, np.ndarray],
+    masks: dict[str, np.ndarray],
+    pair: Callable[[str], tuple[pd.Series, pd.Series]],
+) -> None:
+    """The rows of :func:`_fields`' changes (``rows``: the changed images only)."""
+    rb, ra = rows
+
+    def add(change: str, detail: pd.Series, old: pd.Series, new: pd.Series) -> None:
+        mask = masks[change]
         changes.add(change, rb[mask], ra[mask], detail[mask].reset_index(drop=True),
                     old[mask].reset_index(drop=True), new[mask].reset_index(drop=True))  # fmt: skip
 
+    v2 = pair("visibility")
     public = pair("is_public")
-    old_public, new_public = _flag(public[0]), _flag(public[1])
     old, new = _shown(public[0], "unknown"), _shown(public[1], "unknown")
     detail = "is_public " + old + " -> " + new
     with_visibility = detail + "; visibility " + _shown(v2[0]) + " -> " + _shown(v2[1])
-    detail = detail.where(~visibility_moved, with_visibility)
-    add("became_public", ~old_public & new_public, detail, old, new)
-    add("became_private", old_public & ~new_public, detail, old, new)
+    detail = detail.where(~masks["visibility"], with_visibility)
+    add("became_public", detail, old, new)
+    add("became_private", detail, old, new)
 
     protected = pair("protected")
-    old_protected, new_protected = _flag(protected[0]), _flag(protected[1])
     old, new = _shown(protected[0], "unknown"), _shown(protected[1], "unknown")
     detail = "protected " + old + " -> " + new
-    add("protection_removed", old_protected & ~new_protected, detail, old, new)
-    add("protection_added", ~old_protected & new_protected, detail, old, new)
+    add("protection_removed", detail, old, new)
+    add("protection_added", detail, old, new)
 
     for change, column in (("owner_changed", "owner"), ("status_changed", "status")):
         values = pair(column)
         old, new = _shown(values[0]), _shown(values[1])
-        add(change, _differs(*values, column), column + " " + old + " -> " + new, old, new)
+        add(change, column + " " + old + " -> " + new, old, new)
 
     checksum = pair("checksum")
-    moved = _differs(*checksum, "checksum")
     detail = pd.Series("", index=range(len(rb)), dtype=_STRING)
-    detail = detail.mask(moved, "checksum " + _shown(checksum[0]) + " -> " + _shown(checksum[1]))
+    piece = "checksum " + _shown(checksum[0]) + " -> " + _shown(checksum[1])
+    detail = detail.mask(masks["checksum"], piece)
     for column in ("os_hash_algo", "os_hash_value"):
-        values = pair(column)
-        hashed = both_v2 & _differs(*values, column)
-        old_text, new_text = (_shown(v).str.slice(0, _DIGEST_SHOWN) for v in values)
+        old_text, new_text = (_shown(v).str.slice(0, _DIGEST_SHOWN) for v in pair(column))
         if column == "os_hash_value":
             old_text, new_text = old_text + "...", new_text + "..."
         piece = column + " " + old_text + " -> " + new_text
-        detail = detail.mask(hashed, (detail + "; ").where(detail.ne(""), "") + piece)
-        moved |= hashed
+        detail = detail.mask(masks[column], (detail + "; ").where(detail.ne(""), "") + piece)
     size = pair("size")
-    resized = moved & _differs(*size, "size")
-    piece = "; size " + _shown(size[0]) + " -> " + _shown(size[1])
-    detail = detail.mask(resized, detail + piece)
-    add("checksum_changed", moved, detail, _shown(checksum[0]), _shown(checksum[1]))
-
-    _property_rows(changes, rb, ra, (before, after), v2)
+    resized = masks["checksum_changed"] & _differs(*size, "size")
+    detail = detail.mask(resized, detail + "; size " + _shown(size[0]) + " -> " + _shown(size[1]))
+    add("checksum_changed", detail, _shown(checksum[0]), _shown(checksum[1]))
 
 
 def _property_rows(
