@@ -145,9 +145,7 @@ def _states(df: pd.DataFrame) -> np.ndarray:
     http_200 = status.eq(200).fillna(False).to_numpy(dtype=bool)
     http_404 = status.eq(404).fillna(False).to_numpy(dtype=bool)
     never_fetched = (
-        status.isna().to_numpy(dtype=bool)
-        & no_error
-        & df["status"].notna().to_numpy(dtype=bool)
+        status.isna().to_numpy(dtype=bool) & no_error & df["status"].notna().to_numpy(dtype=bool)
     )
     read = (definitive & http_200) | never_fetched
     gone = df["deleted"].fillna(False).to_numpy(dtype=bool) | df["status"].isin(

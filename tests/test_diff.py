@@ -134,8 +134,9 @@ def test_updated_at_moves_forward_on_every_change_only(servers) -> None:
 
 
 def test_a_deleted_image_disappears_for_every_kind_of_reader(servers) -> None:
-    """Admin HEAD (a deleted row), v2 (404), a listing (absent) and a project token
-    (404) all make it ``disappeared``; a purged image is 404 even to an admin."""
+    """Admin HEAD (a deleted row), v2 (404), a listing (absent; with deleted images: a
+    deleted row) and a project token (404) all make it ``disappeared``; a purged image is
+    404 even to an admin."""
     fleet = make_fleet(60, seed=43, projects=1)
     project = fleet.projects[0]
     tokens = {
@@ -150,6 +151,7 @@ def test_a_deleted_image_disappears_for_every_kind_of_reader(servers) -> None:
         "admin v1": lambda: fetch(emu, ids),
         "admin v2": lambda: fetch(emu, ids, "v2"),
         "listing": lambda: fetch(emu, None),
+        "listing with deleted images": lambda: fetch(emu, None, include_deleted=True),
         "project": lambda: imgframe.fetch_images(
             ids, endpoint=emu.url, token="project-token", progress=False
         ),
@@ -158,6 +160,8 @@ def test_a_deleted_image_disappears_for_every_kind_of_reader(servers) -> None:
     emu.delete(gone.id)
     emu.delete(purged.id, purge=True)
     assert fetch(emu, [gone.id]).loc[gone.id, "deleted"]  # an admin still sees it
+    assert readers["listing with deleted images"]().loc[gone.id, "status"] == "deleted"
+    assert gone.id not in readers["listing"]().index
     for name, read in readers.items():
         changes = imgframe.diff(before[name], read())
         assert change_set(changes) == {(gone.id, "disappeared"), (purged.id, "disappeared")}, name
