@@ -237,7 +237,8 @@ def _properties(values: pd.Series) -> np.ndarray:
 
 
 class _Changes:
-    """The rows found so far, one list per output column (positions into both frames)."""
+    """The rows found so far, one part per change: the rows' positions in both frames
+    (-1: not in that one) and their ``detail``, ``before`` and ``after`` texts."""
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, np.ndarray, np.ndarray, Any, Any, Any]] = []
