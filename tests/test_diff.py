@@ -280,9 +280,10 @@ def test_rows_that_could_not_be_read_are_unknown_never_disappeared(servers, brok
     emu = servers.glance(fleet)
     faults = Faults(
         transient_rate=0.08, transient_kinds=("503", "500", "drop"), transient_attempts=10**6,
-        hang_rate=0.02, hang_seconds=5.0, wrong_id_rate=0.03, seed=11,
+        hang_rate=0.02, hang_seconds=10.0, wrong_id_rate=0.03, seed=11,
     )  # fmt: skip
-    options = {"retries": 0, "timeout": 0.5}
+    # adaptive=False: the 503s would make the hung requests wait for each other
+    options = {"retries": 0, "timeout": 2.0, "adaptive": False}
     ids = [image.id for image in fleet.images]
     if broken == "older":
         emu.faults = faults
