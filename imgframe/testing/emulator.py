@@ -1044,12 +1044,14 @@ class GlanceEmulator:
         if purge:
             return self._on_loop(lambda: self._purge(image_id))
 
-        def check(image: FleetImage) -> bool:
+        def unless_protected(image: FleetImage) -> bool:  # the value of `deleted`
             if image.protected:
                 raise ValueError(f"image {image.id} is protected: unprotect() it first")
             return True
 
-        return self._update(image_id, deleted=check, status="deleted", deleted_at=_CHANGED_AT)
+        return self._update(
+            image_id, deleted=unless_protected, status="deleted", deleted_at=_CHANGED_AT
+        )
 
     def add(self, image: FleetImage) -> FleetImage:
         """Add a new image (its id must be new); returns it.
