@@ -491,7 +491,10 @@ def diff(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     index_b, index_a = before.index, after.index
     if index_b.dtype != index_a.dtype:
         index_b, index_a = index_b.astype(object), index_a.astype(object)
-    in_after = index_a.get_indexer(index_b)
+    if len(index_b) == len(index_a) and index_b.equals(index_a):
+        in_after = np.arange(len(index_b))  # the same ids in the same order: no hash join
+    else:
+        in_after = index_a.get_indexer(index_b)
     only_after = np.ones(len(after), dtype=bool)
     only_after[in_after[in_after >= 0]] = False
     new_rows = np.flatnonzero(only_after)
