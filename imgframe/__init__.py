@@ -38,6 +38,7 @@ from imgframe.auth import (
     StaticToken,
     TokenSource,
 )
+from imgframe.changes import CHANGES, diff
 from imgframe.config import FetchOptions, RetryPolicy, Timeout
 from imgframe.errors import (
     AuthError,
@@ -68,6 +69,7 @@ from imgframe.widgets import picker  # ipywidgets is imported only when a picker
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHANGES",
     "FIELDS",
     "FINDING_COLUMNS",
     "SEVERITIES",
@@ -100,6 +102,7 @@ __all__ = [
     "broken",
     "checksum_duplicates",
     "columns",
+    "diff",
     "dtypes",
     "fetch_fleet",
     "fetch_fleet_async",

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from imgframe import audits
+from imgframe import audits, changes
 from imgframe.io import to_csv, to_json, to_parquet
 from imgframe.report_html import report
 from imgframe.schema import required_columns
@@ -98,10 +98,16 @@ class ImageAccessor:
         return audits.owner_summary(self._df)
 
     def audit(
-        self, rules: Any = None, allow: Any = None, now: audits.Timeish = None
+        self, rules: Any = None, allow: Any = None, now: audits.Timeish = None, **options: Any
     ) -> pd.DataFrame:
-        """:func:`imgframe.audits.audit` of this frame."""
-        return audits.audit(self._df, rules=rules, allow=allow, now=now)
+        """:func:`imgframe.audits.audit` of this frame (``usage=``, ``profile=``,
+        ``baseline=`` ... as that function takes them)."""
+        return audits.audit(self._df, rules=rules, allow=allow, now=now, **options)
+
+    # snapshots
+    def diff(self, old: pd.DataFrame) -> pd.DataFrame:
+        """:func:`imgframe.diff` from ``old`` to this frame (``new.img.diff(old)``)."""
+        return changes.diff(old, self._df)
 
     # exports: the same writers as imgframe.to_csv & co.
     def to_csv(self, path: str | Path, **options: Any) -> Any:

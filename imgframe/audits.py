@@ -121,6 +121,7 @@ __all__ = [
     "RESOLVED_ATTR",
     "SECURITY_CHECKS",
     "SEVERITIES",
+    "SIGNATURE_KEYS",
     "audit",
     "broken",
     "checksum_duplicates",
@@ -164,7 +165,9 @@ logger = logging.getLogger(__name__)
 #: The checks :func:`security_properties` knows.
 SECURITY_CHECKS: tuple[str, ...] = ("signature", "secure_boot", "mem_encryption")
 
-_SIGNATURE_KEYS = (
+#: The properties of a signed image (Glance's image signature verification): the
+#: ``signature`` check of :func:`security_properties` wants all four, non-empty.
+SIGNATURE_KEYS: tuple[str, ...] = (
     "img_signature",
     "img_signature_hash_method",
     "img_signature_key_type",
@@ -618,7 +621,7 @@ def security_properties(
     failing: dict[str, np.ndarray] = {}
     if "signature" in wanted:
         signed = np.ones(len(rows), dtype=bool)
-        for key in _SIGNATURE_KEYS:
+        for key in SIGNATURE_KEYS:
             signed &= _property(properties, key).str.len().fillna(0).gt(0).to_numpy(dtype=bool)
         failing["signature"] = ~signed
     if "secure_boot" in wanted:

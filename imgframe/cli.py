@@ -1,5 +1,5 @@
-"""The ``imgframe`` command: ``fetch``, ``audit``, ``servers``, ``volumes``, ``emulator``
-and ``demo``.
+"""The ``imgframe`` command: ``fetch``, ``audit``, ``diff``, ``servers``, ``volumes``,
+``emulator`` and ``demo``.
 
 Errors a user can fix print one line (``imgframe: error: ...``); nothing a user does
 should end in a traceback. The exit status says what happened (:data:`EXIT_STATUS_HELP`,
@@ -70,7 +70,7 @@ exit status:
        is not writable or not .csv/.parquet/.json, a checkpoint made for another run,
        a --history folder that cannot take the run (one of the same second exists)
   3    imgframe audit --fail-on: a finding that severe exists (with --baseline: a
-       new one)
+       new one); imgframe diff --fail-on: one of those changes exists
   4    incomplete: the table is written but some ids could not be read; the last line
        says how many and why (with --keep-going: which targets failed). Run the same
        command again to ask only those ids (the checkpoint keeps the others); with
@@ -856,6 +856,73 @@ def _audit_clock(text: str) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def changes_table(changes: pd.DataFrame, limit: int = 20) -> str:
+    """Changes as text: the counts per change, then the first ``limit`` changes.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from imgframe.changes import CHANGE_DTYPE
+    >>> c = pd.DataFrame({"image_id": ["a"], "change": pd.Categorical(["owner_changed"],
+    ...                   dtype=CHANGE_DTYPE), "name": ["n"], "owner": ["p2"],
+    ...                   "detail": ["owner p1 -> p2"]})
+    >>> print(changes_table(c))
+    1 changes: owner_changed 1
+    <BLANKLINE>
+    change         image_id  owner  name  detail
+    owner_changed  a         p2     n     owner p1 -> p2
+    """
+    from imgframe.changes import summary
+
+    if changes.empty:
+        return "no changes"
+    where = [c for c in ("cloud", "region") if c in changes.columns]
+    shown = changes.head(limit)[["change", *where, "image_id", "owner", "name", "detail"]]
+    lines = [summary(changes), "", shown.to_string(index=False, justify="left")]
+    if len(changes) > limit:
+        lines.append(f"... and {len(changes) - limit:,} more (use -o FILE)")
+    return "\n".join(lines)
+
+
+def _changes_named(text: str) -> list[str]:
+    """``--fail-on`` A,B: names of :data:`imgframe.changes.CHANGES`, checked."""
+    from imgframe.changes import CHANGES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CHANGES]
+    if unknown or not names:
+        raise ConfigError(
+            f"--fail-on: unknown change {', '.join(unknown) or repr(text)}; "
+            f"choose from {', '.join(CHANGES)}"
+        )
+    return names
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from imgframe.changes import diff, summary
+    from imgframe.io import read
+
+    fail_on = _changes_named(args.fail_on) if args.fail_on is not None else []
+    if args.output:
+        _check_output(args.output)
+    old, new = read(args.old), read(args.new)
+    for path, df in ((args.old, old), (args.new, new)):
+        if "http_status" in df.columns and "error" in df.columns:
+            outcome = run_outcome(df)
+            if not outcome.complete:  # a table written by a fetch that exited 4
+                _say(f"warning: {path} is {outcome.summary()}; those images are 'unknown'")
+    changes = diff(old, new)
+    if args.output:
+        path = write(changes, args.output)
+        _write_text(summary(changes) + "\n", None)
+        _say(f"wrote {len(changes):,} changes to {path}")
+    else:
+        _write_text(changes_table(changes) + "\n", None)
+    if fail_on and changes["change"].isin(fail_on).any():
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
 #: What ``--servers`` / ``--volumes`` files must hold for image_usage (``id`` included).
 USAGE_TABLE_COLUMNS = {
     "servers": ("id", "status", "image_id", "project_id"),
@@ -1345,6 +1412,34 @@ def build_parser() -> argparse.ArgumentParser:
         "(an image may be used only through a volume)",
     )
     audit.set_defaults(run=_audit)
+
+    changes = sub.add_parser(
+        "diff",
+        help="what changed between two fetched tables (images that appeared, became "
+        "public, lost protection or their signature, changed owner, ...)",
+        description="Compare two tables written by 'imgframe fetch' (any of .csv, .parquet, "
+        ".json): one row per image and change; images that could not be read in either "
+        "table are 'unknown', never 'disappeared'.",
+        epilog="exit status: 0 done (no change named by --fail-on); 1 internal error; "
+        "2 usage error, or a table that cannot be read (missing, cut short, not a table, "
+        "a fleet table against a single-endpoint one); 3 a change named by --fail-on exists",
+    )
+    changes.add_argument("old", metavar="OLD", help="the older images table")
+    changes.add_argument("new", metavar="NEW", help="the newer images table")
+    changes.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write every change here: .csv, .parquet or .json (written whole or not at "
+        "all); without it the first 20 are printed",
+    )
+    changes.add_argument(
+        "--fail-on",
+        metavar="CHANGE,...",
+        help="exit 3 when one of these changes exists, e.g. became_public,protection_removed,"
+        "signature_removed (for CI jobs)",
+    )
+    changes.set_defaults(run=_diff)
 
     for kind, service, path in (
         ("servers", "Nova", "{compute}/servers/detail"),

@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 
 from imgframe import provenance
 from imgframe.atomic import atomic_path
+from imgframe.changes import diff
 from imgframe.errors import ConfigError, ImgframeWarning, InvalidInputError
 from imgframe.io import (
     PARTITIONING_KEY,
@@ -362,6 +363,21 @@ class History:
                 f"history {str(self.folder)!r} has {len(stamps)} snapshot(s); a pair needs two"
             )
         return self._read(stamps[-2]), self._read(stamps[-1])
+
+    def diff(self) -> pd.DataFrame:
+        """What changed between the last two snapshots (:func:`imgframe.diff` of
+        :meth:`pair`): one row per image and change.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> History(tempfile.mkdtemp()).diff()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        imgframe.errors.ConfigError: history '...' has 0 snapshot(s); a pair needs two
+        """
+        before, after = self.pair()
+        return diff(before, after)
 
     def dataset(self) -> Any:
         """The folder as a ``pyarrow.dataset.Dataset``, its partition columns as text

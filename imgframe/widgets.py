@@ -462,7 +462,8 @@ class Picker:
             raise ConfigError(f"page_size must be >= 1, got {page_size}")
         w = _ipywidgets()
         self._df = df
-        self._findings = audit(df) if findings is None else findings
+        # Every rule (profile all): the picker offers each rule as a filter.
+        self._findings = audit(df, profile="all") if findings is None else findings
         self.page_size = page_size
         self._filtered = df
         self._order = np.arange(len(df))
@@ -811,8 +812,8 @@ def _as_date(value: DateBound) -> date | None:
 def picker(df: pd.DataFrame, findings: pd.DataFrame | None = None, page_size: int = 50) -> Picker:
     """A :class:`Picker` over ``df``; end a notebook cell with it to show it.
 
-    ``findings`` (default: ``imgframe.audit(df)``) gives the rule choices and serves the
-    "only images with findings" filter. Needs ipywidgets (``pip install
+    ``findings`` (default: ``imgframe.audit(df, profile="all")``) gives the rule choices
+    and serves the "only images with findings" filter. Needs ipywidgets (``pip install
     'imgframe[notebook]'``); without it this raises an ImportError that says so.
 
     Examples

@@ -369,3 +369,21 @@ def test_na_heavy_categories_round_trip_through_partitions(tmp_path_factory, row
     back = imgframe.read_parquet(imgframe.to_parquet(df, folder, partition_cols=columns))
     pd.testing.assert_frame_equal(back.loc[df.index] if len(df) else back, df)
     assert json.dumps(back.attrs) == "{}"
+
+
+def test_diff_of_a_history_is_what_changed_between_its_last_two_runs(servers, tmp_path) -> None:
+    emulator = servers.glance(30, seed=23)
+    ids = [image.id for image in emulator.fleet.images]
+    private = [image.id for image in emulator.fleet.images if not image.is_public]
+    history = History(tmp_path / "h")
+    history.add(imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN))
+    emulator.publish(private[0])
+    emulator.change_owner(private[1], "someone-else")
+    later_second()
+    history.add(imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN))
+    changes = history.diff()
+    assert set(zip(changes["image_id"], changes["change"].astype(str), strict=True)) == {
+        (private[0], "became_public"),
+        (private[1], "owner_changed"),
+    }
+    pd.testing.assert_frame_equal(changes, imgframe.diff(*history.pair()))

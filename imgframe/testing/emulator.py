@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -53,7 +54,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
@@ -61,7 +62,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from imgframe.testing.apisign import AccessKey, access_key_of, verify
-from imgframe.testing.fleet import Fleet, FleetImage, make_fleet
+from imgframe.testing.fleet import STATUSES, Fleet, FleetImage, make_fleet
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -103,6 +104,12 @@ _ODD_GARBAGE = (
 )
 #: The ways :attr:`Faults` can make a 200 answer lie, in the order they are drawn.
 LIES = ("wrong-id", "duplicate-id", "no-metadata", "head-body")
+# Stands for "the change's own time" in GlanceEmulator._update (deleted_at = updated_at).
+_CHANGED_AT = object()
+# updated_at moves forward by at least this much per change, even on a fleet dated ahead.
+_TICK = timedelta(seconds=1)
+# Seconds a change waits for the serving loop to run it.
+_CHANGE_TIMEOUT = 30.0
 # What a server that broke HTTP sends after the headers of a HEAD answer.
 _HEAD_BODY = b"<html><body><h1>Image metadata</h1></body></html>\r\n"
 
@@ -469,6 +476,10 @@ class _Dropped(Exception):
     """Raised inside the handler to close the connection without any response."""
 
 
+def _is_signature_key(key: str) -> bool:
+    return key.lower().startswith("img_signature")
+
+
 def _check_loopback(host: str) -> None:
     if host == "localhost":
         return
@@ -731,6 +742,9 @@ class GlanceEmulator:
         self._folded: dict[str, FleetImage] | None = None  # for case_insensitive_ids
         self._in_flight = 0  # only the server's event loop changes it
         self._max_in_flight = 0
+        # For the changes between snapshots (publish, delete, add, ...).
+        self._owns_fleet = False
+        self._positions: dict[str, int] = {}  # id -> index in fleet.images, made on demand
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -917,6 +931,229 @@ class GlanceEmulator:
             self._max_in_flight = self._in_flight
             if attempts:
                 self._attempts.clear()
+
+    # -- changing the catalogue between snapshots --
+    # Each change runs on the server's event loop (call_soon_threadsafe) while it serves:
+    # a handler then never sees half of it, and the caches it reads (rendered headers,
+    # listing JSON, listing orders) are updated before the next request is handled. The
+    # Fleet given to the constructor is never changed: the first change copies its list
+    # of images, and a changed image is a new FleetImage (the old one may be another
+    # emulator's too); :attr:`fleet` is what this emulator serves now (its ``planted``
+    # answers are those of the fleet as built).
+
+    def publish(self, image_id: str) -> FleetImage:
+        """Make an image public (v1 ``is_public`` True; v2 ``visibility`` public), as
+        ``glance image-update --is-public True`` does; returns the changed image.
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> fleet = make_fleet(3, seed=1)
+        >>> emu = GlanceEmulator(fleet)
+        >>> image = emu.publish(fleet.images[0].id)
+        >>> image.is_public, image.updated_at > fleet.images[0].updated_at, emu.fleet is fleet
+        (True, True, False)
+        """
+        return self._update(image_id, is_public=True)
+
+    def unpublish(self, image_id: str) -> FleetImage:
+        """Make an image private (``is_public`` False); returns the changed image."""
+        return self._update(image_id, is_public=False)
+
+    def protect(self, image_id: str) -> FleetImage:
+        """Protect an image from deletion (``protected`` True); returns the changed image."""
+        return self._update(image_id, protected=True)
+
+    def unprotect(self, image_id: str) -> FleetImage:
+        """Remove an image's protection (``protected`` False); returns the changed image."""
+        return self._update(image_id, protected=False)
+
+    def change_owner(self, image_id: str, owner: str | None) -> FleetImage:
+        """Give an image to another project (an admin's ``owner`` update); returns it."""
+        return self._update(image_id, owner=owner)
+
+    def set_status(self, image_id: str, status: str) -> FleetImage:
+        """Set an image's status (``deactivated``, ``active``, ``killed``, ...); use
+        :meth:`delete` for ``deleted`` and ``pending_delete``. Returns the changed image.
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> emu = GlanceEmulator(make_fleet(1))
+        >>> emu.set_status(emu.fleet.images[0].id, "deactivated").status
+        'deactivated'
+        """
+        if status in ("deleted", "pending_delete"):
+            raise ValueError(f"use delete() to give an image the status {status!r}")
+        if status not in STATUSES:
+            raise ValueError(f"unknown image status {status!r}; choose from {STATUSES}")
+        return self._update(image_id, status=status)
+
+    def set_property(self, image_id: str, key: str, value: str | None) -> FleetImage:
+        """Set a custom property (``value`` None removes it; removing a property the image
+        does not have is a KeyError). Returns the changed image.
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> emu = GlanceEmulator(make_fleet(1))
+        >>> emu.set_property(emu.fleet.images[0].id, "env", "prod").properties["env"]
+        'prod'
+        """
+
+        def properties(image: FleetImage) -> dict[str, str]:
+            if value is None:
+                if key not in image.properties:
+                    raise KeyError(f"image {image.id} has no property {key!r}")
+                return {k: v for k, v in image.properties.items() if k != key}
+            return {**image.properties, key: value}
+
+        return self._update(image_id, properties=properties)
+
+    def drop_signature(self, image_id: str) -> FleetImage:
+        """Remove every ``img_signature*`` property (a ValueError if it has none);
+        returns the changed image."""
+
+        def properties(image: FleetImage) -> dict[str, str]:
+            kept = {k: v for k, v in image.properties.items() if not _is_signature_key(k)}
+            if len(kept) == len(image.properties):
+                raise ValueError(f"image {image.id} has no img_signature* property")
+            return kept
+
+        return self._update(image_id, properties=properties)
+
+    def delete(self, image_id: str, *, purge: bool = False) -> FleetImage:
+        """Delete an image as Glance does: status ``deleted``, ``deleted`` True,
+        ``deleted_at`` now. Then only admin tokens see it (v1 HEAD 200 with
+        ``X-Image-Meta-Deleted: True``; every other token gets 404), v2 answers 404 to
+        everyone, and listings leave it out unless asked for deleted images
+        (``changes-since``, what ``include_deleted`` uses). ``purge=True`` removes it
+        from the catalogue altogether (``glance-manage db purge``): 404 for everyone. A
+        protected image cannot be deleted (ValueError, as Glance answers 403).
+
+        Examples
+        --------
+        >>> from imgframe.testing import make_fleet
+        >>> emu = GlanceEmulator(make_fleet(5, seed=2))
+        >>> live = next(i for i in emu.fleet.images if not i.deleted and not i.protected)
+        >>> emu.delete(live.id).status, len(emu.delete(live.id, purge=True).id) > 0
+        ('deleted', True)
+        >>> live.id in {image.id for image in emu.fleet.images}
+        False
+        """
+        if purge:
+            return self._on_loop(lambda: self._purge(image_id))
+
+        def unless_protected(image: FleetImage) -> bool:  # the value of `deleted`
+            if image.protected:
+                raise ValueError(f"image {image.id} is protected: unprotect() it first")
+            return True
+
+        return self._update(
+            image_id, deleted=unless_protected, status="deleted", deleted_at=_CHANGED_AT
+        )
+
+    def add(self, image: FleetImage) -> FleetImage:
+        """Add a new image (its id must be new); returns it.
+
+        Examples
+        --------
+        >>> import dataclasses
+        >>> from imgframe.testing import make_fleet
+        >>> emu = GlanceEmulator(make_fleet(2, seed=3))
+        >>> new = dataclasses.replace(emu.fleet.images[0], id="new-image")
+        >>> emu.add(new) is new, len(emu.fleet)
+        (True, 3)
+        """
+
+        def apply() -> FleetImage:
+            self._own_fleet()
+            if image.id in self._images:
+                raise ValueError(f"an image {image.id} exists already")
+            self.fleet.images.append(image)
+            self._images[image.id] = image
+            self._reorder(image.id)
+            return image
+
+        return self._on_loop(apply)
+
+    def _update(self, image_id: str, **changes: Any) -> FleetImage:
+        """Replace the image by a copy with ``changes`` (a callable is given the image
+        and returns the value) and ``updated_at`` moved forward; returns the copy."""
+
+        def apply() -> FleetImage:
+            self._own_fleet()
+            image = self._images.get(image_id)
+            if image is None:
+                raise KeyError(f"no image {image_id!r} in this emulator")
+            stamp = max(datetime.now(UTC).replace(tzinfo=None), image.updated_at + _TICK)
+            values: dict[str, Any] = {
+                name: stamp if value is _CHANGED_AT else value(image) if callable(value) else value
+                for name, value in changes.items()
+            }
+            new = dataclasses.replace(image, **values, updated_at=stamp)
+            self.fleet.images[self._positions[image_id]] = new
+            self._images[image_id] = new
+            self._forget(image_id)
+            # Sorting keys (created_at, id) did not change: patch the orders in place.
+            for images, positions in (self._listing, self._listing_pos), *self._orders.values():
+                at = positions.get(image_id)
+                if images is not None and at is not None:
+                    images[at] = new
+            return new
+
+        return self._on_loop(apply)
+
+    def _purge(self, image_id: str) -> FleetImage:
+        self._own_fleet()
+        image = self._images.pop(image_id, None)
+        if image is None:
+            raise KeyError(f"no image {image_id!r} in this emulator")
+        del self.fleet.images[self._positions[image_id]]
+        self._reorder(image_id)
+        return image
+
+    def _own_fleet(self) -> None:
+        """Before the first change: a catalogue of this emulator's own (see above)."""
+        if not self._owns_fleet:
+            self.fleet = dataclasses.replace(self.fleet, images=list(self.fleet.images))
+            self._images = dict(self._images)
+            self._owns_fleet = True
+        if not self._positions:
+            self._positions = {image.id: n for n, image in enumerate(self.fleet.images)}
+
+    def _forget(self, image_id: str) -> None:
+        """Drop what was rendered of this image (HEAD headers, listing JSON)."""
+        self._rendered.pop(image_id, None)
+        for render in (_detail, _summary, _v2_image):
+            self._listed_json.pop((render, image_id), None)
+        self._folded = None
+
+    def _reorder(self, image_id: str) -> None:
+        """An image came or went: the listing orders and id lists are made again."""
+        self._forget(image_id)
+        self._listing, self._listing_pos, self._orders = None, {}, {}
+        self._ids = None
+        self._positions = {}
+
+    def _on_loop(self, change: Callable[[], FleetImage]) -> FleetImage:
+        """Run ``change`` on the serving loop and wait for it (here when not serving)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():  # not serving: nothing reads the caches
+            return change()
+        with contextlib.suppress(RuntimeError):  # no running loop in this thread
+            if asyncio.get_running_loop() is loop:
+                return change()
+        done: concurrent.futures.Future[FleetImage] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(change())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return done.result(timeout=_CHANGE_TIMEOUT)
 
     # -- request handling --
 
