@@ -68,10 +68,12 @@ RULE_TEXT: dict[str, tuple[str, str]] = {
         "hardening profile.",
     ),
     "fetch_failed": (
-        "Rows that could not be read (timeouts, server errors, 403, answers that lied): "
-        "their metadata is unknown and no other rule judged them.",
-        "Fetch again: the same command resumes and asks only these ids; a lasting 403 "
-        "means the token cannot see the image.",
+        "Rows that could not be read: ids the cloud does not know (404), timeouts, server "
+        "errors, 403, answers that lied. Their metadata is unknown and no other rule "
+        "judged them.",
+        "Drop the ids that answer 404 from your list (no such image); fetch the others "
+        "again (the same command resumes and asks only those); a lasting 403 means the "
+        "token cannot see the image.",
     ),
     "checksum_duplicates": (
         "Live images holding the same data (same hash and size): every copy but one "
@@ -128,7 +130,7 @@ _OWNERS_SHOWN = 100
 _OWNERS_CHARTED = 15
 _ALLOWED_SHOWN = 200
 _TEXT_LIMIT = 400  # characters of one untrusted value shown; the files keep it whole
-_LABEL_LIMIT = 34  # characters of a chart label (the whole label is its SVG title)
+_LABEL_LIMIT = 32  # characters of a chart label (the whole label is its SVG title)
 _DETAIL_GROUPS = 8  # a rule with at most this many distinct details gets a breakdown
 _AGE_BUCKETS = (
     ("< 30 days", pd.Timedelta(days=30)),
@@ -140,6 +142,9 @@ _AGE_BUCKETS = (
 # a name holding them is visible as such and the file stays valid UTF-8.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+# Columns of ids, in a monospace font and wide enough for a UUID (owner: a project id) on
+# one line; longer values wrap inside the cell.
+_ID_KINDS = {"image_id": "uuid", "owner": "owner"}
 
 _CSS = """
 :root { --high: #b00020; --medium: #b35c00; --low: #6b7a00; --info: #5a5a5a; --line: #d5d5d5; }
@@ -165,19 +170,21 @@ section:target, section > div:target { outline: 3px solid #7aa7e0; outline-offse
 a { color: #1a56a8; }
 p, li, dd, td, th, figcaption, .detail { overflow-wrap: anywhere; }
 .scroll { overflow-x: auto; max-width: 100%; }
-table { border-collapse: collapse; margin: .4rem 0 .8rem; max-width: 100%; }
+table { border-collapse: collapse; margin: .4rem 0 .8rem; max-width: 100%; font-size: 13px;
+  line-height: 1.35; }
 th, td { border: 1px solid var(--line); padding: .2em .55em; text-align: left;
   vertical-align: top; }
 th { background: #f3f3f3; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.id { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; min-width: 8em; }
+td.id { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
+td.uuid { min-width: calc(36ch + 1.2em); } td.owner, td.hash { min-width: calc(32ch + 1.2em); }
 table.wide { width: 100%; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(10.5rem, 1fr));
   gap: .6rem; margin: .6rem 0 1rem; }
 .figure { border: 1px solid var(--line); border-radius: 6px; padding: .5rem .7rem; }
 .figure .value { display: block; font-size: 1.35rem; font-weight: 600; }
 .figure .label { color: #555; font-size: 12px; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 30rem), 1fr));
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 30rem), 1fr));
   gap: 1rem 2rem; }
 figure { margin: 0; min-width: 0; }
 figcaption { font-weight: 600; margin-bottom: .3rem; }
@@ -320,9 +327,13 @@ class _Column:
 
     @property
     def css(self) -> str:
-        return {"num": ' class="num"', "bytes": ' class="num"', "id": ' class="id"'}.get(
-            self.kind, ""
-        )
+        return {
+            "num": ' class="num"',
+            "bytes": ' class="num"',
+            "id": ' class="id"',
+            "uuid": ' class="id uuid"',
+            "owner": ' class="id owner"',
+        }.get(self.kind, "")
 
 
 def _table(frame: pd.DataFrame, columns: Sequence[_Column], *, wide: bool = False) -> str:
@@ -369,7 +380,7 @@ def _bars(title: str, items: Sequence[tuple[str, float, str, str]], *, unit: str
     """
     if not items:
         return ""
-    row, label_w, bar_w, value_w = 22, 230, 260, 130
+    row, label_w, bar_w, value_w = 22, 270, 230, 130
     width, height = label_w + bar_w + value_w, row * len(items) + 6
     top = max((value for _, value, _, _ in items), default=0) or 1
     parts = []
@@ -598,7 +609,7 @@ def _headline(
     del rule_anchors  # the findings chart links nothing: SVG text links do not print well
     return _section(
         "summary",
-        "Headline figures",
+        "Fleet summary",
         _figures(figures)
         + f'<div class="charts">{"".join(charts)}</div>'
         + (
@@ -789,7 +800,7 @@ def _finding_columns(
         "name",
         *(["detail"] if detail else []),
     ]
-    return [_Column(n, kind="id" if n == "image_id" else "text") for n in names if n in frame]
+    return [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in frame]
 
 
 def _shared(values: pd.Series) -> str | None:
@@ -869,7 +880,7 @@ def _changes(diff: pd.DataFrame, max_rows: int, anchors: _Anchors) -> tuple[str,
             "owner",
             *(["detail"] if detail is None else []),
         ]
-        columns = [_Column(n, kind="id" if n == "image_id" else "text") for n in names if n in rows]
+        columns = [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in rows]
         meaning = CHANGE_TEXT.get(kind, "")
         parts.append(
             f'<div id="{anchor}" class="change" data-change="{_esc(kind)}" '
@@ -925,7 +936,7 @@ def _duplicates(duplicates: pd.DataFrame, max_rows: int) -> str:
             groups.head(max_rows),
             [
                 _Column("copies", kind="num"),
-                _Column("checksum", kind="id"),
+                _Column("checksum", kind="hash"),
                 _Column("size", kind="bytes"),
                 _Column("reclaimable_bytes", kind="bytes"),
                 _Column("owners"),
@@ -995,9 +1006,7 @@ def _allowed(attrs: Mapping[str, Any]) -> str:
             "reason",
             "expires",
         ]
-        columns = [
-            _Column(n, kind="id" if n == "image_id" else "text") for n in names if n in allowed
-        ]
+        columns = [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in allowed]
         body += "<h3>Allowed findings</h3>" + _table(
             allowed.head(_ALLOWED_SHOWN), columns, wide=True
         )
@@ -1057,7 +1066,7 @@ def report(
     >>> df = imgframe.frame_from_headers([{"X-Image-Meta-Id": "a", "X-Image-Meta-Size": "1"}])
     >>> df["http_status"] = pd.array([200], dtype="Int64")
     >>> path = report(df, tempfile.mkdtemp() + "/report.html", now="2026-01-01")
-    >>> "<h2>Headline figures</h2>" in path.read_text()
+    >>> "<h2>Fleet summary</h2>" in path.read_text()
     True
     """
     document = render_report(
@@ -1127,7 +1136,7 @@ def render_report(
     audited = _section("audited", "What was audited", _provenance(df, stamp, _audit_info(attrs)))
     toc = [
         ("audited", "What was audited", ""),
-        ("summary", "Headline figures", ""),
+        ("summary", "Fleet summary", ""),
         *([("baseline", "Since the baseline", "")] if baseline else []),
         *([("changes", "Changes", _sub_toc(change_toc))] if changes else []),
     ]
