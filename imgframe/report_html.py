@@ -333,6 +333,7 @@ class _Column:
             "id": ' class="id"',
             "uuid": ' class="id uuid"',
             "owner": ' class="id owner"',
+            "hash": ' class="id hash"',
         }.get(self.kind, "")
 
 
@@ -372,7 +373,7 @@ def _facts(items: Iterable[tuple[str, str]]) -> str:
     return f'<dl class="facts">{body}</dl>'
 
 
-def _bars(title: str, items: Sequence[tuple[str, float, str, str]], *, unit: str = "count") -> str:
+def _bars(title: str, items: Sequence[tuple[str, float, str, str]]) -> str:
     """A horizontal bar chart as inline SVG: ``(label, value, value text, bar class)`` per bar.
 
     Labels are cut to a width and keep the whole text in the bar's SVG title; every text
@@ -398,7 +399,7 @@ def _bars(title: str, items: Sequence[tuple[str, float, str, str]], *, unit: str
     return (
         f"<figure><figcaption>{_esc(title)}</figcaption>"
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_esc(title)}" data-unit="{_esc(unit)}">{"".join(parts)}</svg></figure>'
+        f'aria-label="{_esc(title)}">{"".join(parts)}</svg></figure>'
     )
 
 
@@ -422,8 +423,8 @@ class _Anchors:
         return anchor
 
 
-def _section(anchor: str, title: str, body: str, extra: str = "") -> str:
-    return f'<section id="{anchor}"><h2>{_esc(title)}{extra}</h2>{body}</section>'
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
 # --------------------------------------------------------------------------- frames
@@ -474,6 +475,8 @@ def _provenance(df: pd.DataFrame, now: pd.Timestamp, info: Mapping[str, Any]) ->
         if "fetched_at" in raw:
             items.append(("fetched at", _esc(raw["fetched_at"])))
         asked = raw.get("asked")
+        if isinstance(asked, list | tuple):  # a fleet's targets, given as the list itself
+            asked = {"targets": asked}
         if isinstance(asked, Mapping):
             items.extend(_asked(asked))
         elif asked is not None:
@@ -578,7 +581,6 @@ def _headline(
     duplicates: pd.DataFrame,
     owners: pd.DataFrame,
     now: pd.Timestamp,
-    rule_anchors: Mapping[str, str],
 ) -> str:
     read = _read_rows(df)
     http = df["http_status"] if "http_status" in df else pd.Series(pd.NA, index=df.index)
@@ -599,14 +601,13 @@ def _headline(
     ]
     charts = [_findings_chart(findings), _owners_chart(owners), _age_chart(df[read], now)]
     if _is_fleet(df):
-        charts.append(_targets_chart(df, read))
+        charts += _per_target(df, read, findings)
     failures = _failures(df, read)
     statuses = df.loc[read, "status"].astype("string").fillna(_MISSING).value_counts()
     status_table = _table(
         statuses.rename("images").rename_axis("status").reset_index(),
         [_Column("status"), _Column("images", kind="num")],
     )
-    del rule_anchors  # the findings chart links nothing: SVG text links do not print well
     return _section(
         "summary",
         "Fleet summary",
@@ -688,7 +689,6 @@ def _owners_chart(owners: pd.DataFrame) -> str:
             (label, float(v), human_bytes(v), "bar")
             for label, v in zip(labels, top.tolist(), strict=True)
         ],
-        unit="bytes",
     )
 
 
@@ -717,28 +717,43 @@ def _age_chart(read: pd.DataFrame, now: pd.Timestamp) -> str:
     )
 
 
-def _targets(df: pd.DataFrame, read: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame(
+def _per_target(df: pd.DataFrame, read: np.ndarray, findings: pd.DataFrame) -> list[str]:
+    """A fleet's chart of images per cloud/region, and a table of their figures."""
+
+    def labels(frame: pd.DataFrame) -> pd.Series:
+        cloud = frame["cloud"].astype("string").fillna(_MISSING)
+        return cloud + "/" + frame["region"].astype("string").fillna(_MISSING)
+
+    size = pd.to_numeric(df["size"], errors="coerce") if "size" in df else pd.Series(0, df.index)
+    parts = pd.DataFrame(
         {
-            "cloud": df["cloud"].astype("string").fillna(_MISSING).to_numpy(),
-            "region": df["region"].astype("string").fillna(_MISSING).to_numpy(),
+            "target": labels(df).to_numpy(),
             "read": read.astype(np.int64),
-            "bytes": pd.to_numeric(df["size"], errors="coerce").where(read, 0).fillna(0).to_numpy()
-            if "size" in df
-            else 0,
+            "bytes": size.where(read, 0).fillna(0).to_numpy(),
         }
     )
-    grouped = frame.groupby(["cloud", "region"], sort=True)
-    return grouped.agg(images=("read", "size"), read=("read", "sum"), bytes=("bytes", "sum"))
-
-
-def _targets_chart(df: pd.DataFrame, read: np.ndarray) -> str:
-    targets = _targets(df, read)
+    targets = parts.groupby("target", sort=True).agg(
+        images=("read", "size"), read=("read", "sum"), bytes=("bytes", "sum")
+    )
+    if {"cloud", "region"} <= set(findings.columns) and len(findings):
+        found = labels(findings).value_counts()
+        targets["findings"] = found.reindex(targets.index).fillna(0).astype(np.int64)
     bars = [
-        (f"{c}/{r}", int(row.images), f"{int(row.images):,} images, {int(row.read):,} read", "bar")
-        for (c, r), row in targets.iterrows()
+        (str(name), int(row.images), f"{int(row.images):,} images, {int(row.read):,} read", "bar")
+        for name, row in targets.iterrows()
     ]
-    return _bars(f"Images per cloud/region ({len(targets):,})", bars)
+    table = targets.rename_axis("cloud/region").reset_index()
+    columns = [
+        _Column("cloud/region", kind="id"),
+        _Column("images", kind="num"),
+        _Column("read", kind="num"),
+        _Column("bytes", kind="bytes"),
+        *([_Column("findings", kind="num")] if "findings" in table else []),
+    ]
+    return [
+        _bars(f"Images per cloud/region ({len(targets):,})", bars),
+        f"<figure><figcaption>Per cloud/region</figcaption>{_table(table, columns)}</figure>",
+    ]
 
 
 def _baseline(
@@ -1154,7 +1169,7 @@ def render_report(
     main = (
         f'<h1>Image fleet audit</h1><p class="lede">{_esc(lede)}</p>'
         + audited
-        + _headline(df, findings, duplicates, owners, stamp, rule_anchors)
+        + _headline(df, findings, duplicates, owners, stamp)
         + baseline
         + changes
         + rule_sections
@@ -1172,14 +1187,16 @@ def render_report(
     return document
 
 
-def _audit_clock(df: pd.DataFrame, attrs: Mapping[str, Any]) -> Any:
+def _audit_clock(df: pd.DataFrame, attrs: Mapping[str, Any]) -> pd.Timestamp | None:
     """The time the audit judged against when the caller did not say: the findings' own
-    ``now``, else the fetch time recorded in the table (what ``audit`` uses), else now."""
+    ``now``, else the fetch time recorded in the table (what ``audit`` uses), else None
+    (the current time). A value that is not a readable date in pandas' range is ignored.
+    """
     for value in (attrs.get("now"), _provenance_time(df)):
-        if value is None:
+        if not isinstance(value, str | datetime):
             continue
         try:
-            stamp = pd.Timestamp(value)
+            stamp = pd.Timestamp(value).as_unit("ns")
         except (TypeError, ValueError, OverflowError):
             continue
         if not pd.isna(stamp):

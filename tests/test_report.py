@@ -357,7 +357,7 @@ _provenance = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "fetched_at": _values,
+            "fetched_at": _values | st.sampled_from(["0001-01-01", "9999-12-31T00:00:00Z"]),
             "asked": _values
             | st.fixed_dictionaries(
                 {}, optional={"endpoint": _values, "targets": st.lists(_values, max_size=3)}
@@ -388,7 +388,7 @@ _findings_attrs = st.fixed_dictionaries(
         "allowed": _values | _hostile_frame,
         "resolved": _values | _hostile_frame,
         "notes": _values,
-        "now": _values,
+        "now": _values | st.sampled_from(["0001-01-01", "2026-13-01", "now"]),
         "baseline": _values,
     },
 )
@@ -401,13 +401,14 @@ def small(df) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(imgframe_attrs=_provenance, findings_attrs=_findings_attrs)
-def test_hostile_attrs_never_break_the_page(small, imgframe_attrs, findings_attrs) -> None:
+@given(imgframe_attrs=_provenance, findings_attrs=_findings_attrs, with_now=st.booleans())
+def test_hostile_attrs_never_break_the_page(small, imgframe_attrs, findings_attrs, with_now):
     part, found = small
     part, found = part.copy(), found.copy()
     part.attrs = {"imgframe": imgframe_attrs}
     found.attrs = dict(findings_attrs)
-    text = render_report(part, findings=found, now=NOW)
+    # without now=, the report's clock comes from those attrs (or is the current time)
+    text = render_report(part, findings=found, now=NOW if with_now else None)
     text.encode("utf-8")  # valid UTF-8: no lone surrogate reaches the file
     page = Page(text)
     assert {n.tag for n in page.tags()} <= TAGS
@@ -576,14 +577,23 @@ def test_the_age_chart_buckets_every_image_read(df, written) -> None:
 
 
 def test_a_fleet_report_has_a_bar_per_cloud_region_and_their_columns(fleet_df, tmp_path) -> None:
-    page = Page(report(fleet_df, tmp_path / "r.html", now=NOW).read_text())
+    findings = audit(fleet_df, now=NOW)
+    page = Page(report(fleet_df, tmp_path / "r.html", findings=findings, now=NOW).read_text())
     bars = dict(page.chart("Images per cloud/region"))
     per_target = fleet_df.groupby(["cloud", "region"], observed=True).size()
     assert {k: v.split(" images")[0] for k, v in bars.items()} == {
         f"{c}/{r}": f"{n:,}" for (c, r), n in per_target.items()
     }
-    table = next(iter(rule_sections(page).values())).find("table", "wide").rows()
-    assert {"cloud", "region", "image id"} <= set(table[0])
+    table = next(
+        f.find("table") for f in page.root.find_all("figure")
+        if f.find("figcaption").text() == "Per cloud/region"
+    )  # fmt: skip
+    found = findings.groupby(["cloud", "region"], observed=True).size()
+    assert {
+        r["cloud/region"]: (number(r["images"]), number(r["findings"])) for r in table.rows()
+    } == {f"{c}/{r}": (n, int(found[(c, r)])) for (c, r), n in per_target.items()}
+    rows = next(iter(rule_sections(page).values())).find("table", "wide").rows()
+    assert {"cloud", "region", "image id"} <= set(rows[0])
 
 
 # --------------------------------------------------------------------------- changes
