@@ -142,16 +142,17 @@ _AGE_BUCKETS = (
 # a name holding them is visible as such and the file stays valid UTF-8.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
-# Columns of ids, in a monospace font and wide enough for a UUID (owner: a project id) on
-# one line; longer values wrap inside the cell.
-_ID_KINDS = {"image_id": "uuid", "owner": "owner"}
+_LONG_WORD = re.compile(r"[^\s-]{37,}")  # longer than a UUID
+# Columns kept wide enough for their usual values on one line (a UUID, a project id, an
+# image name, the ids in a monospace font); longer values wrap inside the cell.
+_COLUMN_KINDS = {"image_id": "uuid", "owner": "owner", "name": "name", "detail": "detail"}
 
 _CSS = """
 :root { --high: #b00020; --medium: #b35c00; --low: #6b7a00; --info: #5a5a5a; --line: #d5d5d5; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
   margin: 0 auto; padding: 1rem 1.5rem 3rem; max-width: 1400px; }
-.page { display: grid; grid-template-columns: 15rem minmax(0, 1fr); gap: 2rem; }
+.page { display: grid; grid-template-columns: 14rem minmax(0, 1fr); gap: 2rem; }
 nav.toc { position: sticky; top: 0; align-self: start; max-height: 100vh; overflow-y: auto;
   padding: 1rem 0; font-size: 13px; }
 nav.toc ol { list-style: none; padding-left: 0; margin: 0; }
@@ -168,7 +169,9 @@ section { margin-top: 2.2rem; padding-top: .4rem; border-top: 1px solid var(--li
 .change { scroll-margin-top: .8rem; }
 section:target, section > div:target { outline: 3px solid #7aa7e0; outline-offset: 4px; }
 a { color: #1a56a8; }
-p, li, dd, td, th, figcaption, .detail { overflow-wrap: anywhere; }
+p, li, dd, figcaption, .detail { overflow-wrap: anywhere; }
+td, th { overflow-wrap: break-word; }
+.long { overflow-wrap: anywhere; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .4rem 0 .8rem; max-width: 100%; font-size: 13px;
   line-height: 1.35; }
@@ -178,6 +181,7 @@ th { background: #f3f3f3; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.id { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
 td.uuid { min-width: calc(36ch + 1.2em); } td.owner, td.hash { min-width: calc(32ch + 1.2em); }
+td.name { min-width: 11em; } td.sentence { min-width: 12em; }
 table.wide { width: 100%; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(10.5rem, 1fr));
   gap: .6rem; margin: .6rem 0 1rem; }
@@ -334,6 +338,8 @@ class _Column:
             "uuid": ' class="id uuid"',
             "owner": ' class="id owner"',
             "hash": ' class="id hash"',
+            "name": ' class="name"',
+            "detail": ' class="sentence"',
         }.get(self.kind, "")
 
 
@@ -344,7 +350,7 @@ def _table(frame: pd.DataFrame, columns: Sequence[_Column], *, wide: bool = Fals
     rows = []
     for row in zip(*values, strict=True) if values else ():
         cells = "".join(
-            f"<td{c.css}>{_esc(c.render(v))}</td>" for c, v in zip(columns, row, strict=True)
+            f"<td{c.css}>{_shown(c.render(v))}</td>" for c, v in zip(columns, row, strict=True)
         )
         rows.append(f"<tr>{cells}</tr>")
     cls = ' class="wide"' if wide else ""
@@ -352,6 +358,15 @@ def _table(frame: pd.DataFrame, columns: Sequence[_Column], *, wide: bool = Fals
         f'<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def _shown(text: str) -> str:
+    """A cell's text, escaped; one with a word too long for a column may break anywhere
+    (the others break between words only, so that short words such as a region's name
+    never split)."""
+    if _LONG_WORD.search(text) is None:
+        return _esc(text)
+    return f'<span class="long">{_esc(text)}</span>'
 
 
 def _more(rest: int, where: str) -> str:
@@ -739,7 +754,7 @@ def _per_target(df: pd.DataFrame, read: np.ndarray, findings: pd.DataFrame) -> l
         found = labels(findings).value_counts()
         targets["findings"] = found.reindex(targets.index).fillna(0).astype(np.int64)
     bars = [
-        (str(name), int(row.images), f"{int(row.images):,} images, {int(row.read):,} read", "bar")
+        (str(name), int(row.images), f"{int(row.images):,} ({int(row.read):,} read)", "bar")
         for name, row in targets.iterrows()
     ]
     table = targets.rename_axis("cloud/region").reset_index()
@@ -815,7 +830,7 @@ def _finding_columns(
         "name",
         *(["detail"] if detail else []),
     ]
-    return [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in frame]
+    return [_Column(n, kind=_COLUMN_KINDS.get(n, "text")) for n in names if n in frame]
 
 
 def _shared(values: pd.Series) -> str | None:
@@ -895,7 +910,7 @@ def _changes(diff: pd.DataFrame, max_rows: int, anchors: _Anchors) -> tuple[str,
             "owner",
             *(["detail"] if detail is None else []),
         ]
-        columns = [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in rows]
+        columns = [_Column(n, kind=_COLUMN_KINDS.get(n, "text")) for n in names if n in rows]
         meaning = CHANGE_TEXT.get(kind, "")
         parts.append(
             f'<div id="{anchor}" class="change" data-change="{_esc(kind)}" '
@@ -1021,7 +1036,7 @@ def _allowed(attrs: Mapping[str, Any]) -> str:
             "reason",
             "expires",
         ]
-        columns = [_Column(n, kind=_ID_KINDS.get(n, "text")) for n in names if n in allowed]
+        columns = [_Column(n, kind=_COLUMN_KINDS.get(n, "text")) for n in names if n in allowed]
         body += "<h3>Allowed findings</h3>" + _table(
             allowed.head(_ALLOWED_SHOWN), columns, wide=True
         )

@@ -581,7 +581,7 @@ def test_a_fleet_report_has_a_bar_per_cloud_region_and_their_columns(fleet_df, t
     page = Page(report(fleet_df, tmp_path / "r.html", findings=findings, now=NOW).read_text())
     bars = dict(page.chart("Images per cloud/region"))
     per_target = fleet_df.groupby(["cloud", "region"], observed=True).size()
-    assert {k: v.split(" images")[0] for k, v in bars.items()} == {
+    assert {k: v.split(" (")[0] for k, v in bars.items()} == {
         f"{c}/{r}": f"{n:,}" for (c, r), n in per_target.items()
     }
     table = next(

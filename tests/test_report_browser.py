@@ -10,6 +10,7 @@ that is not for the file itself: the page must need nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -22,7 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 import imgframe
-from imgframe import ImgframeParseWarning
+from imgframe import ImgframeParseWarning, Target
 from imgframe.audits import audit
 from imgframe.report_html import report
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Faults, make_fleet
@@ -44,6 +45,9 @@ NOW = pd.Timestamp(FLEET_NOW, tz="UTC")
 WIDTH, HEIGHT = 1400, 900
 LOAD_TIMEOUT = 30_000  # ms
 STEP_TIMEOUT = 5_000  # ms, for one link to scroll its target into view
+#: The table boxes wider than their content area: (section id, scroll width, width).
+OVERFLOWING = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => [e.closest("section").id, e.scrollWidth, e.clientWidth])"""
 
 pytestmark = [
     pytest.mark.browser,
@@ -113,6 +117,32 @@ def demo_report(demo, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
+def fleet_report(module_servers, tmp_path_factory) -> Path:
+    """A two-region fleet with the longest id a cloud may have, names without a space to
+    break at and an owner of 300 characters, audited against a baseline."""
+    east, west = make_fleet(300, seed=41), make_fleet(200, seed=42)
+    public = next(i for i in east.images if i.status == "active" and not i.deleted)
+    odd = [
+        dataclasses.replace(public, id="i" * 255, name="n" * 300),
+        dataclasses.replace(public, id="j" * 40, name="<b>" * 100, owner="o" * 300),
+    ]
+    east = dataclasses.replace(east, images=[*east.images, *odd])
+    targets = [
+        Target("lab", region, endpoint=module_servers.glance(fleet).url, token=ADMIN_TOKEN)
+        for region, fleet in (("east", east), ("west", west))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImgframeParseWarning)
+        df = imgframe.fetch_fleet(targets, progress=False)
+    assert {"i" * 255, "j" * 40} <= set(df["id"])
+    findings = audit(df, now=NOW)
+    findings.attrs["resolved"] = findings.iloc[:30].copy()  # as a baseline would say
+    path = tmp_path_factory.mktemp("fleet") / "fleet.html"
+    report(df, path, findings=findings.iloc[30:].reset_index(drop=True), now=NOW)
+    return path
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     # Chromium keeps crash-report settings and dconf data under the home folder: not ours.
     home = tmp_path_factory.mktemp("browser-home")
@@ -147,9 +177,7 @@ class _OnlyTheFile:
             route.abort("blockedbyclient")
 
 
-@pytest.fixture
-def page(browser: Browser, demo_report) -> Iterator[tuple[Page, _OnlyTheFile]]:
-    path, _ = demo_report
+def _open(browser: Browser, path: Path) -> Iterator[tuple[Page, _OnlyTheFile]]:
     context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
     only = _OnlyTheFile(path)
     context.route("**/*", only)
@@ -164,25 +192,14 @@ def page(browser: Browser, demo_report) -> Iterator[tuple[Page, _OnlyTheFile]]:
     assert not errors, errors
 
 
-def test_the_demo_report_in_chromium(page, demo_report, tmp_path: Path) -> None:
-    page, only = page
-    _, findings = demo_report
+@pytest.fixture
+def page(browser: Browser, demo_report) -> Iterator[tuple[Page, _OnlyTheFile]]:
+    yield from _open(browser, demo_report[0])
 
-    # Every rule with findings has a section, with the findings frame's count.
-    sections = page.eval_on_selector_all(
-        "section.rule", "els => els.map(e => [e.dataset.rule, Number(e.dataset.count), e.id])"
-    )
-    assert {rule: count for rule, count, _ in sections} == findings["rule"].astype(
-        str
-    ).value_counts().to_dict()
 
-    # The page fits 1,400 px: nothing scrolls sideways but inside a table's own box.
-    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
-
-    # Every link of the contents scrolls its target into view.
+def _follow_every_contents_link(page: Page) -> list[str]:
+    """Click each link of the contents; each must scroll its target into view."""
     links = page.eval_on_selector_all("nav.toc a", "els => els.map(e => e.getAttribute('href'))")
-    rules = {f"#{anchor}" for _, _, anchor in sections}
-    assert rules <= set(links) and "#changes" in links and "#allowed" in links
     for number, href in enumerate(links):
         page.locator("nav.toc a").nth(number).click(timeout=STEP_TIMEOUT)
         page.wait_for_function(
@@ -195,6 +212,30 @@ def test_the_demo_report_in_chromium(page, demo_report, tmp_path: Path) -> None:
             arg=href,
             timeout=STEP_TIMEOUT,
         )
+    return links
+
+
+def test_the_demo_report_in_chromium(page, demo_report, tmp_path: Path) -> None:
+    page, only = page
+    _, findings = demo_report
+
+    # Every rule with findings has a section, with the findings frame's count.
+    sections = page.eval_on_selector_all(
+        "section.rule", "els => els.map(e => [e.dataset.rule, Number(e.dataset.count), e.id])"
+    )
+    assert {rule: count for rule, count, _ in sections} == findings["rule"].astype(
+        str
+    ).value_counts().to_dict()
+
+    # The page fits 1,400 px, and so does every table (each has a box of its own that
+    # would scroll sideways, rather than the page, if one did not).
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    assert page.eval_on_selector_all(".scroll", OVERFLOWING) == []
+
+    # Every link of the contents scrolls its target into view.
+    links = _follow_every_contents_link(page)
+    rules = {f"#{anchor}" for _, _, anchor in sections}
+    assert rules <= set(links) and "#changes" in links and "#allowed" in links
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
 
     page.evaluate("window.scrollTo(0, 0)")
@@ -217,3 +258,18 @@ def test_the_demo_report_prints_each_section_on_its_own_pages(page, tmp_path: Pa
     assert pages >= sections  # a page break before every section
     # Printed, nothing is wider than the paper either.
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
+def test_a_fleet_report_with_long_ids_and_a_baseline_fits_too(browser, fleet_report, tmp_path):
+    for page, only in _open(browser, fleet_report):
+        assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+        links = _follow_every_contents_link(page)
+        assert "#baseline" in links
+        # the long values wrap inside their cells: no table needs its own scroll bar either
+        assert page.eval_on_selector_all(".scroll", OVERFLOWING) == []
+        assert page.locator("td", has_text="i" * 255).count() >= 1
+        page.evaluate("window.scrollTo(0, 0)")
+        screenshot = tmp_path / "fleet.png"
+        page.screenshot(path=screenshot, full_page=True, timeout=30_000)
+        print(f"screenshot: {screenshot}")
+        assert not only.blocked, f"the report asked for {only.blocked}"
