@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from imgframe.atomic import atomic_path
+from imgframe.errors import InvalidInputError
 from imgframe.schema import FLEET_INDEX
 
 __all__ = ["CHANGE_TEXT", "RULE_TEXT", "SEVERITIES", "human_bytes", "render_report", "report"]
@@ -1135,6 +1136,11 @@ def render_report(
 
     if findings is None:
         findings = audits.audit(df, now=now)
+    missing = [c for c in ("rule", "severity", "image_id") if c not in findings.columns]
+    if missing:
+        raise InvalidInputError(
+            f"not a findings frame: missing columns {missing} (use imgframe.audit's frame)"
+        )
     attrs = _attrs(findings)
     stamp = _utc(now if now is not None else _audit_clock(df, attrs))
     duplicates = audits.checksum_duplicates(df)
@@ -1178,11 +1184,16 @@ def render_report(
     if allowed:
         toc.append(("allowed", "Appendix: allowed findings", ""))
     none = "" if rules else _section("findings", "Findings", "<p>No findings.</p>")
-    lede = (
-        f"{_n(len(df))} images · {_plural(len(findings), 'finding')} · audited as of {_when(stamp)}"
-    )
+    lede = [f"{_n(len(df))} images", _plural(len(findings), "finding")]
+    resolved = _count_attr(attrs.get("resolved"))
+    if resolved is not None:
+        lede[-1] += f" new since the baseline, {resolved:,} resolved"
+    allowed_count = _count_attr(attrs.get("allowed"))
+    if allowed_count:
+        lede.append(f"{allowed_count:,} allowed")
+    lede.append(f"audited as of {_when(stamp)}")
     main = (
-        f'<h1>Image fleet audit</h1><p class="lede">{_esc(lede)}</p>'
+        f'<h1>Image fleet audit</h1><p class="lede">{_esc(" · ".join(lede))}</p>'
         + audited
         + _headline(df, findings, duplicates, owners, stamp)
         + baseline

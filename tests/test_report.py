@@ -324,6 +324,11 @@ def test_findings_given_are_the_findings_shown_and_user_rules_get_a_generic_text
         assert toc[rule] == f"#{section.attrs['id']}"
 
 
+def test_a_frame_that_is_not_findings_is_refused_in_one_line(df) -> None:
+    with pytest.raises(imgframe.InvalidInputError, match=r"missing columns \['rule'"):
+        render_report(df, findings=df.head(3), now=NOW)
+
+
 def test_no_findings_says_so(df, tmp_path) -> None:
     page = Page(report(df, tmp_path / "r.html", findings=audit(df.iloc[:0]), now=NOW).read_text())
     assert "No findings." in page.section("findings").text()
@@ -490,19 +495,29 @@ def test_profile_allow_list_and_notes_are_shown(df, findings, tmp_path) -> None:
     rows = appendix.find_all("table")[1].rows()
     assert [r["image id"] for r in rows] == listed["image_id"].tolist()
     assert page.toc()["Appendix: allowed findings"] == "#allowed"
+    assert "10 allowed" in page.root.find("p", "lede").text()
     assert (
         "allowed" not in page.ids or sum(n.attrs.get("id") == "allowed" for n in page.tags()) == 1
     )
 
 
 def test_with_a_baseline_new_and_resolved_findings_come_first(df, findings, tmp_path) -> None:
-    old = audit(df, now=NOW - pd.Timedelta(days=120))  # fewer stale images back then
+    # Back then fewer images were stale, and five more were public (since made private).
+    before = df.copy()
+    private = before.index[
+        before["status"].eq("active").fillna(False)
+        & ~before["is_public"].fillna(False)
+        & ~before["protected"].fillna(False)
+        & before["error"].isna()
+    ][:5]
+    before.loc[private, "is_public"] = True
+    old = audit(before, now=NOW - pd.Timedelta(days=400))
     key = ["rule", "image_id"]
     new = findings.merge(old[key], on=key, how="left", indicator=True)
     new = findings[(new["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
     gone = old.merge(findings[key], on=key, how="left", indicator=True)
     gone = old[(gone["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
-    assert len(new) > 0
+    assert len(new) > 1 and len(gone) >= 5
     new.attrs = {"resolved": gone}
     page = Page(report(df, tmp_path / "r.html", findings=new, now=NOW).read_text())
     order = [n.attrs.get("id") for n in page.root.find("main").children if isinstance(n, Node)]
@@ -516,6 +531,8 @@ def test_with_a_baseline_new_and_resolved_findings_come_first(df, findings, tmp_
     for link in baseline.find("table").find_all("a"):
         assert (link.attrs["href"] or "")[1:] in page.ids
     assert page.facts("audited")["baseline"].startswith("only findings new since the baseline")
+    lede = page.root.find("p", "lede").text()
+    assert f"{len(new):,} findings new since the baseline, {len(gone):,} resolved" in lede
     # a count alone is fine too
     new.attrs = {"resolved": 7}
     page = Page(render_report(df, findings=new, now=NOW))
