@@ -424,7 +424,9 @@ def _slug(text: str) -> str:
 
 
 class _Anchors:
-    """Unique, safe ``id`` values for sections named by untrusted text (rule names)."""
+    """Unique, safe ``id`` values for sections named by untrusted text (rule names, kinds
+    of change). Each has a prefix and a dash (``rule-``, ``change-``), so it never equals
+    a fixed section's id (``audited``, ``summary``, ``changes``...)."""
 
     def __init__(self) -> None:
         self._used: set[str] = set()
@@ -1147,8 +1149,6 @@ def render_report(
     owners = audits.owner_summary(df)
     fleet = _is_fleet(df)
     anchors = _Anchors()
-    for fixed in ("audited", "summary", "baseline", "changes", "duplicates", "owners", "allowed"):
-        anchors(fixed, "")  # reserve: a rule's anchor never collides with a section's
     rules = _rule_order(findings)
     rule_anchors = {rule: anchors("rule", rule) for rule, _, _ in rules}
     rule_column = findings["rule"].astype("string").fillna(_MISSING).to_numpy()
@@ -1180,6 +1180,8 @@ def render_report(
         first = rule_anchors[rules[0][0]]
         items = [(rule_anchors[r], r, n) for r, _, n in rules]
         toc.append((first, f"Findings by rule ({len(findings):,})", _sub_toc(items)))
+    else:
+        toc.append(("findings", "Findings (none)", ""))
     toc += [("duplicates", "Duplicate groups", ""), ("owners", "Owners", "")]
     if allowed:
         toc.append(("allowed", "Appendix: allowed findings", ""))

@@ -332,7 +332,7 @@ def test_a_frame_that_is_not_findings_is_refused_in_one_line(df) -> None:
 def test_no_findings_says_so(df, tmp_path) -> None:
     page = Page(report(df, tmp_path / "r.html", findings=audit(df.iloc[:0]), now=NOW).read_text())
     assert "No findings." in page.section("findings").text()
-    assert not rule_sections(page)
+    assert not rule_sections(page) and page.toc()["Findings (none)"] == "#findings"
 
 
 # --------------------------------------------------------------------------- escaping
