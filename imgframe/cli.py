@@ -821,7 +821,9 @@ def _audit(args: argparse.Namespace) -> int:
             f"{counts.get('unchanged', 0):,} unchanged, {counts.get('resolved', 0):,} resolved"
         )
     if fmt == "html":
-        path = report(df, args.output or sys.stdout, findings=findings)
+        # This command writes only the page: say where the rows past the first 50 are.
+        rest = f"the full findings (imgframe audit {args.input} -o findings.csv)"
+        path = report(df, args.output or sys.stdout, findings=findings, findings_file=rest)
         if path is not None:
             _say(f"wrote {path}")
     elif fmt == "table":
