@@ -229,7 +229,7 @@ class AllowList:
     >>> allow = imgframe.AllowList.from_records(
     ...     [{"rule": "broken", "image_id": "a", "reason": "kept for the post-mortem"}])
     >>> findings = imgframe.audit(df, allow=allow)
-    >>> findings["image_id"].tolist(), findings.attrs["allowed"]["reason"].tolist()
+    >>> findings["image_id"].tolist(), imgframe.allowed_findings(findings)["reason"].tolist()
     (['b'], ['kept for the post-mortem'])
     """
 

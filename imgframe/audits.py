@@ -52,10 +52,10 @@ Allow-lists and baselines
 -------------------------
 ``allow=`` takes an :class:`imgframe.AllowList` (scoped entries with a reason and an
 expiry, :mod:`imgframe.allow`), plain image or owner ids, a file path (``os.PathLike``)
-or a function of the findings. Covered findings are kept aside in
-``findings.attrs["allowed"]``. ``baseline=`` takes an older findings frame or images
-table: only findings new since then are returned, the resolved ones are in
-``findings.attrs["resolved"]``.
+or a function of the findings. Covered findings are kept aside:
+:func:`allowed_findings`. ``baseline=`` takes an older findings frame or images
+table: only findings new since then are returned, the resolved ones are
+:func:`resolved_findings`.
 
 The usage rules need ``usage=``: the :func:`imgframe.image_usage` frame, or a
 ``(servers, volumes)`` pair of :func:`imgframe.fetch_servers` /
@@ -103,7 +103,7 @@ import numpy as np
 import pandas as pd
 
 from imgframe import provenance
-from imgframe.allow import AllowList, allowed_table
+from imgframe.allow import ALLOWED_COLUMNS, AllowList, allowed_table
 from imgframe.errors import ConfigError, IncompleteListingWarning, InvalidInputError
 from imgframe.outcome import definitive_mask
 from imgframe.schema import FLEET_INDEX, required_columns, with_optional_columns
@@ -122,6 +122,7 @@ __all__ = [
     "SECURITY_CHECKS",
     "SEVERITIES",
     "SIGNATURE_KEYS",
+    "allowed_findings",
     "audit",
     "broken",
     "checksum_duplicates",
@@ -134,6 +135,7 @@ __all__ = [
     "public_unprotected",
     "register_rule",
     "requirements_missing",
+    "resolved_findings",
     "rule_names",
     "security_properties",
     "stale",
@@ -1277,15 +1279,15 @@ def audit(
     and entries that cover nothing are warned about, :class:`imgframe.allow.AllowListWarning`),
     a ``pathlib.Path`` of an allow-list file, image and/or owner ids (each for every rule,
     reason "given in code"), or a callable ``allow(findings) -> boolean mask`` of the
-    findings to drop. The covered findings are in ``findings.attrs["allowed"]``
-    (:data:`ALLOWED_ATTR`) with their reasons.
+    findings to drop. The covered findings are :func:`allowed_findings`
+    (records in ``findings.attrs["allowed"]``) with their reasons.
 
     ``baseline``: an older findings frame (or images table, then audited with the same
     rules and usage, as of its own fetch time when it carries one): only the findings new
     since then are returned (same rule and image; for fleets the same cloud, region and
-    image); the baseline's findings that are gone are in ``findings.attrs["resolved"]``
-    (:data:`RESOLVED_ATTR`). A finding the allow-list covers is neither; an image that
-    could not be read now leaves its old findings unresolved (unknown).
+    image); the baseline's findings that are gone are :func:`resolved_findings`
+    (records in ``findings.attrs["resolved"]``). A finding the allow-list covers is
+    neither; an image that could not be read now leaves its old findings unresolved.
 
     ``now`` is the clock of the time-based rules (``stale``, ``broken``'s stuck uploads)
     and of the allow-list's expiry: by default when ``df`` was fetched (its provenance's
@@ -1372,7 +1374,10 @@ def audit(
         covered, allowed_frame, source = _allowed(findings, allow_given, stamp, ran)
         findings = findings[~covered].reset_index(drop=True)
         counts["allowed"] = int(covered.sum())
-        told.append(f"allowed {counts['allowed']:,} findings ({source}): findings.attrs['allowed']")
+        told.append(
+            f"allowed {counts['allowed']:,} findings ({source}): "
+            "imgframe.allowed_findings(findings)"
+        )
     if baseline is not None:
         names = [rule.name for rule in selected] or ["fetch_failed"]
         old = _baseline_findings(baseline, _is_fleet(df), names, now, usage_given)
@@ -1381,7 +1386,7 @@ def audit(
         counts |= {"new": int(new.sum()), "unchanged": unchanged, "resolved": len(resolved)}
         told.append(
             f"baseline: {counts['new']:,} new findings returned, {unchanged:,} unchanged, "
-            f"{len(resolved):,} resolved (findings.attrs['resolved'])"
+            f"{len(resolved):,} resolved (imgframe.resolved_findings(findings))"
         )
     if rules is None and profile is None:
         left_out = [rule.name for rule in _RULES.values() if DEFAULT_PROFILE not in rule.profiles]
@@ -1400,7 +1405,62 @@ def audit(
     findings.attrs[NOTES_ATTR] = notes + told
     findings.attrs[COUNTS_ATTR] = {"findings": len(findings), **counts}
     if allowed_frame is not None:
-        findings.attrs[ALLOWED_ATTR] = allowed_frame
+        findings.attrs[ALLOWED_ATTR] = _records(allowed_frame)
     if resolved is not None:
-        findings.attrs[RESOLVED_ATTR] = resolved
+        findings.attrs[RESOLVED_ATTR] = _records(resolved)
     return findings
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame`` as plain JSON-able records (NA as None). attrs hold no DataFrame:
+    ``pd.concat`` compares the attrs of the frames it joins, and comparing two DataFrames
+    raises; records compare, pickle and serialise."""
+    plain = frame.astype(object)
+    return plain.where(frame.notna(), None).to_dict("records")  # type: ignore[return-value]
+
+
+def _aside(findings: pd.DataFrame, key: str, columns: Sequence[str]) -> pd.DataFrame:
+    records = findings.attrs.get(key)
+    rows = records if isinstance(records, list) else []
+    frame = pd.DataFrame.from_records(rows, columns=None if rows else list(columns))
+    types: dict[str, Any] = {c: _STRING for c in frame.columns if c not in ("severity", "rule")}
+    if "severity" in frame.columns:
+        types["severity"] = _SEVERITY_DTYPE
+    if "rule" in frame.columns:
+        types["rule"] = "category"
+    return frame.astype(types)
+
+
+def allowed_findings(findings: pd.DataFrame) -> pd.DataFrame:
+    """The findings an allow-list covered in the audit that made ``findings``, with each
+    entry's ``reason`` and ``expires`` (empty when there was no allow-list).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers(
+    ...     [{"x-image-meta-id": "a", "x-image-meta-status": "killed"}])
+    >>> found = audit(df, allow=imgframe.AllowList.from_records(
+    ...     [{"rule": "broken", "image_id": "a", "reason": "lab"}]))
+    >>> allowed_findings(found)[["rule", "image_id", "reason"]].values.tolist()
+    [['broken', 'a', 'lab']]
+    """
+    return _aside(findings, ALLOWED_ATTR, ALLOWED_COLUMNS)
+
+
+def resolved_findings(findings: pd.DataFrame) -> pd.DataFrame:
+    """The baseline's findings that the audit that made ``findings`` no longer has
+    (empty without a baseline).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> old = imgframe.frame_from_headers(
+    ...     [{"x-image-meta-id": "a", "x-image-meta-status": "killed"}])
+    >>> new = imgframe.frame_from_headers(
+    ...     [{"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...       "x-image-meta-checksum": "c", "x-image-meta-size": "1"}])
+    >>> resolved_findings(audit(new, rules=["broken"], baseline=old))["image_id"].tolist()
+    ['a']
+    """
+    return _aside(findings, RESOLVED_ATTR, FINDING_COLUMNS)

@@ -465,14 +465,26 @@ def _severity_rank(severity: Any) -> int:
     return SEVERITIES.index(text) if text in SEVERITIES else len(SEVERITIES)
 
 
+def _as_frame(value: Any) -> pd.DataFrame | None:
+    """A frame, or audit's records (a list of dicts) as one; None for anything else."""
+    if isinstance(value, pd.DataFrame):
+        return value
+    if isinstance(value, list) and all(isinstance(row, Mapping) for row in value):
+        try:
+            return pd.DataFrame.from_records(value)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def _frame_attr(attrs: Mapping[str, Any], key: str) -> pd.DataFrame | None:
-    value = attrs.get(key)
-    return value if isinstance(value, pd.DataFrame) else None
+    return _as_frame(attrs.get(key))
 
 
 def _count_attr(value: Any) -> int | None:
-    if isinstance(value, pd.DataFrame):
-        return len(value)
+    frame = _as_frame(value)
+    if frame is not None:
+        return len(frame)
     if isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0:
         return int(value)
     return None
@@ -802,8 +814,8 @@ def _baseline(
             f'<th>severity</th><th class="num">new</th></tr></thead><tbody>{rows}</tbody>'
             "</table></div>"
         )
-    if isinstance(resolved_value, pd.DataFrame) and len(resolved_value):
-        gone = resolved_value
+    gone = _as_frame(resolved_value)
+    if gone is not None and len(gone):
         if "rule" in gone:
             counts = gone["rule"].astype("string").fillna(_MISSING).value_counts()
             body += "<h3>Resolved, by rule</h3>" + _table(
@@ -1043,7 +1055,7 @@ def _allowed(attrs: Mapping[str, Any]) -> str:
         body += "<h3>Allowed findings</h3>" + _table(
             allowed.head(_ALLOWED_SHOWN), columns, wide=True
         )
-        body += _more(len(allowed) - _ALLOWED_SHOWN, "findings.attrs['allowed']")
+        body += _more(len(allowed) - _ALLOWED_SHOWN, "imgframe.allowed_findings(findings)")
     return _section("allowed", "Appendix: allowed findings", body)
 
 

@@ -3,6 +3,8 @@ expiry; the files they are read from (CSV, YAML, plain ids), every malformed lin
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
 import warnings
 from datetime import date
@@ -71,7 +73,7 @@ def test_an_entry_covers_its_rule_only(fetched, full, tmp_path) -> None:
     assert {(r, i) for r, i in pairs(findings) if i == image} == {
         (r, image) for r in rules - {rule}
     }
-    allowed = findings.attrs["allowed"]
+    allowed = imgframe.allowed_findings(findings)
     assert list(allowed.columns) == list(ALLOWED_COLUMNS)
     assert allowed[["rule", "image_id", "reason", "entry"]].values.tolist() == [
         [rule, image, "CHG-1 accepted", f"{tmp_path / 'allow.csv'} line 2"]
@@ -87,8 +89,8 @@ def test_a_star_entry_for_an_owner_covers_all_its_findings(fetched, full, fleet)
     theirs = full[full["owner"] == owner]
     assert len(theirs) > 0 and not (findings["owner"] == owner).any()
     assert len(findings) + len(theirs) == len(full)
-    assert len(findings.attrs["allowed"]) == len(theirs)
-    assert set(findings.attrs["allowed"]["reason"]) == {"lab project"}
+    assert len(imgframe.allowed_findings(findings)) == len(theirs)
+    assert set(imgframe.allowed_findings(findings)["reason"]) == {"lab project"}
 
 
 def test_image_and_owner_together_cover_the_image_only_while_that_owner_has_it(
@@ -121,7 +123,7 @@ def test_an_entry_applies_to_the_end_of_its_expiry_day_utc_then_warns() -> None:
     assert findings["image_id"].tolist() == ["a"]
     assert len(said) == 1
     assert "record 1 (broken for image a) expired on 2026-11-01" in said[0]
-    assert "allowed" in findings.attrs and findings.attrs["allowed"].empty
+    assert "allowed" in findings.attrs and imgframe.allowed_findings(findings).empty
     # a time with an offset is the same instant in UTC: 2026-11-02 01:00+02:00 is not past
     findings, said = audit_quietly(df, allow=allow, now="2026-11-02T01:00:00+02:00")
     assert findings.empty and said == []
@@ -161,7 +163,7 @@ def test_plain_ids_given_in_code_keep_their_old_meaning_and_never_warn(fetched, 
     findings, said = audit_quietly(fetched, allow=[image, owner, "nothing"], now=FLEET_NOW)
     expected = full[(full["image_id"] != image) & (full["owner"] != owner)]
     assert pairs(findings) == pairs(expected) and said == []
-    assert set(findings.attrs["allowed"]["reason"]) == {"given in code"}
+    assert set(imgframe.allowed_findings(findings)["reason"]) == {"given in code"}
 
 
 def test_a_path_is_read_as_an_allow_list_file(fetched, full, tmp_path) -> None:
@@ -170,13 +172,13 @@ def test_a_path_is_read_as_an_allow_list_file(fetched, full, tmp_path) -> None:
     path.write_text(f"# accepted risks\n{image}   # CHG-9, until the rebuild\n")
     findings, _ = audit_quietly(fetched, allow=path, now=FLEET_NOW)
     assert image not in set(findings["image_id"])
-    assert set(findings.attrs["allowed"]["reason"]) == {"CHG-9, until the rebuild"}
+    assert set(imgframe.allowed_findings(findings)["reason"]) == {"CHG-9, until the rebuild"}
 
 
 def test_a_function_still_drops_what_it_marks_and_the_drops_are_listed(fetched, full) -> None:
     findings = imgframe.audit(fetched, allow=lambda f: f["severity"] == "low", now=FLEET_NOW)
     assert not (findings["severity"] == "low").any()
-    allowed = findings.attrs["allowed"]
+    allowed = imgframe.allowed_findings(findings)
     assert len(allowed) == (full["severity"] == "low").sum() > 0
     assert set(allowed["reason"]) == {"allowed by the allow= function"}
 
@@ -190,7 +192,7 @@ def test_the_first_covering_entry_gives_the_reason_and_overlaps_are_not_unmatche
         ]
     )
     findings, said = audit_quietly(df, allow=allow)
-    assert findings.attrs["allowed"]["reason"].tolist() == ["first"] and said == []
+    assert imgframe.allowed_findings(findings)["reason"].tolist() == ["first"] and said == []
 
 
 def test_a_fleet_entry_may_name_the_bare_id_or_the_cloud_region_id_key(servers) -> None:
@@ -210,7 +212,9 @@ def test_a_fleet_entry_may_name_the_bare_id_or_the_cloud_region_id_key(servers) 
     findings, _ = audit_quietly(df, allow=by_key, now=FLEET_NOW)
     left = findings[(findings["image_id"] == image) & (findings["rule"] == rule)]
     assert left["cloud"].tolist() == ["east"]
-    assert findings.attrs["allowed"][["cloud", "image_id"]].values.tolist() == [["west", image]]
+    assert imgframe.allowed_findings(findings)[["cloud", "image_id"]].values.tolist() == [
+        ["west", image]
+    ]
     by_id = AllowList.from_records([{"rule": rule, "image_id": image, "reason": "r"}])
     findings, _ = audit_quietly(df, allow=by_id, now=FLEET_NOW)
     assert not ((findings["image_id"] == image) & (findings["rule"] == rule)).any()
@@ -382,3 +386,19 @@ def test_the_report_lists_allowed_findings_with_their_reason_in_an_appendix(fetc
     assert image in appendix and "&lt;b&gt;CHG-5&lt;/b&gt;" in appendix and "2099-01-01" in appendix
     plain = render_report(fetched, findings=imgframe.audit(fetched, now=FLEET_NOW), now=FLEET_NOW)
     assert 'id="allowed"' not in plain
+
+
+def test_findings_of_two_audits_concatenate_and_keep_what_was_set_aside() -> None:
+    # pandas compares the attrs of the frames pd.concat joins: a DataFrame there raised.
+    df = imgframe.frame_from_headers(
+        [{"x-image-meta-id": i, "x-image-meta-status": "killed"} for i in ("a", "b", "c")]
+    )
+    allow = AllowList.from_records([{"rule": "broken", "image_id": "a", "reason": "lab"}])
+    one = imgframe.audit(df, allow=allow, baseline=df.iloc[:1])
+    two = imgframe.audit(df.iloc[1:], allow=allow, baseline=df)
+    both = pd.concat([one, two], ignore_index=True)
+    assert len(both) == len(one) + len(two)
+    assert imgframe.allowed_findings(one)["image_id"].tolist() == ["a"]
+    assert imgframe.resolved_findings(two)["image_id"].tolist() == ["a"]
+    assert pickle.loads(pickle.dumps(one)).attrs == one.attrs
+    assert json.loads(json.dumps(one.attrs)) == one.attrs

@@ -120,7 +120,7 @@ def test_new_and_resolved_are_exactly_the_planted_changes(snapshots, week) -> No
         ("broken", week.killed),
         ("fetch_failed", week.unread),
     }
-    resolved = found.attrs["resolved"]
+    resolved = imgframe.resolved_findings(found)
     # week.unread was public_unprotected and could not be read now: unknown, not resolved
     assert pairs(resolved) == {("public_unprotected", week.fixed), ("broken", week.deleted)}
     assert list(resolved.columns) == imgframe.FINDING_COLUMNS
@@ -137,7 +137,7 @@ def test_with_every_default_rule_new_and_resolved_are_the_set_differences(snapsh
     found = imgframe.audit(new, baseline=old, now=FLEET_NOW)
     assert pairs(found) == pairs(after) - pairs(before)
     expected = {(r, i) for r, i in pairs(before) - pairs(after) if i != week.unread}
-    assert pairs(found.attrs["resolved"]) == expected
+    assert pairs(imgframe.resolved_findings(found)) == expected
     assert ("broken", week.killed) in pairs(found) and expected  # the planted ones are there
     assert found.attrs["counts"]["unchanged"] == len(pairs(after) & pairs(before))
 
@@ -155,14 +155,16 @@ def test_a_findings_frame_a_findings_file_and_an_images_table_are_the_same_basel
         imgframe.io.write(old_findings, path)
         from_file = imgframe.audit(new, baseline=imgframe.read(path), now=FLEET_NOW)
         assert pairs(from_file) == pairs(from_table), suffix
-        assert pairs(from_file.attrs["resolved"]) == pairs(from_table.attrs["resolved"]), suffix
+        assert pairs(imgframe.resolved_findings(from_file)) == pairs(
+            imgframe.resolved_findings(from_table)
+        ), suffix
 
 
 def test_only_the_rules_run_now_are_compared(snapshots) -> None:
     old, new = snapshots
     everything_before = imgframe.audit(old, profile="all", now=FLEET_NOW)
     found = imgframe.audit(new, rules=["broken"], baseline=everything_before, now=FLEET_NOW)
-    assert set(found.attrs["resolved"]["rule"]) <= {"broken", "fetch_failed"}
+    assert set(imgframe.resolved_findings(found)["rule"]) <= {"broken", "fetch_failed"}
     assert set(found["rule"].astype(str)) <= {"broken", "fetch_failed"}
 
 
@@ -175,9 +177,9 @@ def test_an_allowed_finding_is_neither_new_nor_resolved(snapshots, week) -> None
     with pytest.warns(imgframe.allow.AllowListWarning, match="record 2 .* matched no finding"):
         found = imgframe.audit(new, rules=TWO_RULES, baseline=old, allow=allow, now=FLEET_NOW)
     assert ("public_unprotected", week.published) not in pairs(found)
-    assert ("public_unprotected", week.published) in pairs(found.attrs["allowed"])
+    assert ("public_unprotected", week.published) in pairs(imgframe.allowed_findings(found))
     # fixed: the entry covers nothing now (warned), and the old finding is resolved
-    assert ("public_unprotected", week.fixed) in pairs(found.attrs["resolved"])
+    assert ("public_unprotected", week.fixed) in pairs(imgframe.resolved_findings(found))
 
 
 def test_the_baseline_frame_is_audited_on_its_own_clock() -> None:
@@ -221,7 +223,7 @@ def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week, tmp_pa
         ("public_unprotected", week.added),
         ("broken", week.killed),
     }
-    resolved = found.attrs["resolved"]
+    resolved = imgframe.resolved_findings(found)
     # (week.unread answers this time: its finding is unchanged)
     assert set(zip(resolved["cloud"], resolved["image_id"], strict=True)) == {
         ("west", week.fixed), ("west", week.deleted)
@@ -230,11 +232,11 @@ def test_fleet_findings_are_matched_by_cloud_region_and_id(servers, week, tmp_pa
     path = imgframe.to_csv(imgframe.audit(old, rules=TWO_RULES, now=FLEET_NOW), tmp_path / "f.csv")
     again = imgframe.audit(new, rules=TWO_RULES, baseline=imgframe.read(path), now=FLEET_NOW)
     assert pairs(again) == pairs(found)
-    assert pairs(again.attrs["resolved"]) == pairs(resolved)
+    assert pairs(imgframe.resolved_findings(again)) == pairs(resolved)
     # a target with no row now (it failed, or was not asked) resolves nothing
     only_east = fleet(("east", east))
     found = imgframe.audit(only_east, rules=TWO_RULES, baseline=old, now=FLEET_NOW)
-    assert found.empty and found.attrs["resolved"].empty
+    assert found.empty and imgframe.resolved_findings(found).empty
     with pytest.raises(ConfigError, match="baseline= holds a fleet's images but the frame"):
         imgframe.audit(
             imgframe.frame_from_headers([{"x-image-meta-id": "a"}]), baseline=old, now=FLEET_NOW

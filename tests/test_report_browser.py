@@ -136,7 +136,9 @@ def fleet_report(module_servers, tmp_path_factory) -> Path:
         df = imgframe.fetch_fleet(targets, progress=False)
     assert {"i" * 255, "j" * 40} <= set(df["id"])
     findings = audit(df, now=NOW)
-    findings.attrs["resolved"] = findings.iloc[:30].copy()  # as a baseline would say
+    findings.attrs["resolved"] = (
+        findings.iloc[:30].astype(object).to_dict("records")
+    )  # as a baseline says
     path = tmp_path_factory.mktemp("fleet") / "fleet.html"
     report(df, path, findings=findings.iloc[30:].reset_index(drop=True), now=NOW)
     return path
