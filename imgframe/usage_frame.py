@@ -28,13 +28,13 @@ img        1                1                    True
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pandas.api.types import union_categoricals
+import pyarrow.compute as pc
 
 from imgframe.parse import VECTOR_PARSERS, ParseProblems, text_array
 from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS, Field, Kind
@@ -47,6 +47,7 @@ __all__ = [
     "STOPPED_STATUSES",
     "USAGE_COLUMNS",
     "RecordColumns",
+    "has_duplicates",
     "image_usage",
     "is_complete",
     "servers_frame",
@@ -91,8 +92,9 @@ def _wire(value: Any) -> Any:
         return _BAD
 
 
-def _extractor(source: str) -> Callable[[Any], Any]:
-    """The getter of one :attr:`Field.source` path in a JSON record."""
+def _extractor(source: str) -> Callable[[list[Any]], list[Any]]:
+    """The getter of one :attr:`Field.source` path, over a page of JSON records: one value
+    per record (``None`` where there is none, :data:`_BAD` where it has the wrong type)."""
     if "[]." in source:
         name, key = source.split("[].", 1)
 
@@ -107,28 +109,66 @@ def _extractor(source: str) -> Callable[[Any], Any]:
                 return _BAD
             return json.dumps(list(dict.fromkeys(values)), ensure_ascii=False)
 
-        return each
-    parts = source.split(".")
+        return lambda records: [each(record) for record in records]
+    first, *rest = source.split(".")
 
-    def path(record: Any) -> Any:
-        value = record
-        for part in parts:
-            # Not an object where one is expected (Nova's "image": "" of a server
-            # booted from a volume): there is no value, which is not an error.
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
+    def path(records: list[Any]) -> list[Any]:
+        # One comprehension per step of the path over the whole page, not one call per
+        # record and field (what the listing spent most of its time in). Not an object
+        # where one is expected (Nova's "image": "" of a server booted from a volume):
+        # there is no value, which is not an error.
+        values = [r.get(first) if isinstance(r, dict) else None for r in records]
+        for part in rest:
+            values = [v.get(part) if isinstance(v, dict) else None for v in values]
+        return values
 
     return path
+
+
+def _text_values(values: list[Any]) -> tuple[list[Any], np.ndarray | None]:
+    """(the values as the parsers' text, mask of values of the wrong JSON type or None)."""
+    if all(v is None or v.__class__ is str for v in values):  # the common case: as they are
+        return values, None
+    raw = [_wire(v) for v in values]
+    bad = np.fromiter((v is _BAD for v in raw), dtype=bool, count=len(raw))
+    if not bad.any():
+        return raw, None
+    return [None if v is _BAD else v for v in raw], bad
+
+
+# The text a frame keeps is allocated by the system allocator, apart from the parsers'
+# short-lived arrays (pyarrow's default pool): interleaved in mimalloc's segments, the
+# freed temporaries kept ~55 MiB more resident for a million servers (0.5x the frame).
+_KEPT = pa.system_memory_pool()
+
+
+def _kept_text(values: list[Any]) -> pa.Array:
+    """:func:`imgframe.parse.text_array` of ``values`` (text or None), in ``_KEPT``."""
+    try:
+        arr = pa.array(values, type=pa.large_string(), memory_pool=_KEPT)
+    except (pa.ArrowTypeError, pa.ArrowInvalid, UnicodeEncodeError):
+        return text_array(values)
+    if not pc.all(pc.string_is_ascii(arr)).as_py():
+        return text_array(values)  # text_array repairs what needs it, as for the images
+    return arr
+
+
+#: Rows of one block: pages are gathered as text and parsed together every this many rows
+#: (few vector-parser calls per million rows, and one copy of each block, never of the
+#: whole column).
+BLOCK_ROWS = 8_192
 
 
 class RecordColumns:
     """Nova or Cinder records, page by page, into one typed frame (:meth:`frame`).
 
-    Each page is typed at once (one typed array per column and page), so a listing of a
-    million servers keeps neither its JSON pages nor their text: ids cost what they cost
-    in the frame, timestamps 8 bytes, categories 1. ``fields`` is
+    Each page is reduced at once to one Arrow text array per column (its JSON objects
+    can go); every :data:`BLOCK_ROWS` rows the pending text is parsed into typed blocks.
+    The frame is built from the blocks without a second copy of its text: each text
+    column is one chunked Arrow array of the blocks, categories are codes against one
+    sorted dictionary, and only the fixed-width columns (timestamps, integers) are
+    concatenated, one column at a time. So a listing of a million servers peaks near
+    the frame's own size, whatever its page size. ``fields`` is
     :data:`~imgframe.schema.SERVER_FIELDS` or :data:`~imgframe.schema.VOLUME_FIELDS`.
 
     Examples
@@ -140,11 +180,16 @@ class RecordColumns:
     (2, [True, False])
     """
 
-    def __init__(self, fields: Sequence[Field]) -> None:
+    def __init__(self, fields: Sequence[Field], *, block_rows: int = BLOCK_ROWS) -> None:
         self.fields = tuple(fields)
+        self.block_rows = block_rows
         self._get = [_extractor(f.source or f.column) for f in self.fields]
-        self._parts: list[list[Any]] = [[] for _ in self.fields]
+        self._text: list[list[Any]] = [[] for _ in self.fields]  # the pending pages' text
+        self._wrong: list[list[tuple[int, np.ndarray]]] = [[] for _ in self.fields]
+        self._pending = 0
+        self._blocks: list[list[Any]] = [[] for _ in self.fields]  # typed blocks
         self._problems = ParseProblems()
+        self._not_objects = 0
         self.rows = 0
 
     def __len__(self) -> int:
@@ -153,42 +198,137 @@ class RecordColumns:
     def add(self, records: Iterable[Any]) -> None:
         """Take one page of records (any JSON values: one that is not an object is a row
         of NA, warned about)."""
-        records = list(records)
-        not_objects = sum(1 for r in records if not isinstance(r, dict))
-        ids: np.ndarray | None = None
-        for n, (f, get) in enumerate(zip(self.fields, self._get, strict=True)):
-            raw = [_wire(get(record)) for record in records]
-            bad = np.fromiter((v is _BAD for v in raw), dtype=bool, count=len(raw))
-            if bad.any():
-                raw = [None if v is _BAD else v for v in raw]
-            typed, unparsed = VECTOR_PARSERS[f.kind](text_array(raw))
-            bad |= unparsed
-            if ids is None:  # the first field is the id
-                ids = np.asarray(pd.array(typed, dtype=_STRING).to_numpy(na_value=None))
-            if bad.any():
-                self._problems.add(f.column, list(ids[bad][:3]), int(bad.sum()))
-            self._parts[n].append(typed)
-        if not_objects:
-            self._problems.add("record (not a JSON object)", [None], not_objects)
+        records = records if isinstance(records, list) else list(records)
+        self._not_objects += sum(1 for r in records if not isinstance(r, dict))
+        for n, get in enumerate(self._get):
+            text, wrong = _text_values(get(records))
+            self._text[n].extend(text)
+            if wrong is not None:
+                self._wrong[n].append((self._pending, wrong))
+        self._pending += len(records)
         self.rows += len(records)
+        if self._pending >= self.block_rows:
+            self._seal()
+
+    def _seal(self) -> None:
+        """Parse the pending pages into one typed block per column."""
+        if not self._pending:
+            return
+        ids: pa.Array | None = None
+        for n, f in enumerate(self.fields):
+            pending, self._text[n] = self._text[n], []
+            text = _kept_text(pending)
+            del pending
+            typed, bad = VECTOR_PARSERS[f.kind](text)
+            for start, wrong in self._wrong[n]:
+                bad[start : start + len(wrong)] |= wrong
+            self._wrong[n] = []
+            if ids is None:  # the first field is the id
+                ids = text
+            if bad.any():
+                examples = ids.take(np.flatnonzero(bad)[:3]).to_pylist()
+                self._problems.add(f.column, examples, int(bad.sum()))
+            if f.kind is Kind.TEXT:
+                typed = text  # _text_column's array is this text as it is
+            elif f.kind is Kind.CATEGORY:
+                typed = (typed.codes, typed.categories)
+            self._blocks[n].append(typed)
+        self._pending = 0
+
+    def ids(self) -> pa.ChunkedArray:
+        """The ids (the first field) of every record added so far, as Arrow text.
+
+        Examples
+        --------
+        >>> columns = RecordColumns(SERVER_FIELDS)
+        >>> columns.add([{"id": "s1"}, {"id": "s2"}])
+        >>> columns.ids().to_pylist()
+        ['s1', 's2']
+        """
+        self._seal()
+        return pa.chunked_array(self._blocks[0], type=pa.large_string())
 
     def frame(self) -> pd.DataFrame:
         """The typed frame of every record added, in order, indexed by ``id``; one
         :class:`~imgframe.ImgframeParseWarning` for everything that became NA."""
+        self._seal()
         values: dict[str, Any] = {}
         for n, f in enumerate(self.fields):
-            parts = self._parts[n]
-            if not parts:
-                values[f.column] = VECTOR_PARSERS[f.kind](pa.array([], type=pa.large_string()))[0]
-            elif f.kind is Kind.CATEGORY:  # pages have categories of their own: unite them
-                values[f.column] = union_categoricals([pd.Categorical(p) for p in parts])
-            else:
-                values[f.column] = pd.concat(map(pd.Series, parts), ignore_index=True).array
-            self._parts[n] = []  # each page's arrays go as soon as the column is built
+            blocks, self._blocks[n] = self._blocks[n], []  # each block goes once used
+            values[f.column] = _column(f.kind, blocks)
+            del blocks
+        if self._not_objects:
+            self._problems.add("record (not a JSON object)", [None], self._not_objects)
+            self._not_objects = 0
         self._problems.warn(stacklevel=3)
         self._problems = ParseProblems()
-        index = pd.Index(values.pop(self.fields[0].column), dtype=_STRING, name="id")
-        return pd.DataFrame(values, index=index)
+        self.rows = 0
+        index = pd.Index(values.pop(self.fields[0].column), name="id")
+        return pd.DataFrame(values, index=index, copy=False)
+
+
+def has_duplicates(values: pa.ChunkedArray | pa.Array, window: int = BLOCK_ROWS) -> bool:
+    """Whether some value (an id; NA counts as a value) comes twice, in flat memory.
+
+    Arrow's hash kernels (``count_distinct``, ``unique``), its ``sort_indices`` and
+    pandas' ``is_unique`` each held 40-110 MiB more than the data for a million ids (up
+    to a whole server frame's bytes, at its peak). Here each value's 64-bit hash is
+    taken a window at a time (8 bytes a row), the hashes are sorted, and only values
+    whose hashes meet are compared, exactly.
+
+    Examples
+    --------
+    >>> has_duplicates(pa.array(["b", "a", "c"])), has_duplicates(pa.array(["b", "a", "b"]))
+    (False, True)
+    """
+
+    def windows() -> Iterator[list[Any]]:
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        for chunk in chunks:
+            for start in range(0, len(chunk), window):
+                yield chunk.slice(start, window).to_pylist()
+
+    hashes = np.empty(len(values), dtype=np.int64)
+    at = 0
+    for part in windows():
+        hashes[at : at + len(part)] = np.fromiter(map(hash, part), np.int64, len(part))
+        at += len(part)
+    hashes.sort()
+    met = hashes[1:] == hashes[:-1]
+    if not met.any():
+        return False
+    suspects = set(hashes[1:][met].tolist())
+    del hashes, met
+    seen: set[Any] = set()
+    for part in windows():
+        for value in part:
+            if hash(value) in suspects:
+                if value in seen:
+                    return True
+                seen.add(value)
+    return False
+
+
+def _column(kind: Kind, blocks: list[Any]) -> Any:
+    """One typed column of a frame from its typed blocks, without copying the text."""
+    if kind is Kind.TEXT:
+        chunks = pa.chunked_array(blocks, type=pa.large_string())
+        return _STRING.__from_arrow__(chunks)
+    if kind is Kind.CATEGORY:
+        # Sorted, like a single astype("category"): the same records give the same dtype
+        # whatever the pages and blocks were.
+        every = pd.Index([], dtype=_STRING)
+        every = every.append([cats for _, cats in blocks]).unique().sort_values()
+        # A block's code c is every's code recoded[c]; -1 (NA) picks the -1 appended.
+        codes = [np.append(every.get_indexer(cats), -1)[c] for c, cats in blocks]
+        return pd.Categorical.from_codes(
+            np.concatenate(codes) if codes else np.zeros(0, dtype=np.int8), categories=every
+        )
+    if not blocks:
+        return VECTOR_PARSERS[kind](pa.array([], type=pa.large_string()))[0]
+    if len(blocks) == 1:
+        return blocks[0]
+    return pd.concat(map(pd.Series, blocks), ignore_index=True).array
 
 
 def servers_frame(records: Iterable[Any]) -> pd.DataFrame:
