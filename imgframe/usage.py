@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -38,7 +39,14 @@ import pandas as pd
 
 from imgframe.auth import TokenArg, cloud_token, service_endpoint, token_source
 from imgframe.config import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, FetchOptions, RetryPolicy, Timeout
-from imgframe.errors import FetchError, IncompleteListingWarning
+from imgframe.errors import (
+    ConfigError,
+    FetchError,
+    FleetWarning,
+    ImgframeError,
+    IncompleteListingWarning,
+)
+from imgframe.fleet import Target, expand_targets, fleet_targets, labelled, relabel
 from imgframe.glance import loads
 from imgframe.http import (
     Credentials,
@@ -49,7 +57,16 @@ from imgframe.http import (
 from imgframe.runner import run_sync
 from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS, Field
 from imgframe.throttle import Pacer
-from imgframe.usage_frame import COMPLETE_ATTR, INCOMPLETE_ATTR, RecordColumns, has_duplicates
+from imgframe.usage_frame import (
+    COMPLETE_ATTR,
+    INCOMPLETE_ATTR,
+    TARGETS_ATTR,
+    RecordColumns,
+    concat_usage_frames,
+    has_duplicates,
+    is_complete,
+    target_prefix,
+)
 
 __all__ = [
     "COMPUTE_SERVICES",
@@ -272,6 +289,115 @@ async def _listing(
     return df
 
 
+Clouds: TypeAlias = "str | Target | Iterable[str | Target] | None"
+Regions: TypeAlias = "str | Sequence[str] | None"
+
+
+def _is_fleet_call(cloud: Any, region: Any) -> bool:
+    """A fleet form: ``cloud`` a list of names or :class:`~imgframe.Target` objects (or
+    one Target), or ``region`` a list of names; a name and a region name is one target."""
+    many = isinstance(cloud, Target) or (cloud is not None and not isinstance(cloud, str))
+    return many or (region is not None and not isinstance(region, str))
+
+
+async def _fleet_listing(
+    service: _Service,
+    options: FetchOptions,
+    clouds: Any,
+    regions: Any,
+    *,
+    endpoint: str | None,
+    token: TokenArg,
+    all_tenants: bool,
+    errors: Literal["raise", "warn"],
+) -> pd.DataFrame:
+    """Every target's listing at once, labelled and combined as fetch_fleet's frames are."""
+    if endpoint is not None or token is not None:
+        raise ConfigError(
+            "a fleet (cloud=[...] or region=[...]) takes each target's endpoint and token from "
+            "clouds.yaml or its imgframe.Target: not endpoint= or token="
+        )
+    if errors not in ("raise", "warn"):
+        raise ConfigError(f"errors must be 'raise' or 'warn', got {errors!r}")
+    names = None if regions is None else [regions] if isinstance(regions, str) else list(regions)
+    clouds = [clouds] if isinstance(clouds, str | Target) else clouds
+    targets = fleet_targets(clouds, names)
+    expanded, refused = await expand_targets(targets, errors=errors)
+
+    async def one(target: Target) -> pd.DataFrame:
+        try:
+            return await _listing(
+                service, options, endpoint=target.endpoint, token=target.token, cloud=None,
+                region=None, all_tenants=all_tenants,
+            )  # fmt: skip
+        except ImgframeError as exc:
+            raise relabel(exc, target) from None
+
+    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = list(refused)
+    if errors == "raise":
+        try:  # the first target that fails cancels the others, as in fetch_fleet
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(target)) for target in expanded]
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
+        outcomes += [(t, task.result()) for t, task in zip(expanded, tasks, strict=True)]
+    else:
+        results = await asyncio.gather(*(one(t) for t in expanded), return_exceptions=True)
+        outcomes += list(zip(expanded, results, strict=True))
+    frames: list[pd.DataFrame] = []
+    listed: list[str] = []
+    reasons: list[str] = []
+    failures: list[str] = []
+    for target, result in outcomes:
+        if isinstance(result, ImgframeError):
+            failures.append(str(result))
+            reasons.append(f"not listed: {result}")
+            continue
+        if isinstance(result, BaseException):
+            raise result
+        complete, why = is_complete(result)
+        if not complete:
+            reasons.append(f"{target.label}: {why}")
+        listed.append(target_prefix(target.cloud, target.region))
+        frames.append(labelled(result, target))
+    frame = concat_usage_frames(frames, service.fields)
+    if not frames:
+        frame = labelled(RecordColumns(service.fields).frame(), Target("-"))
+    frame.attrs[COMPLETE_ATTR] = not reasons
+    frame.attrs[INCOMPLETE_ATTR] = "; ".join(reasons) or None
+    frame.attrs[TARGETS_ATTR] = listed
+    if failures:
+        frame.attrs["failed_targets"] = failures
+        warnings.warn(
+            f"{len(failures)} of {len(outcomes)} targets failed: " + "; ".join(failures),
+            FleetWarning,
+            stacklevel=3,
+        )
+    return frame
+
+
+async def _either(
+    service: _Service,
+    options: FetchOptions,
+    *,
+    endpoint: str | None,
+    token: TokenArg,
+    cloud: Any,
+    region: Any,
+    all_tenants: bool,
+    errors: Literal["raise", "warn"],
+) -> pd.DataFrame:
+    if _is_fleet_call(cloud, region):
+        return await _fleet_listing(
+            service, options, cloud, region, endpoint=endpoint, token=token,
+            all_tenants=all_tenants, errors=errors,
+        )  # fmt: skip
+    return await _listing(
+        service, options, endpoint=endpoint, token=token, cloud=cloud, region=region,
+        all_tenants=all_tenants,
+    )  # fmt: skip
+
+
 def _options(
     timeout: float | Timeout,
     retries: int | RetryPolicy,
@@ -290,8 +416,8 @@ async def fetch_servers_async(
     endpoint: str | None = None,
     token: TokenArg = None,
     *,
-    cloud: str | None = None,
-    region: str | None = None,
+    cloud: Clouds = None,
+    region: Regions = None,
     all_tenants: bool = True,
     page_size: int = DEFAULT_PAGE_SIZE,
     timeout: float | Timeout = DEFAULT_TIMEOUT,
@@ -299,6 +425,7 @@ async def fetch_servers_async(
     max_rps: float | None = None,
     verify: bool | str = True,
     max_pages: int = DEFAULT_MAX_PAGES,
+    errors: Literal["raise", "warn"] = "raise",
 ) -> pd.DataFrame:
     """:func:`fetch_servers` in a running event loop.
 
@@ -313,9 +440,9 @@ async def fetch_servers_async(
     True
     """
     options = _options(timeout, retries, max_rps, verify, page_size, max_pages)
-    return await _listing(
+    return await _either(
         NOVA, options, endpoint=endpoint, token=token, cloud=cloud, region=region,
-        all_tenants=all_tenants,
+        all_tenants=all_tenants, errors=errors,
     )  # fmt: skip
 
 
@@ -323,8 +450,8 @@ def fetch_servers(
     endpoint: str | None = None,
     token: TokenArg = None,
     *,
-    cloud: str | None = None,
-    region: str | None = None,
+    cloud: Clouds = None,
+    region: Regions = None,
     all_tenants: bool = True,
     page_size: int = DEFAULT_PAGE_SIZE,
     timeout: float | Timeout = DEFAULT_TIMEOUT,
@@ -332,6 +459,7 @@ def fetch_servers(
     max_rps: float | None = None,
     verify: bool | str = True,
     max_pages: int = DEFAULT_MAX_PAGES,
+    errors: Literal["raise", "warn"] = "raise",
 ) -> pd.DataFrame:
     """Every Nova server the credentials can see: one row per server, indexed by ``id``.
 
@@ -368,6 +496,7 @@ def fetch_servers(
             max_rps=max_rps,
             verify=verify,
             max_pages=max_pages,
+            errors=errors,
         )
     )
     return result
@@ -377,8 +506,8 @@ async def fetch_volumes_async(
     endpoint: str | None = None,
     token: TokenArg = None,
     *,
-    cloud: str | None = None,
-    region: str | None = None,
+    cloud: Clouds = None,
+    region: Regions = None,
     all_tenants: bool = True,
     page_size: int = DEFAULT_PAGE_SIZE,
     timeout: float | Timeout = DEFAULT_TIMEOUT,
@@ -386,6 +515,7 @@ async def fetch_volumes_async(
     max_rps: float | None = None,
     verify: bool | str = True,
     max_pages: int = DEFAULT_MAX_PAGES,
+    errors: Literal["raise", "warn"] = "raise",
 ) -> pd.DataFrame:
     """:func:`fetch_volumes` in a running event loop.
 
@@ -400,9 +530,9 @@ async def fetch_volumes_async(
     True
     """
     options = _options(timeout, retries, max_rps, verify, page_size, max_pages)
-    return await _listing(
+    return await _either(
         CINDER, options, endpoint=endpoint, token=token, cloud=cloud, region=region,
-        all_tenants=all_tenants,
+        all_tenants=all_tenants, errors=errors,
     )  # fmt: skip
 
 
@@ -410,8 +540,8 @@ def fetch_volumes(
     endpoint: str | None = None,
     token: TokenArg = None,
     *,
-    cloud: str | None = None,
-    region: str | None = None,
+    cloud: Clouds = None,
+    region: Regions = None,
     all_tenants: bool = True,
     page_size: int = DEFAULT_PAGE_SIZE,
     timeout: float | Timeout = DEFAULT_TIMEOUT,
@@ -419,6 +549,7 @@ def fetch_volumes(
     max_rps: float | None = None,
     verify: bool | str = True,
     max_pages: int = DEFAULT_MAX_PAGES,
+    errors: Literal["raise", "warn"] = "raise",
 ) -> pd.DataFrame:
     """Every Cinder volume the credentials can see: one row per volume, indexed by ``id``.
 
@@ -451,6 +582,7 @@ def fetch_volumes(
             max_rps=max_rps,
             verify=verify,
             max_pages=max_pages,
+            errors=errors,
         )
     )
     return result

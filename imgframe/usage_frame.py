@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imgframe.errors import ConfigError
 from imgframe.parse import VECTOR_PARSERS, ParseProblems, text_array
 from imgframe.schema import SERVER_FIELDS, VOLUME_FIELDS, Field, Kind
 
@@ -45,12 +46,16 @@ __all__ = [
     "INCOMPLETE_ATTR",
     "SHELVED_STATUSES",
     "STOPPED_STATUSES",
+    "TARGETS_ATTR",
     "USAGE_COLUMNS",
     "RecordColumns",
+    "concat_usage_frames",
     "has_duplicates",
     "image_usage",
     "is_complete",
+    "is_fleet",
     "servers_frame",
+    "target_prefix",
     "volumes_frame",
 ]
 
@@ -58,6 +63,9 @@ __all__ = [
 COMPLETE_ATTR = "imgframe_complete"
 #: ``df.attrs`` key: why the listing is not complete (None when it is).
 INCOMPLETE_ATTR = "imgframe_incomplete"
+#: ``df.attrs`` key of a fleet listing: the targets it listed, as ``cloud/region``
+#: (region empty when None), those with no server or volume included.
+TARGETS_ATTR = "imgframe_targets"
 #: Nova statuses of a server that runs.
 ACTIVE_STATUSES = frozenset({"ACTIVE"})
 #: Nova statuses of a server that exists but does not run (it can be started again, so
@@ -390,6 +398,92 @@ def is_complete(df: pd.DataFrame | None) -> tuple[bool, str | None]:
     return complete, None if complete else str(df.attrs.get(INCOMPLETE_ATTR) or "incomplete")
 
 
+def target_prefix(cloud: str, region: str | None) -> str:
+    """``cloud/region`` as fleet keys begin (``key = cloud/region/id``; region empty when
+    None).
+
+    Examples
+    --------
+    >>> target_prefix("lab", "east"), target_prefix("lab", None)
+    ('lab/east', 'lab/')
+    """
+    return f"{cloud}/{region or ''}"
+
+
+def is_fleet(df: pd.DataFrame) -> bool:
+    """A fleet frame: indexed by ``key`` (``cloud/region/id``), with ``cloud`` and ``region``.
+
+    Examples
+    --------
+    >>> is_fleet(servers_frame([]))
+    False
+    """
+    return df.index.name == "key" and "cloud" in df.columns and "region" in df.columns
+
+
+def concat_usage_frames(frames: Sequence[pd.DataFrame], fields: Sequence[Field]) -> pd.DataFrame:
+    """Servers (or volumes) frames one after another, category columns kept categorical
+    (with the sorted union of their categories, as one listing would have them).
+
+    Examples
+    --------
+    >>> a = servers_frame([{"id": "s1", "status": "ACTIVE"}])
+    >>> b = servers_frame([{"id": "s2", "status": "SHUTOFF"}])
+    >>> both = concat_usage_frames([a, b], SERVER_FIELDS)
+    >>> both["status"].cat.categories.tolist(), both.index.tolist()
+    (['ACTIVE', 'SHUTOFF'], ['s1', 's2'])
+    """
+    if len(frames) <= 1:
+        return frames[0] if frames else pd.DataFrame()
+    names = [f.column for f in fields if f.kind is Kind.CATEGORY] + ["cloud", "region"]
+    frames = list(frames)
+    for name in names:
+        if name not in frames[0].columns:
+            continue
+        every = pd.Index([], dtype=_STRING).append(
+            [pd.Index(f[name].cat.categories, dtype=_STRING) for f in frames]
+        )
+        union = every.unique().sort_values()
+        frames = [f.assign(**{name: f[name].cat.set_categories(union)}) for f in frames]
+    return pd.concat(frames)
+
+
+def _prefixes(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``cloud/region/`` (fleet keys' start), as text, positionally."""
+    cloud = pd.Series(df["cloud"].astype(_STRING).array).fillna("")
+    region = pd.Series(df["region"].astype(_STRING).array).fillna("")
+    return cloud + "/" + region + "/"
+
+
+def _keyed(prefixes: pd.Series | None, ids: Any) -> Any:
+    """Ids as fleet keys (``cloud/region/id``, NA stays NA), or as they are (one target)."""
+    text = pd.Series(pd.array(ids, dtype=_STRING))
+    return (text if prefixes is None else prefixes + text).array
+
+
+def _fleet_frames(images: pd.DataFrame, servers: pd.DataFrame, volumes: Any) -> bool:
+    """Whether the frames are fleet frames (all) or single-target ones (all); a mix is a
+    ConfigError: an image id of one region is not used by a server of another."""
+    given = {"images": images, "servers": servers, "volumes": volumes}
+    kinds = {name: is_fleet(df) for name, df in given.items() if df is not None}
+    if len(set(kinds.values())) > 1:
+        fleet = ", ".join(name for name, yes in kinds.items() if yes)
+        single = ", ".join(name for name, yes in kinds.items() if not yes)
+        raise ConfigError(
+            f"image_usage: {fleet} from a fleet (cloud, region, key) but {single} from one "
+            "target: list them the same way (fetch_servers(cloud=[...]) for a fleet)"
+        )
+    return any(kinds.values())
+
+
+def _unlisted(images: pd.DataFrame, listing: pd.DataFrame) -> list[str]:
+    """The images' targets (``cloud/region``) a fleet listing did not list."""
+    wanted = set(_prefixes(images).str[:-1].unique().tolist())
+    listed = listing.attrs.get(TARGETS_ATTR)
+    seen = set(listed) if listed is not None else set(_prefixes(listing).str[:-1].unique())
+    return sorted(wanted - seen)
+
+
 def _image_keys(images: pd.DataFrame) -> pd.Index:
     return pd.Index(images.index.astype(_STRING), name=images.index.name)
 
@@ -429,32 +523,37 @@ def image_usage(
     >>> is_complete(usage)
     (True, None)
     """
+    fleet = _fleet_frames(images, servers, volumes)
     keys = _image_keys(images)
-    status = servers["status"].astype(_STRING)
-    server_project = servers["project_id"].astype(_STRING)
-    pairs = [pd.DataFrame({"image": servers["image_id"].astype(_STRING).array,
-                           "server": servers.index.astype(_STRING)})]  # fmt: skip
+    # In a fleet every id becomes its key (cloud/region/id): an image is used only by the
+    # servers and volumes of its own cloud and region.
+    server_prefix = _prefixes(servers) if fleet else None
+    server_keys = servers.index.astype(_STRING)
+    status = pd.Series(servers["status"].astype(_STRING).array, index=server_keys)
+    server_project = pd.Series(servers["project_id"].astype(_STRING).array, index=server_keys)
+    pairs = [pd.DataFrame({"image": _keyed(server_prefix, servers["image_id"]),
+                           "server": server_keys})]  # fmt: skip
     volume_pairs = pd.DataFrame(
         {"image": pd.Series([], dtype=_STRING), "project": pd.Series([], dtype=_STRING)}
     )
     if volumes is not None:
         made = volumes[volumes["image_id"].notna()]
+        volume_prefix = _prefixes(made) if fleet else None
+        made_images = _keyed(volume_prefix, made["image_id"])
         volume_pairs = pd.DataFrame(
-            {
-                "image": made["image_id"].astype(_STRING).array,
-                "project": made["project_id"].astype(_STRING).array,
-            }
+            {"image": made_images, "project": made["project_id"].astype(_STRING).array}
         )
         texts = made["attached_servers"].to_numpy(dtype=object, na_value=None)
+        starts = [""] * len(made) if volume_prefix is None else volume_prefix.tolist()
         attached = [
-            (image, server)
-            for image, text in zip(made["image_id"].astype(str), texts, strict=True)
+            (image, start + server)
+            for image, start, text in zip(made_images.astype(str), starts, texts, strict=True)
             if isinstance(text, str)
             for server in _server_ids(text)
         ]
         if attached:
             pairs.append(pd.DataFrame(attached, columns=["image", "server"]).astype(_STRING))
-    shelved = _shelve_snapshots(images, keys, status)
+    shelved = _shelve_snapshots(images, keys, status, _prefixes(images) if fleet else None)
     if shelved is not None:
         pairs.append(shelved)
     uses = pd.concat(pairs, ignore_index=True).dropna(subset=["image"]).drop_duplicates()
@@ -488,6 +587,11 @@ def image_usage(
         for complete, why in [is_complete(frame)]
         if not complete
     ]
+    if fleet:  # a target of the images that was not listed: its images are not known unused
+        for what, frame in (("servers", servers), ("volumes", volumes)):
+            missing = [] if frame is None else _unlisted(images, frame)
+            if missing:
+                reasons.append(f"{what}: {', '.join(missing)} not listed")
     out.attrs[COMPLETE_ATTR] = not reasons
     out.attrs[INCOMPLETE_ATTR] = "; ".join(reasons) or None
     return out
@@ -499,17 +603,24 @@ def image_usage(
 SHELVED_STATUSES = frozenset({"SHELVED", "SHELVED_OFFLOADED"})
 
 
-def _shelve_snapshots(images: pd.DataFrame, keys: pd.Index, status: pd.Series) -> Any:
-    """(image, server) pairs of the snapshots that shelved servers need, or None."""
+def _shelve_snapshots(
+    images: pd.DataFrame, keys: pd.Index, status: pd.Series, prefixes: pd.Series | None
+) -> Any:
+    """(image, server) pairs of the snapshots that shelved servers need, or None; in a
+    fleet (``prefixes``) the server is the image's cloud and region's."""
     if "properties" not in images.columns:
         return None
     on_shelf = set(status.index[status.isin(SHELVED_STATUSES).to_numpy(dtype=bool)])
     if not on_shelf:
         return None
+    starts = [""] * len(images) if prefixes is None else prefixes.tolist()
+    properties = images["properties"].to_numpy(dtype=object)
     pairs = [
-        (image, props.get("instance_uuid"))
-        for image, props in zip(keys, images["properties"].to_numpy(dtype=object), strict=True)
-        if isinstance(props, dict) and props.get("instance_uuid") in on_shelf
+        (image, start + props["instance_uuid"])
+        for image, start, props in zip(keys, starts, properties, strict=True)
+        if isinstance(props, dict)
+        and isinstance(props.get("instance_uuid"), str)
+        and start + props["instance_uuid"] in on_shelf
     ]
     return pd.DataFrame(pairs, columns=["image", "server"]).astype(_STRING) if pairs else None
 
