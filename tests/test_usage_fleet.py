@@ -185,7 +185,7 @@ def test_a_mix_of_fleet_and_single_frames_is_refused(
     images: pd.DataFrame, computes: dict[str, ComputeEmulator]
 ) -> None:
     single = imgframe.fetch_servers(computes["east"].compute_url, ADMIN_TOKEN)
-    with pytest.raises(ConfigError, match="images from a fleet .* but servers from one target"):
+    with pytest.raises(ConfigError, match=r"images from a fleet .* but servers from one target"):
         imgframe.image_usage(images, single, None)
     with pytest.raises(ConfigError, match="fleet"):
         imgframe.audit(images, rules=["unused"], usage=(single, None))
@@ -227,7 +227,7 @@ def test_a_failed_target_with_errors_warn_is_kept_out_and_named(
 ) -> None:
     with ComputeEmulator(usages["west"], fail_page=1) as broken:
         urls = {"east": computes["east"].compute_url, "west": broken.compute_url}
-        with pytest.raises(FetchError, match="^lab/west: "):
+        with pytest.raises(FetchError, match=r"^lab/west: "):
             imgframe.fetch_servers(cloud=targets(urls), retries=0)
         with pytest.warns(FleetWarning, match="1 of 2 targets failed"):
             df = imgframe.fetch_servers(cloud=targets(urls), retries=0, errors="warn")
@@ -235,8 +235,8 @@ def test_a_failed_target_with_errors_warn_is_kept_out_and_named(
     complete, why = is_complete(df)
     assert not complete and "not listed: lab/west" in (why or "")
     assert df.attrs["failed_targets"][0].startswith("lab/west: ")
-    volumes = imgframe.fetch_volumes(cloud=targets({"east": computes["east"].volume_url,
-                                                    "west": computes["west"].volume_url}))  # fmt: skip
+    both = {region: computes[region].volume_url for region in REGIONS}
+    volumes = imgframe.fetch_volumes(cloud=targets(both))
     with pytest.warns(IncompleteListingWarning, match="lab/west"):
         assert imgframe.unused(images, usage=(df, volumes)).empty
 
