@@ -473,6 +473,16 @@ def fetch_servers(
     the frame is marked incomplete (module docstring). ``page_size`` is the ``limit``
     asked for. Raises :class:`~imgframe.FetchError` when a page cannot be read.
 
+    Fleets: ``cloud`` a list of ``clouds.yaml`` names and/or :class:`~imgframe.Target`
+    objects (whose ``endpoint`` is then the compute URL), or ``region`` a list of names,
+    lists every target at once, as :func:`imgframe.fetch_fleet` resolves them (each
+    cloud's ``region`` list, else its clouds.yaml regions, else its catalog's; one login
+    per cloud). The rows start with ``cloud``, ``region`` and ``id``, indexed by ``key``
+    (``cloud/region/id``); the frame is complete only when every target is, its reasons
+    named by target. ``errors="raise"``: the first target that fails raises (its message
+    starts with ``cloud/region``); ``"warn"``: the others are returned, marked incomplete,
+    with a :class:`~imgframe.FleetWarning` and ``df.attrs["failed_targets"]``.
+
     Examples
     --------
     >>> from imgframe.testing import ADMIN_TOKEN, make_fleet
@@ -482,6 +492,12 @@ def fetch_servers(
     ...     df = fetch_servers(nova.compute_url, ADMIN_TOKEN, page_size=10)
     >>> len(df) == len(usage.servers), list(df.columns[:3])
     (True, ['name', 'status', 'image_id'])
+    >>> from imgframe import Target
+    >>> with ComputeEmulator(usage) as east, ComputeEmulator(make_usage(make_fleet(9))) as west:
+    ...     fleet = fetch_servers(cloud=[Target("lab", "east", east.compute_url, ADMIN_TOKEN),
+    ...                                  Target("lab", "west", west.compute_url, ADMIN_TOKEN)])
+    >>> list(fleet.columns[:3]), fleet.index.name, sorted(set(fleet["region"]))
+    (['cloud', 'region', 'id'], 'key', ['east', 'west'])
     """
     result: pd.DataFrame = run_sync(
         fetch_servers_async(
@@ -557,7 +573,9 @@ def fetch_volumes(
     (or ``block-storage``) URL as the catalog gives it (e.g.
     ``https://cinder:8776/v3/<project_id>``); the other arguments as for
     :func:`fetch_servers`. A listing without the volumes' projects (a token that is not
-    an admin) is marked incomplete (module docstring).
+    an admin) is marked incomplete (module docstring). The fleet forms (``cloud`` or
+    ``region`` a list, ``errors``) as for :func:`fetch_servers` (a
+    :class:`~imgframe.Target`'s ``endpoint`` is the volumev3 URL).
 
     Examples
     --------
