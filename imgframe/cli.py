@@ -1065,6 +1065,16 @@ def _print_usage_findings(
         f"{found('unused', planted.unused)}: {human_bytes(total)} owners could reclaim; "
         f"used only by stopped servers {stopped} (retire with their servers, not delete)"
     )
+    from imgframe.audits import checksum_duplicates
+
+    dups = checksum_duplicates(df, usage=used)
+    groups = dups.drop_duplicates("dup_group")
+    idle = int(dups["unused"].sum())
+    print(
+        f"duplicates: {len(groups):,} groups of {len(dups):,} images, {idle:,} "
+        f"copies unused: deleting those (one copy of each group kept) would reclaim "
+        f"{human_bytes(int(groups['reclaimable_bytes'].fillna(0).sum()))}"
+    )
     top = owners[owners["reclaimable_bytes"].fillna(0) > 0]
     top = top.sort_values("reclaimable_bytes", ascending=False, kind="stable").head(5)
     for owner, row in top.iterrows():
