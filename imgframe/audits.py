@@ -340,7 +340,7 @@ def _hex_key(values: pd.Series, prefix: pd.Series | str) -> np.ndarray:
     return key.to_numpy(dtype=object, na_value=None)
 
 
-def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+def checksum_duplicates(df: pd.DataFrame, usage: Usage | None = None) -> pd.DataFrame:
     """Live images whose data is byte-identical: same hash of the data, and same size.
 
     The key is the v2 multihash (``os_hash_algo:os_hash_value``) where known, the MD5
@@ -355,6 +355,12 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
     hash the group shares, e.g. ``md5:...`` or ``sha512:...``). Within one key, images of
     a different known size are separate groups; an image of unknown size joins the group
     when the key's known sizes agree.
+
+    With ``usage`` (as :func:`audit` takes it) each row also gets ``unused`` (the
+    :func:`unused` rule flags it), and ``reclaimable_bytes`` counts only what can go: the
+    group's unused copies, one kept when every copy is unused (deleting all of them is
+    the ``unused`` rule's business; deleting duplicates leaves one). Both NA when the
+    usage is not complete (which copies are used is then unknown).
 
     Examples
     --------
@@ -410,6 +416,19 @@ def checksum_duplicates(df: pd.DataFrame) -> pd.DataFrame:
     out["group_size"] = pd.array(group_size, dtype="Int64")
     out["reclaimable_bytes"] = pd.array(group_sizes[rows], dtype="Int64") * (out["group_size"] - 1)
     out["dup_key"] = pd.Categorical(np.asarray(uniques, dtype=object)[codes[rows]])
+    if usage is not None:
+        used = _usage_of(df, usage)
+        if is_complete(used)[0]:
+            idle = out.index.isin(unused(df, used).index)
+            count = pd.Series(idle.astype(np.int64)).groupby(dup_group[order]).transform("sum")
+            n_idle = count.to_numpy()
+            keep = (n_idle == group_size).astype(np.int64)  # all unused: one copy stays
+            out["unused"] = pd.array(idle, dtype="boolean")
+            size = pd.array(group_sizes[rows], dtype="Int64")
+            out["reclaimable_bytes"] = size * pd.array(n_idle - keep, dtype="Int64")
+        else:
+            out["unused"] = pd.array([pd.NA] * len(out), dtype="boolean")
+            out["reclaimable_bytes"] = pd.array([pd.NA] * len(out), dtype="Int64")
     return out
 
 
@@ -824,6 +843,7 @@ class _Rule:
     takes_now: bool = False
     needs_usage: bool = False  # reads the usage= of audit(); skipped with a note without
     profiles: frozenset[str] = frozenset({DEFAULT_PROFILE})
+    takes_usage: bool = False  # given audit()'s usage= when there is one; runs without
 
 
 _RULES: dict[str, _Rule] = {}
@@ -849,11 +869,20 @@ def _builtin(
     takes_now: bool = False,
     needs_usage: bool = False,
     profiles: Collection[str] = (DEFAULT_PROFILE,),
+    takes_usage: bool = False,
 ) -> Callable:
     def register(function: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
         name = function.__name__
         _RULES[name] = _Rule(
-            name, function, severity, details, True, takes_now, needs_usage, _profiles(profiles)
+            name,
+            function,
+            severity,
+            details,
+            True,
+            takes_now,
+            needs_usage,
+            _profiles(profiles),
+            takes_usage,
         )
         return function
 
@@ -989,11 +1018,21 @@ def _describe_public(found: pd.DataFrame, now: pd.Timestamp) -> Any:
 
 def _describe_duplicates(found: pd.DataFrame, now: pd.Timestamp) -> Any:
     gib = _text((found["reclaimable_bytes"].astype("Float64") / 1024**3).round(2))
-    return (
+    same = (
         "one of " + _text(found["group_size"]) + " images with the same data ("
-        + _text(found["dup_key"]) + ", duplicate group " + _text(found["dup_group"])
-        + "); keeping one copy would reclaim " + gib.fillna("an unknown number of") + " GiB"
+        + _text(found["dup_key"]) + ", duplicate group " + _text(found["dup_group"]) + "); "
     )  # fmt: skip
+    if "unused" not in found.columns:  # no usage given
+        return (
+            same + "keeping one copy would reclaim " + gib.fillna("an unknown number of") + " GiB"
+        )
+    idle = found["unused"].astype("Int64").groupby(found["dup_group"]).transform("sum")
+    known = (
+        same + _text(idle) + " of them unused: deleting those (one copy kept) would reclaim "
+        + gib.fillna("an unknown number of") + " GiB"
+    )  # fmt: skip
+    unknown = same + "which copies are unused is not known (servers or volumes not read completely)"
+    return known.where(found["unused"].notna().to_numpy(), unknown)
 
 
 def _describe_stale(found: pd.DataFrame, now: pd.Timestamp) -> Any:
@@ -1033,7 +1072,7 @@ def _describe_security(found: pd.DataFrame, now: pd.Timestamp) -> Any:
 
 
 _builtin("high", _describe_public)(public_unprotected)
-_builtin("low", _describe_duplicates)(checksum_duplicates)
+_builtin("low", _describe_duplicates, takes_usage=True)(checksum_duplicates)
 _builtin("low", _describe_stale, takes_now=True)(stale)
 _builtin("medium", _describe_broken, takes_now=True)(broken)
 _builtin("medium", _describe_formats)(format_mismatch)
@@ -1347,7 +1386,11 @@ def audit(
                 continue
             found = rule.function(df, usage=usage)
         elif rule.builtin:
-            found = rule.function(df, now=stamp) if rule.takes_now else rule.function(df)
+            found = rule.function(
+                df,
+                **({"now": stamp} if rule.takes_now else {}),
+                **({"usage": usage} if rule.takes_usage and usage is not None else {}),
+            )
         else:
             read = df[fetched] if read is None else read
             found = rule.function(read)

@@ -633,6 +633,7 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
     import threading
 
     from imgframe.testing import make_fleet
+    from imgframe.testing.compute import ComputeEmulator, make_usage
     from imgframe.testing.emulator import Faults, GlanceEmulator
     from imgframe.testing.keystone import FakeKeystone
 
@@ -648,19 +649,28 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
         )
     check_writable(clouds_yaml)
     emulators: dict[str, GlanceEmulator] = {}
+    computes: dict[str, ComputeEmulator] = {}
     stop = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for n, name in enumerate(names):
             fleet = make_fleet(args.images, seed=args.seed + n)
             emulators[name] = GlanceEmulator(fleet, faults=Faults(latency=args.latency)).start()
-        with FakeKeystone(emulators) as keystone:
+            # Each region's Nova and Cinder, over its own images: the catalog's compute and
+            # volumev3 endpoints, for 'imgframe servers/volumes --cloud'.
+            computes[name] = ComputeEmulator(make_usage(fleet, seed=args.seed + n)).start()
+        with FakeKeystone(emulators, compute=computes) as keystone:
             config = {"clouds": {args.cloud_name: {"auth": keystone.auth(), "regions": names}}}
             with atomic_path(clouds_yaml) as tmp:
                 tmp.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
             print(f"Keystone v3 at {keystone.url}/v3 (password login, test credentials)")
             for name, emulator in emulators.items():
-                print(f"  region {name}: {len(emulator.fleet):,} images at {emulator.url}")
+                usage = computes[name].usage
+                print(
+                    f"  region {name}: {len(emulator.fleet):,} images at {emulator.url}; "
+                    f"{len(usage.servers):,} servers, {len(usage.volumes):,} volumes at "
+                    f"{computes[name].url}"
+                )
             print(f"wrote {clouds_yaml} (cloud {args.cloud_name!r}); Ctrl-C stops it all")
             print(
                 f"  try: OS_CLIENT_CONFIG_FILE={clouds_yaml} imgframe fetch "
@@ -674,6 +684,8 @@ def _emulated_cloud(args: argparse.Namespace) -> int:
     finally:
         for emulator in emulators.values():
             emulator.stop()
+        for compute in computes.values():
+            compute.stop()
         # None: the old handler was not set from Python; the default is what it was then.
         signal.signal(
             signal.SIGTERM, signal.SIG_DFL if previous_sigterm is None else previous_sigterm
@@ -958,7 +970,9 @@ def _usage_listing(args: argparse.Namespace) -> int:
     if args.token and args.cloud:
         raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
     if args.region and not args.cloud:
-        raise ImgframeError("--region chooses a region of --cloud; add --cloud NAME")
+        raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
+    if args.keep_going and not args.cloud:
+        raise ImgframeError("--keep-going is for several clouds/regions (--cloud)")
     if not args.cloud and not args.endpoint:
         raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
     if args.output:
@@ -974,10 +988,13 @@ def _usage_listing(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         # The incompleteness is said once below, as the run's last line.
         warnings.simplefilter("ignore", ImgframeWarning)
+        # --cloud is a fleet, as for 'imgframe fetch': the table has cloud, region and key,
+        # like the images table of 'imgframe fetch --cloud', so audit joins them per region.
         df = listing(
-            args.endpoint, token, cloud=args.cloud, region=args.region,
+            args.endpoint, token, cloud=args.cloud, region=args.region or None,
             timeout=args.timeout, retries=args.retries, max_rps=args.max_rps,
             verify=args.ca_bundle or not args.insecure,
+            errors="warn" if args.keep_going else "raise",
         )  # fmt: skip
     seconds = time.perf_counter() - started
     complete, why = is_complete(df)
@@ -1022,7 +1039,7 @@ def read_usage_table(path: str, kind: str) -> pd.DataFrame:
         raise ConfigError(f"cannot read {kind} {path!r}: no such file") from None
     except (OSError, ValueError) as exc:  # pandas' parse errors are ValueErrors
         raise ConfigError(f"cannot read {kind} {path!r}: {_first_line(exc)}") from None
-    if "id" not in df.columns and df.index.name == "id":
+    if df.index.name in ("id", "key") and df.index.name not in df.columns:
         df = df.reset_index()
     missing = [c for c in USAGE_TABLE_COLUMNS[kind] if c not in df.columns]
     if missing:
@@ -1030,8 +1047,10 @@ def read_usage_table(path: str, kind: str) -> pd.DataFrame:
             f"{path!r} is not a {kind} table (no {', '.join(missing)} column): write one with "
             f"'imgframe {kind} -o FILE'"
         )
-    text = {c: "string" for c in USAGE_TABLE_COLUMNS[kind]}
-    df = df.astype(text).set_index("id")
+    # A fleet table ('imgframe servers --cloud ...'): indexed by key, cloud and region kept.
+    fleet = all(c in df.columns for c in ("key", "cloud", "region"))
+    columns = (*USAGE_TABLE_COLUMNS[kind], *(("key", "cloud", "region") if fleet else ()))
+    df = df.astype({c: "string" for c in columns}).set_index("key" if fleet else "id")
     return df
 
 
@@ -1168,6 +1187,16 @@ def _print_usage_findings(
         f"usage: unused images (no server in any state, no volume) "
         f"{found('unused', planted.unused)}: {human_bytes(total)} owners could reclaim; "
         f"used only by stopped servers {stopped} (retire with their servers, not delete)"
+    )
+    from imgframe.audits import checksum_duplicates
+
+    dups = checksum_duplicates(df, usage=used)
+    groups = dups.drop_duplicates("dup_group")
+    idle = int(dups["unused"].sum())
+    print(
+        f"duplicates: {len(groups):,} groups of {len(dups):,} images, {idle:,} "
+        f"copies unused: deleting those (one copy of each group kept) would reclaim "
+        f"{human_bytes(int(groups['reclaimable_bytes'].fillna(0).sum()))}"
     )
     top = owners[owners["reclaimable_bytes"].fillna(0) > 0]
     top = top.sort_values("reclaimable_bytes", ascending=False, kind="stable").head(5)
@@ -1473,9 +1502,25 @@ def build_parser() -> argparse.ArgumentParser:
             "the command line is visible to every user in ps)",
         )
         where.add_argument(
-            "--cloud", metavar="NAME", help="a clouds.yaml cloud; needs imgframe[openstack]"
+            "--cloud",
+            action="append",
+            metavar="NAME",
+            help="a clouds.yaml cloud (repeat for several; the table gains cloud, region and "
+            "key, as 'imgframe fetch --cloud' tables do); needs imgframe[openstack]",
         )
-        where.add_argument("--region", metavar="NAME", help="a region of --cloud")
+        where.add_argument(
+            "--region",
+            action="append",
+            metavar="NAME",
+            help="regions of each --cloud (repeat; default: the regions clouds.yaml lists, "
+            "else every region of the catalog)",
+        )
+        where.add_argument(
+            "--keep-going",
+            action="store_true",
+            help="with several clouds/regions: list the others when one fails (the table is "
+            "then incomplete and not written: exit 4 names the failed ones)",
+        )
         listing.add_argument(
             "--max-rps", type=float, metavar="N", help="at most N requests per second"
         )

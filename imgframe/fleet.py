@@ -47,7 +47,16 @@ from imgframe.progress import PROGRESS_LABEL
 from imgframe.runner import run_sync
 from imgframe.schema import FLEET_INDEX, Kind
 
-__all__ = ["FleetWarning", "Target", "fetch_fleet", "fetch_fleet_async", "fleet_targets"]
+__all__ = [
+    "FleetWarning",
+    "Target",
+    "expand_targets",
+    "fetch_fleet",
+    "fetch_fleet_async",
+    "fleet_targets",
+    "labelled",
+    "relabel",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +176,40 @@ async def _catalog_targets(target: Target) -> list[Target]:
     return [Target(target.cloud, r, token=token.for_region(r)) for r in regions]
 
 
+async def expand_targets(
+    targets: Sequence[Target], *, errors: Literal["raise", "warn"] = "raise"
+) -> tuple[list[Target], list[tuple[Target, ImgframeError]]]:
+    """The targets of :func:`fleet_targets` a fleet call runs, and those that failed.
+
+    Keystone targets without a region become one per region of their catalog (a login
+    first): what a cloud name without regions in clouds.yaml means. The logins of several
+    clouds run at once, not one after another. A target whose login fails raises
+    (``errors="raise"``, the message starting with its label) or is returned with its
+    error (``errors="warn"``). What :func:`fetch_fleet` and the fleet forms of
+    :func:`imgframe.fetch_servers` / :func:`imgframe.fetch_volumes` share.
+
+    Examples
+    --------
+    >>> lab = Target("lab", "east", endpoint="http://127.0.0.1:1", token="t")
+    >>> asyncio.run(expand_targets([lab]))
+    ([Target(cloud='lab', region='east', endpoint='http://127.0.0.1:1')], [])
+    """
+    found = await asyncio.gather(*(_catalog_targets(t) for t in targets), return_exceptions=True)
+    expanded: list[Target] = []
+    failed: list[tuple[Target, ImgframeError]] = []
+    for target, result in zip(targets, found, strict=True):
+        if isinstance(result, ImgframeError):
+            if errors == "raise":
+                raise relabel(result, target) from None
+            failed.append((target, relabel(result, target)))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            expanded.extend(result)
+    _check_unique(expanded)
+    return expanded, failed
+
+
 async def fetch_fleet_async(
     clouds: Iterable[str | Target],
     regions: Sequence[str] | None = None,
@@ -252,25 +295,10 @@ async def fleet_with_options(
                 started=started,
             )
         except ImgframeError as exc:
-            raise _relabel(exc, target) from None
+            raise relabel(exc, target) from None
 
-    # Keystone targets without a region become one per region of their catalog (a login
-    # first): what a cloud name without regions in clouds.yaml means.
-    # The logins of several clouds run at once, not one after another.
-    found = await asyncio.gather(*(_catalog_targets(t) for t in targets), return_exceptions=True)
-    expanded: list[Target] = []
-    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = []
-    for target, result in zip(targets, found, strict=True):
-        if isinstance(result, ImgframeError):
-            if errors == "raise":
-                raise _relabel(result, target) from None
-            outcomes.append((target, _relabel(result, target)))
-        elif isinstance(result, BaseException):
-            raise result
-        else:
-            expanded.extend(result)
-    _check_unique(expanded)
-
+    expanded, refused = await expand_targets(targets, errors=errors)
+    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = list(refused)
     if errors == "raise":
         # A TaskGroup: the first target that fails cancels the others at once.
         try:
@@ -312,7 +340,7 @@ async def fleet_with_options(
                 facts["checkpoint_rows"] = own["resumed"].get("checkpoint_rows", 0)
         asked_targets.append(facts)
         if isinstance(result, pd.DataFrame):
-            frames.append(_labelled(result, target))
+            frames.append(labelled(result, target))
     frame = _combine(frames)
     asked_fleet = {
         "targets": asked_targets,
@@ -415,8 +443,14 @@ def fetch_fleet(
     return run_sync(fleet_with_options(clouds, regions, options, ids=ids, errors=errors))
 
 
-def _relabel(exc: ImgframeError, target: Target) -> ImgframeError:
-    """The same error (type and attributes kept), its message prefixed with the target."""
+def relabel(exc: ImgframeError, target: Target) -> ImgframeError:
+    """The same error (type and attributes kept), its message prefixed with the target.
+
+    Examples
+    --------
+    >>> relabel(ConfigError("no endpoint"), Target("lab", "east"))
+    ConfigError('lab/east: no endpoint')
+    """
     relabelled = copy.copy(exc)
     relabelled.args = (f"{target.label}: {exc}", *exc.args[1:])
     return relabelled
@@ -426,8 +460,16 @@ def _not_fetched(ids: list[str], error: str) -> pd.DataFrame:
     return build_frame(Columns.from_packed([None] * len(ids)), index=ids, error=[error] * len(ids))
 
 
-def _labelled(frame: pd.DataFrame, target: Target) -> pd.DataFrame:
-    """``frame`` with ``cloud``, ``region`` and ``id`` columns in front, indexed by key."""
+def labelled(frame: pd.DataFrame, target: Target) -> pd.DataFrame:
+    """``frame`` with ``cloud``, ``region`` and ``id`` columns in front, indexed by key
+    (``cloud/region/id``, region empty when None): a fleet frame's rows of one target.
+
+    Examples
+    --------
+    >>> one = pd.DataFrame({"name": ["web"]}, index=pd.Index(["s1"], name="id"))
+    >>> labelled(one, Target("lab", "east")).reset_index().iloc[0].tolist()
+    ['lab/east/s1', 'lab', 'east', 's1', 'web']
+    """
     n = len(frame)
     ids = frame.index.astype("string[pyarrow]")
     region = "" if target.region is None else target.region
@@ -450,7 +492,7 @@ def _repeated(value: str | None, n: int) -> Any:
 
 
 def _combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frame = concat_frames(frames) if frames else _labelled(empty_frame(), Target("-"))
+    frame = concat_frames(frames) if frames else labelled(empty_frame(), Target("-"))
     if not frame.index.is_unique:  # only a cloud or region name containing "/" can do this
         dupes = frame.index[frame.index.duplicated()].unique()[:3].tolist()
         raise ConfigError(f"fleet keys are not unique (a '/' in a cloud or region name?): {dupes}")

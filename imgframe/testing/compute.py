@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 
 from imgframe.testing.fleet import FLEET_NOW, Fleet
@@ -66,7 +67,6 @@ RUNNING = "ACTIVE"
 STOPPED = ("SHUTOFF", "SUSPENDED", "SHELVED", "SHELVED_OFFLOADED", "PAUSED", "STOPPED")
 # Neither running nor stopped: an image they use is in use, but not "only stopped".
 OTHER = ("ERROR", "BUILD", "REBOOT", "RESIZE", "MIGRATING")
-_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(slots=True)
@@ -237,7 +237,14 @@ def make_usage(fleet: Fleet, *, seed: int = 0, unknown_images: int = 3) -> Usage
 
 
 def _stamp(value: datetime) -> str:
-    return value.strftime(_STAMP)
+    # isoformat is ~5x faster than strftime and the same text for these naive UTC times.
+    return value.isoformat(timespec="seconds") + "Z"
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    # orjson: a page of 1,000 servers is ~0.5 MB of JSON, 15x faster than json.dumps, so
+    # the emulator is not what a listing benchmark measures.
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _truthy(value: str) -> bool:
@@ -360,18 +367,20 @@ class ComputeEmulator(LocalServer):
                     "get_all_tenants to be performed.",
                 }
             }
-            return web.json_response(refused, status=403)
+            return _json(refused, status=403)
         view = self._view("servers", None if admin and everyone else project)
-        page, links = self._page(request, view, self.compute_url, "servers")
-        body: dict[str, Any] = {"servers": [self._server(s) for s in page]}
+        compute = self.compute_url
+        page, links = self._page(request, view, compute, "servers")
+        images = f"{self.url}/compute/images/"
+        body: dict[str, Any] = {"servers": [self._server(s, images, compute) for s in page]}
         if links:
             body["servers_links"] = links
-        return web.json_response(body)
+        return _json(body)
 
-    def _server(self, server: FakeServer) -> dict[str, Any]:
+    def _server(self, server: FakeServer, images: str, compute: str) -> dict[str, Any]:
         image: Any = ""
         if server.image_id is not None:
-            link = f"{self.url}/compute/images/{server.image_id}"
+            link = images + server.image_id
             image = {"id": server.image_id, "links": [{"rel": "bookmark", "href": link}]}
         return {
             "id": server.id,
@@ -385,7 +394,7 @@ class ComputeEmulator(LocalServer):
             "updated": _stamp(server.updated_at),
             "addresses": {},
             "metadata": {},
-            "links": [{"rel": "self", "href": f"{self.compute_url}/servers/{server.id}"}],
+            "links": [{"rel": "self", "href": f"{compute}/servers/{server.id}"}],
         }
 
     async def _volumes_detail(self, request: web.Request) -> web.Response:
@@ -398,7 +407,7 @@ class ComputeEmulator(LocalServer):
         body: dict[str, Any] = {"volumes": [self._volume(v, admin) for v in page]}
         if links:
             body["volumes_links"] = links
-        return web.json_response(body)
+        return _json(body)
 
     def _volume(self, volume: FakeVolume, admin: bool) -> dict[str, Any]:
         record: dict[str, Any] = {
