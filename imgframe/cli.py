@@ -1058,15 +1058,51 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class _DemoWeek:
+    """What the demo changed between the two snapshots (image ids per change)."""
+
+    published: list[str]
+    unprotected: list[str]
+    given_away: list[str]
+    unsigned: list[str]
+    deleted: list[str]
+    added: list[str]
+
+    def sentence(self) -> str:
+        return (
+            f"{len(self.published)} published, {len(self.unprotected)} unprotected, "
+            f"{len(self.given_away)} given to another project, {len(self.unsigned)} lost "
+            f"their signature, {len(self.deleted)} deleted, {len(self.added)} uploaded"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
+    """``imgframe demo`` (``make demo``): a week of a seeded cloud, fetched, compared and
+    audited, all on 127.0.0.1. "Last week's" snapshot is fetched with image members, the
+    emulator changes the cloud as a week does (images published, unprotected, given away,
+    their signature dropped, deleted, uploaded), "this week's" is fetched; both go into a
+    History folder, and the changes, the findings (new ones since last week counted), the
+    usage tables and one HTML report are written. The snapshots are stamped on the fleet's
+    own clock (FLEET_NOW and a week before), so the planted stale and stuck images are
+    found whatever day it runs, and ``imgframe audit OUT/images.csv`` (the provenance
+    sidecar carries the fetch time) gives the demo's findings."""
+    images, output_dir = args.images, args.output_dir
+    concurrency, progress = args.concurrency, args.progress
     import random
 
+    from imgframe.audits import audit
+    from imgframe.changes import diff
+    from imgframe.history import History
+    from imgframe.io import report
+    from imgframe.provenance import ATTR
     from imgframe.testing import make_fleet
     from imgframe.testing.emulator import ADMIN_TOKEN, Faults, GlanceEmulator
+    from imgframe.testing.fleet import FLEET_NOW
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fleet = make_fleet(args.images, seed=DEMO_SEED)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fleet = make_fleet(images, seed=DEMO_SEED)
     rng = random.Random(DEMO_SEED)
     ids = [image.id for image in fleet.images]
     # Some ids the cloud does not know, as in any real list of ids.
@@ -1088,55 +1124,146 @@ def _demo(args: argparse.Namespace) -> int:
         "5% transient faults (429/503/500/dropped connections), 0.2% malformed headers, "
         "0.2% answers that lie (another image's id, no metadata)"
     )
-    with GlanceEmulator(fleet, faults=faults) as emulator:
-        started = time.perf_counter()
-        df = fetch_images(
-            ids,
-            endpoint=emulator.url,
-            token=ADMIN_TOKEN,
-            concurrency=args.concurrency,
-            progress=args.progress,
-        )
-        seconds = time.perf_counter() - started
-        sent = len(emulator.request_log)
-    print(summarize(df, seconds))
-    print(
-        f"requests sent (with retries): {sent:,}, {sent / seconds:,.0f} requests/s "
-        "(client and emulator share one process here; benchmarks/bench_fetch.py measures "
-        "throughput properly)"
-    )
-    from imgframe.audits import audit
-    from imgframe.io import report
-    from imgframe.testing.fleet import FLEET_NOW
-
-    servers, volumes, used, planted = _demo_usage(fleet, df)
-    # The fleet's clock, so the planted stale and stuck images are found on any day.
     now = pd.Timestamp(FLEET_NOW, tz="UTC")
-    findings = audit(df, now=now, usage=used)
+    history = History(out / "history")
+    with GlanceEmulator(fleet, faults=faults) as emulator:
+
+        def snapshot(when: pd.Timestamp, label: str, asked: list[str]) -> pd.DataFrame:
+            started = time.perf_counter()
+            df = fetch_images(
+                asked,
+                endpoint=emulator.url,
+                token=ADMIN_TOKEN,
+                concurrency=concurrency,
+                progress=progress,
+                members=True,
+            )
+            seconds = time.perf_counter() - started
+            # Stamped on the fleet's clock (see the module docstring).
+            df.attrs[ATTR]["fetched_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            history.add(df)
+            print(f"{label}: {summarize(df, seconds)}")
+            return df
+
+        sent = len(emulator.request_log)
+        before = snapshot(now - pd.Timedelta(days=7), "last week", ids)
+        week = _change_the_cloud(emulator, fleet, rng, now)
+        print(f"during the week: {week.sentence()}")
+        after = snapshot(now, "this week", [*ids, *week.added])
+        sent = len(emulator.request_log) - sent
+    print(
+        f"requests sent for both snapshots (HEAD and members, with retries): {sent:,} "
+        "(client and emulator share one process: benchmarks/ measure throughput)"
+    )
+
+    changes = diff(before, after)
+    from imgframe.changes import summary
+
+    print(f"what changed: {summary(changes)}")
+    servers, volumes, used, planted = _demo_usage(fleet, after)
+    trusted = list(fleet.projects)
+    findings = audit(after, usage=used, trusted=trusted)
+    new = audit(after, usage=used, trusted=trusted, baseline=before)
+    counts = new.attrs["counts"]
     print()
     print(findings_table(findings, limit=10))
-    print()
-    _print_usage_findings(df, findings, used, planted)
-    print()
-    images = to_csv(df, out_dir / "images.csv")
-    _write_findings(findings, "csv", str(out_dir / "findings.csv"))
-    to_csv(servers, out_dir / "servers.csv")
-    to_csv(volumes, out_dir / "volumes.csv")
-    html = report(df, out_dir / "report.html", findings=findings, now=now)
-    print(f"wrote {images} ({len(df):,} rows), {out_dir / 'findings.csv'} ({len(findings):,} rows)")
     print(
-        f"wrote {out_dir / 'servers.csv'} ({len(servers):,} rows), "
-        f"{out_dir / 'volumes.csv'} ({len(volumes):,} rows)"
+        f"since last week: {counts['new']:,} new findings, {counts['resolved']:,} resolved, "
+        f"{counts['unchanged']:,} unchanged (imgframe audit NEW --baseline OLD)"
+    )
+    print()
+    _print_usage_findings(after, findings, used, planted, set(week.added))
+    shared = findings[findings["rule"] == "shared_outside"]
+    print(
+        f"sharing: {len(shared):,} images shared with projects outside the cloud's own "
+        f"{len(trusted)} (planted {len(fleet.planted.shared_outside):,}; any member status "
+        "counts: a rejected member can still boot the image)"
+    )
+    print()
+    images_csv = to_csv(after, out / "images.csv")
+    to_csv(findings.assign(), out / "findings.csv")
+    to_csv(changes, out / "changes.csv")
+    to_csv(servers, out / "servers.csv")
+    to_csv(volumes, out / "volumes.csv")
+    (out / "trusted.txt").write_text("".join(f"{p}\n" for p in trusted), encoding="utf-8")
+    html = report(after, out / "report.html", findings=findings, diff=changes)
+    print(f"wrote {images_csv} ({len(after):,} rows), findings.csv ({len(findings):,} rows),")
+    print(
+        f"  changes.csv ({len(changes):,} rows), servers.csv ({len(servers):,} rows), "
+        f"volumes.csv ({len(volumes):,} rows), trusted.txt, and {out / 'history'} "
+        f"({len(history.snapshots())} snapshots)"
     )
     print(f"wrote {html} (open it in a browser)")
+    print(
+        f"again from the files: imgframe audit {images_csv} --servers {out / 'servers.csv'} "
+        f"--volumes {out / 'volumes.csv'} --trusted @{out / 'trusted.txt'}"
+    )
     return 0
+
+
+def _change_the_cloud(emulator: Any, fleet: Any, rng: Any, now: pd.Timestamp) -> _DemoWeek:
+    """A week of changes on the running emulator, drawn from the seeded fleet."""
+    from imgframe.audits import SIGNATURE_KEYS
+
+    live = [i for i in fleet.images if i.status == "active" and not i.deleted]
+    private = [i.id for i in live if not i.is_public]
+    exposed = [i.id for i in live if i.is_public and i.protected]
+    signed = [i.id for i in live if all(i.properties.get(k) for k in SIGNATURE_KEYS)]
+    loose = [i.id for i in live if not i.protected]
+    picked: set[str] = set()
+
+    def take(pool: list[str], n: int) -> list[str]:
+        free = [i for i in pool if i not in picked]
+        chosen = rng.sample(free, min(n, len(free)))
+        picked.update(chosen)
+        return chosen
+
+    week = _DemoWeek(
+        published=take(private, 4),
+        unprotected=take(exposed, 3),
+        given_away=take(private, 3),
+        unsigned=take(signed, 3),
+        deleted=take(loose, 3),
+        added=[],
+    )
+    for image_id in week.published:
+        emulator.publish(image_id)
+    for image_id in week.unprotected:
+        emulator.unprotect(image_id)
+    outsider = "9f0c4a7e5d1b4e0f8a3c2b6d7e8f9a01"  # a project this cloud does not have
+    for image_id in week.given_away:
+        emulator.change_owner(image_id, outsider)
+    for image_id in week.unsigned:
+        emulator.drop_signature(image_id)
+    for image_id in week.deleted:
+        emulator.delete(image_id)
+    template = rng.choice(live)
+    added = []
+    for n in range(2):
+        image_id = f"{rng.getrandbits(128):032x}"
+        stamp = (now - pd.Timedelta(days=1 + n)).tz_convert(None).to_pydatetime()
+        emulator.add(
+            dataclasses.replace(
+                template,
+                id=image_id,
+                name=f"uploaded this week {n + 1}",
+                is_public=True,
+                protected=False,
+                created_at=stamp,
+                updated_at=stamp,
+                properties=dict(template.properties),
+                members=(),
+            )
+        )
+        added.append(image_id)
+    return dataclasses.replace(week, added=added)
 
 
 def _demo_usage(
     fleet: Any, df: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Any]:
-    """The demo's servers and volumes, from a Nova and Cinder emulator over ``fleet``,
-    their ``image_usage`` of ``df`` and the planted answers; prints what was read."""
+    """Servers and volumes from a Nova and Cinder emulator over ``fleet``, their
+    ``image_usage`` of ``df`` and the planted answers; prints what was read."""
     from imgframe.testing.compute import ComputeEmulator, make_usage
     from imgframe.testing.emulator import ADMIN_TOKEN
     from imgframe.usage import fetch_servers, fetch_volumes
@@ -1166,18 +1293,22 @@ def _demo_usage(
 
 
 def _print_usage_findings(
-    df: pd.DataFrame, findings: pd.DataFrame, used: pd.DataFrame, planted: Any
+    df: pd.DataFrame, findings: pd.DataFrame, used: pd.DataFrame, planted: Any, added: set[str]
 ) -> None:
     """What the usage rules found against what was planted, and the owners with the
     most bytes to reclaim."""
-    from imgframe.audits import owner_summary
+    from imgframe.audits import checksum_duplicates, owner_summary
     from imgframe.report_html import human_bytes
 
     def found(rule: str, answer: frozenset[str]) -> str:
         ids = set(findings.loc[findings["rule"] == rule, "image_id"].astype(str))
-        # A planted image whose row the faults made unreadable is not a candidate.
-        return f"{len(ids):,} (planted {len(answer):,}, {len(answer - ids):,} not read, " + (
-            f"{len(ids - answer):,} not planted)"
+        # A planted image whose row the faults made unreadable is not a candidate; an
+        # image uploaded this week is used by nothing yet.
+        extra = ids - answer - added
+        return (
+            f"{len(ids):,} (planted {len(answer):,}, {len(answer - ids):,} not read or "
+            f"changed this week, {len(ids & added):,} uploaded this week, "
+            f"{len(extra):,} not planted)"
         )
 
     owners = owner_summary(df, usage=used)
@@ -1188,8 +1319,6 @@ def _print_usage_findings(
         f"{found('unused', planted.unused)}: {human_bytes(total)} owners could reclaim; "
         f"used only by stopped servers {stopped} (retire with their servers, not delete)"
     )
-    from imgframe.audits import checksum_duplicates
-
     dups = checksum_duplicates(df, usage=used)
     groups = dups.drop_duplicates("dup_group")
     idle = int(dups["unused"].sum())
