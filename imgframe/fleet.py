@@ -183,6 +183,7 @@ async def fetch_fleet_async(
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
     verify_with_head: bool = False,
+    members: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_fleet` (same arguments, same frame).
 
@@ -207,6 +208,7 @@ async def fetch_fleet_async(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     return await fleet_with_options(clouds, regions, options, ids=ids, errors=errors)
 
@@ -320,6 +322,7 @@ def fetch_fleet(
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
     verify_with_head: bool = False,
+    members: bool = False,
 ) -> pd.DataFrame:
     """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
 
@@ -373,6 +376,7 @@ def fetch_fleet(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     return run_sync(fleet_with_options(clouds, regions, options, ids=ids, errors=errors))
 
