@@ -135,8 +135,8 @@ class Manifest:
     ``"listing"`` (``ids=None``: every image listed); ``id_count`` is None for a listing.
     ``include_deleted`` is None with explicit ids (every id named is asked, deleted or
     not). ``members``: the members of each image were read too (a manifest written
-    before it existed reads as False). ``rows`` and ``parts`` are not stored: :func:`read_manifest` counts them from
-    the parts (a fleet's from all its targets).
+    before it existed reads as False). ``rows`` and ``parts`` are not stored:
+    :func:`read_manifest` counts them from the parts (a fleet's from all its targets).
 
     Examples
     --------
