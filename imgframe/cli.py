@@ -468,6 +468,8 @@ def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
         "ids": "listing" if ids is None else ids_digest(normalize_ids(ids)),
         "include_deleted": args.include_deleted,
     }
+    if args.members:  # only when asked: older default checkpoints keep their names
+        request["members"] = True
     text = json.dumps(request, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
@@ -492,6 +494,7 @@ def fetch_options(args: argparse.Namespace) -> FetchOptions:
         api=args.api,
         include_deleted=args.include_deleted,
         verify_with_head=args.head,
+        members=args.members,
     )
 
 
@@ -740,6 +743,26 @@ def _read_allow_list(path: str) -> list[str]:
         raise ImgframeError(f"allow-list {path!r} is not UTF-8 text") from None
 
 
+def _read_trusted(value: str) -> list[str]:
+    """``--trusted``: ``@FILE`` (project ids one per line, as an ids file) or a comma list.
+
+    Examples
+    --------
+    >>> _read_trusted("p1, p2,,")
+    ['p1', 'p2']
+    """
+    if not value.startswith("@"):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    path = value[1:]
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return _read_ids(handle, f"trusted projects {path!r}")
+    except OSError as exc:
+        raise ImgframeError(f"cannot read trusted projects {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImgframeError(f"trusted projects {path!r} is not UTF-8 text") from None
+
+
 FAIL_ON = ("high", "medium", "low", "info")
 
 
@@ -775,6 +798,7 @@ def _audit(args: argparse.Namespace) -> int:
         if not outcome.complete:  # e.g. a table written by a fetch that exited 4
             _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
     allow = _read_allow_list(args.allow) if args.allow else None
+    trusted = _read_trusted(args.trusted) if args.trusted is not None else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
     usage = None
     if args.volumes and not args.servers:
@@ -784,7 +808,7 @@ def _audit(args: argparse.Namespace) -> int:
         volumes = read_usage_table(args.volumes, "volumes") if args.volumes else None
         usage = (servers, volumes)
     try:
-        findings = audit(df, rules=rules, allow=allow, usage=usage)
+        findings = audit(df, rules=rules, allow=allow, usage=usage, trusted=trusted)
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
     if fmt == "html":
@@ -1102,6 +1126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --all: send one HEAD (v2: GET) per listed image instead of using the "
         "listing's records (its answers, not the listing's)",
     )
+    fetch.add_argument(
+        "--members",
+        action="store_true",
+        help="also read the members (projects it is shared with) of each image that can "
+        "have them (v1: not public; v2: shared) into the members column: one more request "
+        "per such image",
+    )
     where = fetch.add_argument_group("where and who")
     where.add_argument(
         "--endpoint", help="Glance/IMS base URL, with or without /v1 (for v2: --api v2)"
@@ -1253,6 +1284,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="servers table of the same cloud and region ('imgframe servers -o FILE'): runs "
         "the usage rules unused and only_stopped_servers (skipped without it)",
+    )
+    audit.add_argument(
+        "--trusted",
+        metavar="IDS",
+        help="project ids shared_outside accepts as members: a comma-separated list, or "
+        "@FILE for a file of them (one per line, # comments); without it every member of "
+        "an image is reported (the table needs 'imgframe fetch --members')",
     )
     audit.add_argument(
         "--volumes",
