@@ -549,3 +549,55 @@ def test_cli_fetch_members_and_audit_trusted(
         assert set(found[found["rule"] == "shared_outside"]["image_id"]) == (
             fleet.planted.shared_outside
         )
+
+
+def test_members_is_an_option_checked_once() -> None:
+    assert imgframe.FetchOptions.build(members=True).members is True
+    with pytest.raises(imgframe.ConfigError, match="members must be True or False"):
+        imgframe.FetchOptions(members="yes")  # type: ignore[arg-type]
+
+
+def test_a_v2_member_lists_its_accepted_shares_by_default_and_every_share_with_all(
+    fleet: Fleet, emulator: GlanceEmulator
+) -> None:
+    import requests
+
+    def shares_of(project: str) -> dict[str, str]:
+        return {
+            i.id: m.status
+            for i in fleet.images
+            for m in i.members
+            if m.member_id == project and i.owner != project and not i.deleted
+        }
+
+    member = max(fleet.projects, key=lambda p: len(set(shares_of(p).values())))
+    shares = shares_of(member)
+    assert {"accepted", "pending", "rejected"} <= set(shares.values())
+    token = emulator.issue_token(member)
+
+    def listed(**params: str) -> set[str]:
+        found: set[str] = set()
+        query: dict[str, str] = {"limit": "1000", **params}
+        while True:
+            page = requests.get(
+                f"{emulator.url}/v2/images",
+                params=query,
+                headers={"X-Auth-Token": token},
+                timeout=10,
+            ).json()
+            found |= {image["id"] for image in page["images"]}
+            if "next" not in page:
+                return found
+            query["marker"] = page["images"][-1]["id"]
+
+    default = listed() & set(shares)
+    assert default == {i for i, status in shares.items() if status == "accepted"}
+    assert listed(member_status="all") & set(shares) == set(shares)
+    assert set(shares) <= set(imgframe.list_image_ids(endpoint=emulator.url, token=token, api="v2"))
+
+
+def test_audit_trusted_from_a_missing_file_is_a_usage_error(cli, tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    imgframe.to_csv(imgframe.frame_from_headers([{"x-image-meta-id": "a"}]), table)
+    ran = cli("audit", str(table), "--trusted", f"@{tmp_path / 'nope.txt'}")
+    assert ran.status == 2 and "cannot read trusted projects" in ran.last_line
