@@ -522,6 +522,14 @@ def fetch_images(
     tokens, v1). With explicit ids it changes nothing: every id named is asked, deleted
     or not.
 
+    ``members=True`` also reads who each image is shared with, into the ``members``
+    column (:mod:`imgframe.members`): after an image's 200 the same worker asks
+    ``GET .../images/{id}/members`` when the image can have members (v1: not public,
+    not deleted; v2: ``visibility == "shared"``); the others get no request and NA. A
+    members call that fails is that row's ``error`` (the row keeps its metadata, is
+    unread and asked again on resume). With ``ids=None`` the listed images that can have
+    members are asked through the same pool.
+
     ``checkpoint`` is a folder (created if missing; see :mod:`imgframe.checkpoint`)
     that receives every row with a definitive answer (200, 404, invalid id) at least
     every 10,000 rows or 10 s. Calling again with the same request and folder sends only

@@ -353,6 +353,7 @@ def fetch_fleet(
     Interrupting stops every target's sending and writes each one's rows.
     ``include_deleted`` applies to each target's listing (``ids=None``), and so does
     ``verify_with_head`` (one HEAD per listed id instead of rows from the listing).
+    ``members`` reads each target's image members (see :func:`imgframe.fetch_images`).
 
     Examples
     --------
