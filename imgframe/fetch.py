@@ -331,6 +331,9 @@ class HeadFetcher:
         #: Members requests sent (attempts included).
         self.member_requests = 0
         self._pacer: Pacer | None = None
+        self._members_timeout = aiohttp.ClientTimeout(
+            total=self.timeout.total, sock_connect=self.timeout.connect
+        )
         self._timed_out = f"timed out after {self.timeout.total:g} s"
         # Set while requests go one at a time (see run); None in the steady state.
         self._probe: _Probe | None = None
@@ -533,9 +536,7 @@ class HeadFetcher:
                 before_attempt=self._member_attempt,
                 # The watchdog times the image requests; a members call is rarer, and
                 # one timer each is affordable.
-                request_timeout=aiohttp.ClientTimeout(
-                    total=self.timeout.total, sock_connect=self.timeout.connect
-                ),
+                request_timeout=self._members_timeout,
                 max_body=MAX_MEMBERS_BYTES,
                 what="members of",
             )
