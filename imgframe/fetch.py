@@ -539,6 +539,7 @@ class HeadFetcher:
                 request_timeout=self._members_timeout,
                 max_body=MAX_MEMBERS_BYTES,
                 what="members of",
+                encoded=True,  # the id is quoted as one path segment already
             )
         except FetchError as exc:
             if isinstance(exc, AuthError):

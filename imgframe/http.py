@@ -396,6 +396,7 @@ async def get_page(
     request_timeout: aiohttp.ClientTimeout | None = None,
     max_body: int | None = None,
     what: str = "listing",
+    encoded: bool = False,
 ) -> tuple[bytes, bytes | None]:
     """GET one listing page: ``(body, X-Openstack-Request-Id or None)`` of its 200.
 
@@ -408,7 +409,8 @@ async def get_page(
     (pacing); ``on_status`` sees each answer's status that is not 200 first and may raise
     (the lister's switch to v2 at a 300). ``request_timeout`` limits each attempt where
     the session has no limit of its own (the fetcher's); ``max_body`` refuses a body of
-    more bytes (:func:`body_too_big`). The URL is signed as yarl sends it (a server's
+    more bytes (:func:`body_too_big`); ``encoded``: ``url`` is already percent-encoded
+    (sent as it is, not parsed again). The URL is signed as yarl sends it (a server's
     next link may need quoting).
 
     Examples
@@ -417,7 +419,7 @@ async def get_page(
     >>> inspect.iscoroutinefunction(get_page)
     True
     """
-    wire = URL(url)
+    wire = URL(url, encoded=encoded)
     attempt = 0
     refreshed = False
     options: dict[str, Any] = {} if request_timeout is None else {"timeout": request_timeout}
@@ -501,8 +503,8 @@ async def _read_body(response: aiohttp.ClientResponse, max_body: int | None) -> 
     if max_body is None:
         return await response.read()
     length = response.content_length
-    if length is not None and length > max_body:
-        return None
+    if length is not None:  # aiohttp reads no more than Content-Length
+        return None if length > max_body else await response.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
