@@ -53,6 +53,8 @@ from imgframe.frame import Collector
 from imgframe.ids import invalid_ids
 from imgframe.ids import normalize_ids as normalize_ids
 from imgframe.listing import DetailPage, Lister
+from imgframe.members import HEADER as MEMBERS_PAIR_NAME
+from imgframe.members import may_have_members_packed
 from imgframe.outcome import INVALID_ID
 from imgframe.parse import PACK_SEPARATOR
 from imgframe.progress import PROGRESS_LABEL as PROGRESS_LABEL
@@ -86,6 +88,7 @@ async def fetch_images_async(
     verify_with_head: bool = False,
     cloud: str | None = None,
     region: str | None = None,
+    members: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_images` (same arguments, same frame).
 
@@ -116,6 +119,7 @@ async def fetch_images_async(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     return await fetch_with_options(
         ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region
@@ -169,6 +173,7 @@ def checkpoint_facts(
         ids=requested,
         include_deleted=options.include_deleted,
         kind=kind,
+        members=options.members,
     )
 
 
@@ -234,7 +239,9 @@ async def fetch_target(
         else:  # the whole cloud
             listing = _listing(fetcher, endpoint=endpoint, tokens=source, options=options)
             if from_listing:  # each row made from its listing record
-                rows = functools.partial(_listed_rows, fetcher, collector, listing, stored)
+                rows = functools.partial(
+                    _listed_rows, fetcher, collector, listing, stored, options.members
+                )
             else:  # one request per listed image
                 pages = _listed_pages(collector, listing, stored)
                 items = IdFeed(pages, max_pages_ahead=LISTING_PAGES_AHEAD)
@@ -353,6 +360,7 @@ async def _listed_rows(
     collector: Collector,
     listing: AsyncGenerator[DetailPage, None],
     stored: pd.DataFrame | None,
+    members: bool = False,
 ) -> None:
     """Every listed image's row made from its listing record, no request per image.
 
@@ -364,25 +372,77 @@ async def _listed_rows(
     deduplicated, checked and restored from ``stored`` exactly as there. The image's own
     URL is not asked: a project token's row of a deleted image it may list is a 200 here
     (``deleted`` True) where its HEAD would answer 404. ``listing`` is :func:`_listing`.
+    With ``members``, the images that can have members (:mod:`imgframe.members`) get
+    their row once their members are read, by ``fetcher``'s pool while the listing goes
+    on (:meth:`~imgframe.fetch.HeadFetcher.read_members`); the others at once.
     """
     # The next page is asked for while this one becomes rows: at 50 ms a page, the
     # listing's own latency is then the run's only cost.
     pages = _read_ahead(listing, LISTING_PAGES_AHEAD)
+    if members:
+        feed = IdFeed(_members_asked(collector, pages, stored), max_pages_ahead=LISTING_PAGES_AHEAD)
+        await fetcher.read_members(feed, functools.partial(_with_members, collector))
+        return
     position = 0
     add = collector.add_packed
     async with contextlib.aclosing(pages):
         async for page in pages:
-            # The API that listed the page (after any api="auto" switch) reads its records.
-            packed_of = page.api.pack_record
-            collector.expect(len(page.ids))
-            start = position
+            for at, image_id, packed in _page_rows(collector, page, position, stored):
+                add(at, image_id, 200, None, packed)
             position += len(page.ids)
-            records = page.records
-            rid = page.request_id
-            tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
-            for at, image_id in _sendable(collector, page.ids, start, stored):
-                add(at, image_id, 200, None, packed_of(records[at - start]) + tail)
             await asyncio.sleep(0)  # a page's work done: let the checkpoint ticker run
+
+
+def _page_rows(
+    collector: Collector, page: DetailPage, start: int, stored: pd.DataFrame | None
+) -> Iterator[tuple[int, str, bytes]]:
+    """``(position, image_id, packed)`` of each listed image of ``page`` to make a row of,
+    positions from ``start`` (invalid and stored ids get theirs in ``collector`` here)."""
+    # The API that listed the page (after any api="auto" switch) reads its records.
+    packed_of = page.api.pack_record
+    collector.expect(len(page.ids))
+    records = page.records
+    rid = page.request_id
+    tail = b"" if rid is None else PACK_SEPARATOR.join((b"", _REQUEST_ID, rid))
+    for at, image_id in _sendable(collector, page.ids, start, stored):
+        yield at, image_id, packed_of(records[at - start]) + tail
+
+
+async def _members_asked(
+    collector: Collector,
+    pages: AsyncGenerator[DetailPage, None],
+    stored: pd.DataFrame | None,
+) -> AsyncIterator[list[tuple[int, str, bytes]]]:
+    """Per listing page, the images whose members are to be read; the rows of the others
+    go to ``collector`` at once (members NA: they cannot have any)."""
+    position = 0
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            asked = []
+            api = page.api.name
+            start, position = position, position + len(page.ids)
+            for item in _page_rows(collector, page, start, stored):
+                if may_have_members_packed(api, item[2]):
+                    asked.append(item)
+                else:
+                    collector.add_packed(item[0], item[1], 200, None, item[2])
+            yield asked
+
+
+def _with_members(
+    collector: Collector,
+    position: int,
+    image_id: str,
+    packed: bytes,
+    text: str | None,
+    error: str | None,
+) -> None:
+    """A listed image's row once its members call ended: the members pair appended, or
+    the call's error (the row keeps its metadata and is unread)."""
+    if text is not None:
+        pair = MEMBERS_PAIR_NAME + PACK_SEPARATOR + text.encode()
+        packed = packed + PACK_SEPARATOR + pair if packed else pair
+    collector.add_packed(position, image_id, 200, error, packed)
 
 
 _REQUEST_ID = b"X-Openstack-Request-Id"
@@ -443,6 +503,7 @@ def fetch_images(
     verify_with_head: bool = False,
     cloud: str | None = None,
     region: str | None = None,
+    members: bool = False,
 ) -> pd.DataFrame:
     """HEAD every image id and return one typed row per distinct id, in input order.
 
@@ -485,6 +546,14 @@ def fetch_images(
     tokens, v1). With explicit ids it changes nothing: every id named is asked, deleted
     or not.
 
+    ``members=True`` also reads who each image is shared with, into the ``members``
+    column (:mod:`imgframe.members`): after an image's 200 the same worker asks
+    ``GET .../images/{id}/members`` when the image can have members (v1: not public,
+    not deleted; v2: ``visibility == "shared"``); the others get no request and NA. A
+    members call that fails is that row's ``error`` (the row keeps its metadata, is
+    unread and asked again on resume). With ``ids=None`` the listed images that can have
+    members are asked through the same pool.
+
     ``checkpoint`` is a folder (created if missing; see :mod:`imgframe.checkpoint`)
     that receives every row with a definitive answer (200, 404, invalid id) at least
     every 10,000 rows or 10 s. Calling again with the same request and folder sends only
@@ -525,6 +594,7 @@ def fetch_images(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     coroutine = fetch_with_options(
         ids, options, endpoint=endpoint, token=token, cloud=cloud, region=region

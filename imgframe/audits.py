@@ -20,6 +20,11 @@ true and ``status`` is neither ``deleted`` nor ``pending_delete``.
 rule                      severity  flags
 ========================  ========  ===================================================
 ``public_unprotected``    high      public, ``protected`` not true, active and live
+``shared_outside``        high      live, with a member (any status) outside ``trusted``
+                                    (needs ``members``)
+``member_can_share``      medium    live, a member may share it on (v1 ``can_share``;
+                                    needs ``members``)
+``community_visible``     medium    v2 ``visibility`` community, active and live
 ``broken``                medium    killed; queued/saving for longer than ``stuck_after``;
                                     active without checksum or size; deleted or
                                     pending_delete and still listed
@@ -90,6 +95,7 @@ Examples
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import re
@@ -126,9 +132,11 @@ __all__ = [
     "audit",
     "broken",
     "checksum_duplicates",
+    "community_visible",
     "data_size",
     "finding_columns",
     "format_mismatch",
+    "member_can_share",
     "only_stopped_servers",
     "owner_summary",
     "profile_names",
@@ -138,6 +146,7 @@ __all__ = [
     "resolved_findings",
     "rule_names",
     "security_properties",
+    "shared_outside",
     "stale",
     "unregister_rule",
     "unused",
@@ -829,6 +838,147 @@ def owner_summary(df: pd.DataFrame, usage: Usage | None = None) -> pd.DataFrame:
     return out.sort_values("images", ascending=False, kind="stable")
 
 
+# --------------------------------------------------------------------------- sharing rules
+#: How many members a finding's detail names before "and N more".
+MEMBERS_SHOWN = 3
+
+
+def _member_lists(df: pd.DataFrame) -> list[list[dict[str, Any]] | None]:
+    """Each row's members (the ``members`` column's JSON) as a list, None where NA or
+    not a members text (a hand-edited table); each distinct text is read once."""
+    column = df["members"].astype("category")
+    parsed: list[list[dict[str, Any]] | None] = []
+    for text in column.cat.categories:
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            value = None
+        ok = isinstance(value, list) and all(
+            isinstance(m, dict) and isinstance(m.get("member_id"), str) for m in value
+        )
+        parsed.append(value if ok else None)
+    return [None if code < 0 else parsed[code] for code in column.cat.codes.tolist()]
+
+
+def _named(members: list[dict[str, Any]], with_status: bool) -> str:
+    def one(member: dict[str, Any]) -> str:
+        status = member.get("status")
+        return (
+            f"{member['member_id']} ({status})" if with_status and status else member["member_id"]
+        )
+
+    shown = ", ".join(one(m) for m in members[:MEMBERS_SHOWN])
+    more = len(members) - MEMBERS_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _trusted_set(trusted: Iterable[str] | str | None) -> frozenset[str]:
+    if trusted is None:
+        return frozenset()
+    items = [trusted] if isinstance(trusted, str) else list(trusted)
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError("trusted must be project ids (strings)")
+    return frozenset(item.strip() for item in items if item.strip())
+
+
+def shared_outside(df: pd.DataFrame, trusted: Iterable[str] | str | None = None) -> pd.DataFrame:
+    """Live images read with a member outside the ``trusted`` project ids (None: every
+    member counts), whatever the member's status: Glance's status only affects its
+    listings, and a pending or rejected member can still boot the image by id.
+
+    Needs the ``members`` column (``fetch_images(..., members=True)``); rows whose
+    members were not read are not judged. Adds ``outside`` (how many) and
+    ``outside_members`` (the first few, with their v2 status).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active", "x-imgframe-members":
+    ...      '[{"member_id":"p2","status":"rejected","can_share":null}]'},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active", "x-imgframe-members": "[]"},
+    ... ])
+    >>> shared_outside(df)[["outside", "outside_members"]]
+       outside outside_members
+    id
+    a        1   p2 (rejected)
+    >>> len(shared_outside(df, trusted=["p2"]))
+    0
+    """
+    df = _table(df)
+    allowed = _trusted_set(trusted)
+    lists = _member_lists(df)
+    candidates = _fetched(df) & _live(df)
+    rows: list[int] = []
+    counts: list[int] = []
+    names: list[str] = []
+    for row in np.flatnonzero(candidates).tolist():
+        members = lists[row]
+        if not members:
+            continue
+        outside = [m for m in members if m["member_id"] not in allowed]
+        if outside:
+            rows.append(row)
+            counts.append(len(outside))
+            names.append(_named(outside, with_status=True))
+    out = df.iloc[rows].copy()
+    out["outside"] = pd.array(counts, dtype="Int64")
+    out["outside_members"] = pd.array(names, dtype=_STRING)
+    return out
+
+
+def member_can_share(df: pd.DataFrame) -> pd.DataFrame:
+    """Live images read with a member whose ``can_share`` is true (Glance v1): that
+    project may share the image on with any other, beyond the owner's control. Adds
+    ``sharers`` (those members, the first few).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active", "x-imgframe-members":
+    ...      '[{"member_id":"p2","status":null,"can_share":true}]'},
+    ... ])
+    >>> member_can_share(df)["sharers"].tolist()
+    ['p2']
+    """
+    df = _table(df)
+    lists = _member_lists(df)
+    rows: list[int] = []
+    names: list[str] = []
+    for row in np.flatnonzero(_fetched(df) & _live(df)).tolist():
+        members = lists[row]
+        sharers = [m for m in members or () if m.get("can_share") is True]
+        if sharers:
+            rows.append(row)
+            names.append(_named(sharers, with_status=False))
+    out = df.iloc[rows].copy()
+    out["sharers"] = pd.array(names, dtype=_STRING)
+    return out
+
+
+def community_visible(df: pd.DataFrame) -> pd.DataFrame:
+    """Active, live images whose v2 ``visibility`` is ``community``: every project can
+    boot them by id (only listings leave them out), the sibling of
+    :func:`public_unprotected`. Needs only ``visibility`` (NA from v1: never flagged).
+
+    Examples
+    --------
+    >>> import imgframe
+    >>> df = imgframe.frame_from_headers([
+    ...     {"x-image-meta-id": "a", "x-image-meta-status": "active",
+    ...      "x-imgframe-v2-visibility": "community"},
+    ...     {"x-image-meta-id": "b", "x-image-meta-status": "active",
+    ...      "x-imgframe-v2-visibility": "shared"},
+    ... ])
+    >>> community_visible(df).index.tolist()
+    ['a']
+    """
+    df = _table(df)
+    community = df["visibility"].eq("community").fillna(False).to_numpy(dtype=bool)
+    return df[_fetched(df) & _active(df) & _live(df) & community].copy()
+
+
 # --------------------------------------------------------------------------- audit()
 Details = Callable[[pd.DataFrame, pd.Timestamp], Any]
 
@@ -844,6 +994,8 @@ class _Rule:
     needs_usage: bool = False  # reads the usage= of audit(); skipped with a note without
     profiles: frozenset[str] = frozenset({DEFAULT_PROFILE})
     takes_usage: bool = False  # given audit()'s usage= when there is one; runs without
+    needs_members: bool = False  # reads the members column; skipped with a note without
+    takes_trusted: bool = False  # takes the trusted= of audit()
 
 
 _RULES: dict[str, _Rule] = {}
@@ -1101,6 +1253,33 @@ _builtin("low", _describe_unused, needs_usage=True)(unused)
 _builtin("info", _describe_only_stopped, needs_usage=True)(only_stopped_servers)
 
 
+def _describe_shared_outside(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return (
+        "shared with " + _text(found["outside"]) + " project(s) outside the trusted ones, "
+        "who can boot it whatever their member status: " + _text(found["outside_members"])
+    )
+
+
+def _describe_can_share(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return "members that may share it on with any project (can_share): " + _text(found["sharers"])
+
+
+def _describe_community(found: pd.DataFrame, now: pd.Timestamp) -> Any:
+    return "community image: every project can boot it by id (listings just leave it out)"
+
+
+# Registered by hand: the sharing rules read the members column (skipped by audit()
+# with a note without it), shared_outside also audit()'s trusted=.
+_RULES["shared_outside"] = _Rule(
+    "shared_outside", shared_outside, "high", _describe_shared_outside, True,
+    needs_members=True, takes_trusted=True,
+)  # fmt: skip
+_RULES["member_can_share"] = _Rule(
+    "member_can_share", member_can_share, "medium", _describe_can_share, True, needs_members=True
+)
+_builtin("medium", _describe_community)(community_visible)
+
+
 def _findings(
     rule: str, severity: str, found: pd.DataFrame, details: Any, source: pd.DataFrame
 ) -> pd.DataFrame:
@@ -1302,6 +1481,7 @@ def audit(
     usage: Usage | None = None,
     profile: Collection[str] | str | None = None,
     baseline: pd.DataFrame | None = None,
+    trusted: Iterable[str] | str | None = None,
 ) -> pd.DataFrame:
     """Run the audit rules and return one tidy findings frame, most severe first.
 
@@ -1334,6 +1514,9 @@ def audit(
     the findings of the day it was fetched; the current time for a frame without one.
     ``usage``: the :func:`imgframe.image_usage` frame, or ``(servers, volumes)``, for the
     usage rules (``unused``, ``only_stopped_servers``); without it they are skipped.
+    ``trusted``: the project ids :func:`shared_outside` accepts as members (None: every
+    member is reported); the sharing rules need the ``members`` column and are skipped
+    without it (a frame fetched without ``members=True``).
     Notes (rules skipped, ``unused`` flagging nothing because the usage is incomplete,
     what was allowed, new and resolved) are in ``findings.attrs["notes"]``
     (:data:`NOTES_ATTR`) and logged; the counts in ``findings.attrs["counts"]``.
@@ -1376,8 +1559,19 @@ def audit(
             f"skipped {', '.join(skipped)}: no usage given (usage=imgframe.image_usage(...) "
             "or the (servers, volumes) frames)"
         )
+    has_members = bool(df["members"].notna().any())
+    no_members = [rule.name for rule in selected if rule.needs_members and not has_members]
+    if no_members:
+        notes.append(
+            f"skipped {', '.join(no_members)}: no members read (fetch with members=True, "
+            "imgframe fetch --members)"
+        )
     for rule in selected:
-        if rule.needs_usage:
+        if rule.needs_members:
+            if not has_members:
+                continue
+            found = rule.function(df, trusted=trusted) if rule.takes_trusted else rule.function(df)
+        elif rule.needs_usage:
             if usage is None:
                 continue
             complete, why = is_complete(usage)
@@ -1440,7 +1634,9 @@ def audit(
             )
     # Asked for by name: a warning; skipped from the default set: not every audit is
     # about usage, so only an info line.
-    level = logging.INFO if rules is None and usage is None else logging.WARNING
+    level = (
+        logging.INFO if rules is None and (usage is None or not has_members) else logging.WARNING
+    )
     for note in notes if not _QUIET.get() else ():
         logger.log(level, "%s", note)
     for note in told if not _QUIET.get() else ():

@@ -4,7 +4,7 @@
 
 ``_imgframe_checkpoint.json``
     the manifest: what was asked (:class:`Manifest`: endpoint, or cloud/region and their
-    endpoint; api; include_deleted; a digest of the ids or ``"listing"``; how many ids;
+    endpoint; api; include_deleted; members; a digest of the ids or ``"listing"``; how many ids;
     the imgframe version and the time it was made). A later call with another request
     is refused with one :class:`~imgframe.CheckpointError` naming what differs.
 ``part-000001.parquet``, ``part-000002.parquet``, ...
@@ -134,8 +134,9 @@ class Manifest:
     ``ids`` is ``"sha256:..."`` (:func:`ids_digest` of the requested ids) or
     ``"listing"`` (``ids=None``: every image listed); ``id_count`` is None for a listing.
     ``include_deleted`` is None with explicit ids (every id named is asked, deleted or
-    not). ``rows`` and ``parts`` are not stored: :func:`read_manifest` counts them from
-    the parts (a fleet's from all its targets).
+    not). ``members``: the members of each image were read too (a manifest written
+    before it existed reads as False). ``rows`` and ``parts`` are not stored:
+    :func:`read_manifest` counts them from the parts (a fleet's from all its targets).
 
     Examples
     --------
@@ -155,6 +156,7 @@ class Manifest:
     imgframe_version: str = ""
     created: str = ""
     format: int = FORMAT
+    members: bool = False
     rows: int = dataclasses.field(default=0, compare=False)
     parts: int = dataclasses.field(default=0, compare=False)
 
@@ -170,6 +172,7 @@ class Manifest:
         region: str | None = None,
         kind: Literal["fetch", "fleet"] = "fetch",
         digest: str | None = None,
+        members: bool = False,
     ) -> Manifest:
         """The manifest of a call; ``ids`` are the normalized ids (None: the listing)."""
         from imgframe.glance import normalize_endpoint  # the parsers behind glance: only when used
@@ -185,6 +188,7 @@ class Manifest:
             region=region,
             imgframe_version=_version(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            members=bool(members),
         )
 
     def for_target(self, *, endpoint: str, cloud: str, region: str | None) -> Manifest:
@@ -235,7 +239,7 @@ class Manifest:
             out.append(f"format {self.format} (this imgframe writes format {asked.format})")
         if self.kind != asked.kind:
             out.append(f"it is a {self.kind} checkpoint, this call is a {asked.kind}")
-        for name in ("endpoint", "cloud", "region", "api"):
+        for name in ("endpoint", "cloud", "region", "api", "members"):
             mine, theirs = getattr(self, name), getattr(asked, name)
             if mine != theirs:
                 out.append(f"{name} {mine!r} (this call: {theirs!r})")

@@ -475,6 +475,8 @@ def _request_digest(args: argparse.Namespace, ids: list[str] | None) -> str:
         "ids": "listing" if ids is None else ids_digest(normalize_ids(ids)),
         "include_deleted": args.include_deleted,
     }
+    if args.members:  # only when asked: older default checkpoints keep their names
+        request["members"] = True
     text = json.dumps(request, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
@@ -499,6 +501,7 @@ def fetch_options(args: argparse.Namespace) -> FetchOptions:
         api=args.api,
         include_deleted=args.include_deleted,
         verify_with_head=args.head,
+        members=args.members,
     )
 
 
@@ -762,6 +765,26 @@ def _write_text(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
+def _read_trusted(value: str) -> list[str]:
+    """``--trusted``: ``@FILE`` (project ids one per line, as an ids file) or a comma list.
+
+    Examples
+    --------
+    >>> _read_trusted("p1, p2,,")
+    ['p1', 'p2']
+    """
+    if not value.startswith("@"):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    path = value[1:]
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return _read_ids(handle, f"trusted projects {path!r}")
+    except OSError as exc:
+        raise ImgframeError(f"cannot read trusted projects {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImgframeError(f"trusted projects {path!r} is not UTF-8 text") from None
+
+
 FAIL_ON = ("high", "medium", "low", "info")
 
 
@@ -805,6 +828,7 @@ def _audit(args: argparse.Namespace) -> int:
         if not outcome.complete:  # e.g. a table written by a fetch that exited 4
             _say(f"warning: {args.input} is {outcome.summary()}; those ids are fetch_failed")
     allow = AllowList.read(args.allow) if args.allow else None
+    trusted = _read_trusted(args.trusted) if args.trusted is not None else None
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
     profile = [p.strip() for p in args.profile.split(",") if p.strip()] if args.profile else None
     # An images table is audited as of its own fetch; a findings file is taken as it is
@@ -820,7 +844,14 @@ def _audit(args: argparse.Namespace) -> int:
     now = _audit_clock(args.now) if args.now else None
     try:
         findings = audit(
-            df, rules=rules, allow=allow, usage=usage, now=now, profile=profile, baseline=baseline
+            df,
+            rules=rules,
+            allow=allow,
+            usage=usage,
+            now=now,
+            profile=profile,
+            baseline=baseline,
+            trusted=trusted,
         )
     except ValueError as exc:  # an unknown rule name: the message lists the known ones
         raise ImgframeError(str(exc)) from None
@@ -1383,6 +1414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --all: send one HEAD (v2: GET) per listed image instead of using the "
         "listing's records (its answers, not the listing's)",
     )
+    fetch.add_argument(
+        "--members",
+        action="store_true",
+        help="also read the members (projects it is shared with) of each image that can "
+        "have them (v1: not public; v2: shared) into the members column: one more request "
+        "per such image",
+    )
     where = fetch.add_argument_group("where and who")
     where.add_argument(
         "--endpoint", help="Glance/IMS base URL, with or without /v1 (for v2: --api v2)"
@@ -1564,6 +1602,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="servers table of the same cloud and region ('imgframe servers -o FILE'): runs "
         "the usage rules unused and only_stopped_servers (skipped without it)",
+    )
+    audit.add_argument(
+        "--trusted",
+        metavar="IDS",
+        help="project ids shared_outside accepts as members: a comma-separated list, or "
+        "@FILE for a file of them (one per line, # comments); without it every member of "
+        "an image is reported (the table needs 'imgframe fetch --members')",
     )
     audit.add_argument(
         "--volumes",

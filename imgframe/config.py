@@ -159,6 +159,8 @@ class FetchOptions:
     down whole; ``__post_init__`` is the one place these options are checked.
     ``checkpoint`` is the folder of :func:`imgframe.fetch_images` (a fleet target's
     own folder inside a fleet's); ``page_size`` and ``max_pages`` bound a listing.
+    ``members`` also reads the members of each image that can have them
+    (:mod:`imgframe.members`) into the ``members`` column.
 
     Examples
     --------
@@ -184,6 +186,7 @@ class FetchOptions:
     checkpoint: str | os.PathLike[str] | None = None
     page_size: int = DEFAULT_PAGE_SIZE
     max_pages: int = DEFAULT_MAX_PAGES
+    members: bool = False
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
@@ -215,7 +218,7 @@ class FetchOptions:
         object.__setattr__(self, "adaptive", bool(self.adaptive))
         if not isinstance(self.verify, bool | str):
             raise ConfigError("verify must be True, False or a CA bundle path")
-        for name in ("include_deleted", "verify_with_head"):
+        for name in ("include_deleted", "verify_with_head", "members"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -242,6 +245,7 @@ class FetchOptions:
         checkpoint: str | os.PathLike[str] | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         max_pages: int = DEFAULT_MAX_PAGES,
+        members: bool = False,
     ) -> FetchOptions:
         """The options from the public functions' keyword arguments, which take
         ``timeout`` as seconds and ``retries`` as a count too.
@@ -265,4 +269,5 @@ class FetchOptions:
             checkpoint=checkpoint,
             page_size=page_size,
             max_pages=max_pages,
+            members=members,
         )

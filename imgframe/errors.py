@@ -66,13 +66,23 @@ class InvalidInputError(ImgframeError, ValueError):
 class FetchError(ImgframeError):
     """The fetch run as a whole could not go on.
 
-    ``url`` never contains a token: imgframe sends tokens in headers only.
+    ``url`` never contains a token: imgframe sends tokens in headers only. ``sentence``,
+    when set, is the failure in the fixed ``error`` vocabulary of a row (e.g.
+    ``HTTP 403 Forbidden``), for a caller that turns the error into a row.
     """
 
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        sentence: str | None = None,
+    ):
         super().__init__(message)
         self.url = url
         self.status = status
+        self.sentence = sentence
 
 
 class NoV1ApiError(FetchError):

@@ -44,8 +44,16 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -56,7 +64,7 @@ from imgframe.config import APIS as APIS
 from imgframe.config import DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, FetchOptions
 from imgframe.config import RetryPolicy as RetryPolicy
 from imgframe.config import Timeout as Timeout
-from imgframe.errors import ConfigError, FetchError, ImgframeError
+from imgframe.errors import AuthError, ConfigError, FetchError, ImgframeError
 from imgframe.glance import CONFLICTING_IDS as CONFLICTING_IDS
 from imgframe.glance import NO_ID as NO_ID
 from imgframe.glance import NO_METADATA as NO_METADATA
@@ -77,8 +85,10 @@ from imgframe.http import (
     CONNECT,
     INTERNAL_KIND,
     Credentials,
+    body_too_big,
     describe,
     failure,
+    get_page,
     new_session,
     origin,
     ssl_option,
@@ -101,6 +111,15 @@ from imgframe.http import tls_refused as tls_refused
 from imgframe.ids import MAX_ID_LENGTH as MAX_ID_LENGTH
 from imgframe.ids import image_id_problem as image_id_problem
 from imgframe.ids import invalid_ids as invalid_ids
+from imgframe.members import HEADER as MEMBERS_PAIR_NAME
+from imgframe.members import (
+    MAX_MEMBERS_BYTES,
+    MEMBERS_NOT_READ,
+    MembersProblem,
+    may_have_members,
+    members_text,
+)
+from imgframe.members import TOO_BIG as MEMBERS_TOO_BIG
 from imgframe.throttle import THROTTLE_STATUSES as THROTTLE_STATUSES
 from imgframe.throttle import ConcurrencyGate, Pacer
 
@@ -149,8 +168,12 @@ class FetchResult(NamedTuple):
     attempts: int = 1
 
 
-class IdFeed:
-    """``(position, image_id)`` pages from an async source, for :meth:`HeadFetcher.run`.
+_Item = TypeVar("_Item")
+
+
+class IdFeed(Generic[_Item]):
+    """``(position, image_id)`` pages from an async source, for :meth:`HeadFetcher.run`
+    (``(position, image_id, packed)`` ones for :meth:`HeadFetcher.read_members`).
 
     The run starts :meth:`fill` as one more task next to its workers: it appends each
     page the source yields and wakes the idle workers. A worker iterates the current
@@ -179,16 +202,14 @@ class IdFeed:
     ['a', 'b', 'c']
     """
 
-    def __init__(
-        self, pages: AsyncIterable[Iterable[tuple[int, str]]], *, max_pages_ahead: int = 3
-    ) -> None:
+    def __init__(self, pages: AsyncIterable[Iterable[_Item]], *, max_pages_ahead: int = 3) -> None:
         if not isinstance(max_pages_ahead, int) or max_pages_ahead < 1:
             raise ConfigError(f"max_pages_ahead must be an integer >= 1, got {max_pages_ahead!r}")
         self._pages = pages
         self.max_pages_ahead = max_pages_ahead
         #: The page the workers are draining now (shared: each item goes to one worker).
-        self.current: Iterator[tuple[int, str]] = iter(())
-        self._queued: deque[Iterator[tuple[int, str]]] = deque()
+        self.current: Iterator[_Item] = iter(())
+        self._queued: deque[Iterator[_Item]] = deque()
         self._idle: list[asyncio.Future[None]] = []
         self._room: asyncio.Future[None] | None = None
         self._done = False
@@ -215,9 +236,7 @@ class IdFeed:
             if aclose is not None:
                 await aclose()
 
-    async def next_page(
-        self, finished: Iterator[tuple[int, str]]
-    ) -> Iterator[tuple[int, str]] | None:
+    async def next_page(self, finished: Iterator[_Item]) -> Iterator[_Item] | None:
         """The page to drain after ``finished`` is exhausted; None when all are done."""
         while True:
             if self.current is not finished:  # another worker already moved on
@@ -307,6 +326,14 @@ class HeadFetcher:
         #: adaptive concurrency limit, oldest first (bounded: a long run keeps the last).
         self.concurrency_changes: deque[tuple[float, int]] = deque(maxlen=1000)
         self.requests_sent = 0
+        #: Whether the members of each image read are asked too (``options.members``).
+        self.members = options.members
+        #: Members requests sent (attempts included).
+        self.member_requests = 0
+        self._pacer: Pacer | None = None
+        self._members_timeout = aiohttp.ClientTimeout(
+            total=self.timeout.total, sock_connect=self.timeout.connect
+        )
         self._timed_out = f"timed out after {self.timeout.total:g} s"
         # Set while requests go one at a time (see run); None in the steady state.
         self._probe: _Probe | None = None
@@ -350,7 +377,81 @@ class HeadFetcher:
         the requests go out. Raises :class:`~imgframe.NoV1ApiError` on a 300 answer,
         :class:`~imgframe.AuthError` when no first token can be had, and whatever
         error a feed's source raises (nothing is reported for the items not yet done).
+        With ``options.members``, the members of each image read that can have them
+        are asked by the same worker right after its answer (:meth:`_read_members`).
         """
+
+        async def one(
+            session: aiohttp.ClientSession,
+            watchdog: _Watchdog,
+            gate: ConcurrencyGate | None,
+            pacer: Pacer | None,
+            slot: int,
+            item: tuple[int, str],
+        ) -> None:
+            position, image_id = item
+            try:
+                result = await self._fetch_one(
+                    session, watchdog, gate, pacer, slot, position, image_id
+                )
+            except ImgframeError:
+                raise  # run-level on purpose: TLS, no v1, the token source
+            except Exception:
+                # Nothing in an answer may crash the run: the id gets a row.
+                logger.debug("%s: %s failed", self.endpoint, image_id, exc_info=True)
+                watchdog.deadlines[slot] = math.inf
+                result = FetchResult(position, image_id, None, None, INTERNAL, 1)
+            if self._probe is not None:
+                self._probe_done(slot)
+            on_result(result)
+
+        await self._pool(items, one, probe=True)
+
+    async def read_members(
+        self,
+        items: Iterable[tuple[int, str, bytes]] | IdFeed,
+        on_result: Callable[[int, str, bytes, str | None, str | None], Any],
+    ) -> None:
+        """Ask the members of images read some other way (a listing's records), through
+        the same pool, session, credentials, pacing and retries as :meth:`run`.
+
+        ``items`` are ``(position, image_id, packed)`` (``packed``: the image's
+        :func:`~imgframe.parse.pack_headers` pairs, handed back untouched);
+        ``on_result(position, image_id, packed, text, error)`` gets the ``members``
+        text or the row's error, once per item. Uses the API the fetcher uses now.
+        """
+
+        async def one(
+            session: aiohttp.ClientSession,
+            watchdog: _Watchdog,
+            gate: ConcurrencyGate | None,
+            pacer: Pacer | None,
+            slot: int,
+            item: tuple[int, str, bytes],
+        ) -> None:
+            position, image_id, packed = item
+            segment = image_id if _UNRESERVED.fullmatch(image_id) else quote(image_id, safe="")
+            try:
+                text, error = await self._read_members(session, self.glance, segment, image_id)
+            except ImgframeError:
+                raise
+            except Exception:
+                logger.debug("%s: members of %s failed", self.endpoint, image_id, exc_info=True)
+                text, error = None, INTERNAL
+            on_result(position, image_id, packed, text, error)
+
+        await self._pool(items, one, probe=False)
+
+    async def _pool(
+        self,
+        items: Iterable[Any] | IdFeed,
+        one: Callable[..., Awaitable[None]],
+        *,
+        probe: bool,
+    ) -> None:
+        """Run ``one(session, watchdog, gate, pacer, slot, item)`` for every item on
+        ``concurrency`` workers (see :meth:`run`); ``probe``: the first request goes
+        alone (:class:`_Probe`)."""
         credentials = self.credentials
         await credentials.start()
         session = new_session(
@@ -366,7 +467,7 @@ class HeadFetcher:
         # The first request goes alone: a brand-new token presented by every worker at
         # once is validated once per request by a cache-less keystonemiddleware, and an
         # endpoint that refuses connections is found after one id, not a million.
-        self._probe = _Probe(PROBE_PATIENCE * self.timeout.total)
+        self._probe = _Probe(PROBE_PATIENCE * self.timeout.total) if probe else None
         self._connect_failures = 0
         # The workers share one iterator: the event loop runs one task at a time, so each
         # item goes to exactly one worker, and a worker pulls the next id only when it is
@@ -377,6 +478,7 @@ class HeadFetcher:
         watchdog = _Watchdog(self.concurrency, self.timeout.total)
         # None when off, so that the unthrottled path pays one `is not None` test each.
         pacer = None if self.max_rps is None else Pacer(self.max_rps)
+        self._pacer = pacer
         self._gate = gate = (
             ConcurrencyGate(self.concurrency, self.endpoint, self.concurrency_changes)
             if self.adaptive
@@ -385,23 +487,10 @@ class HeadFetcher:
 
         async def work(slot: int) -> None:
             watchdog.tasks[slot] = asyncio.current_task()  # type: ignore[assignment]
-            page: Iterator[tuple[int, str]] | None = shared
+            page: Iterator[Any] | None = shared
             while page is not None:
-                for position, image_id in page:
-                    try:
-                        result = await self._fetch_one(
-                            session, watchdog, gate, pacer, slot, position, image_id
-                        )
-                    except ImgframeError:
-                        raise  # run-level on purpose: TLS, no v1, the token source
-                    except Exception:
-                        # Nothing in an answer may crash the run: the id gets a row.
-                        logger.debug("%s: %s failed", self.endpoint, image_id, exc_info=True)
-                        watchdog.deadlines[slot] = math.inf
-                        result = FetchResult(position, image_id, None, None, INTERNAL, 1)
-                    if self._probe is not None:
-                        self._probe_done(slot)
-                    on_result(result)
+                for item in page:
+                    await one(session, watchdog, gate, pacer, slot, item)
                 page = None if feed is None else await feed.next_page(page)
 
         watching = asyncio.create_task(watchdog.watch())
@@ -424,6 +513,54 @@ class HeadFetcher:
             if renewing is not None:
                 renewing.cancel()
             await session.close()
+
+    async def _read_members(
+        self, session: aiohttp.ClientSession, glance: GlanceApi, segment: str, image_id: str
+    ) -> tuple[str | None, str | None]:
+        """``GET {image URL}/members`` through :func:`imgframe.http.get_page` (retries,
+        one token refresh, pacing): ``(members text, None)`` or ``(None, the row's
+        error)``. A token rejected for good stops the sending, as a HEAD's does."""
+        credentials = self.credentials
+        if credentials.dead:
+            return None, MEMBERS_NOT_READ + credentials.not_sent
+        url = glance.image_url(self.endpoint, segment) + "/members"
+        try:
+            body, _ = await get_page(
+                session,
+                url,
+                credentials,
+                self.timeout,
+                self.retry,
+                endpoint=self.endpoint,
+                log=logger,
+                before_attempt=self._member_attempt,
+                # The watchdog times the image requests; a members call is rarer, and
+                # one timer each is affordable.
+                request_timeout=self._members_timeout,
+                max_body=MAX_MEMBERS_BYTES,
+                what="members of",
+                encoded=True,  # the id is quoted as one path segment already
+            )
+        except FetchError as exc:
+            if isinstance(exc, AuthError):
+                credentials.dead = True
+            sentence = exc.sentence or INTERNAL
+            if sentence == body_too_big(MAX_MEMBERS_BYTES):
+                return None, MEMBERS_TOO_BIG
+            return None, MEMBERS_NOT_READ + sentence
+        try:
+            return members_text(glance.name, body, image_id), None
+        except MembersProblem as problem:
+            logger.debug("%s: members of %s: %s", self.endpoint, image_id, problem.sentence)
+            return None, problem.sentence
+
+    async def _member_attempt(self) -> None:
+        self.member_requests += 1
+        pacer = self._pacer
+        if pacer is not None:
+            delay = pacer.reserve()
+            if delay > 0.0:
+                await asyncio.sleep(delay)
 
     async def _fetch_one(
         self,
@@ -555,7 +692,15 @@ class HeadFetcher:
                     except LyingAnswer as exc:
                         problem = exc.sentence
                     if problem is None:
-                        return FetchResult(position, image_id, 200, raw_headers, None, attempt)
+                        if self.members and may_have_members(glance.name, raw_headers):
+                            text, problem = await self._read_members(
+                                session, glance, segment, image_id
+                            )
+                            if text is not None:
+                                raw_headers = [*raw_headers, (MEMBERS_PAIR_NAME, text.encode())]
+                        # A members call that failed: the row keeps its metadata, and
+                        # its error makes it unread (asked again on resume).
+                        return FetchResult(position, image_id, 200, raw_headers, problem, attempt)
                     # An answer that lies is a row with an error, never a good row. The
                     # status received is kept, the headers are not.
                     logger.debug("%s %s: %s", self.endpoint, image_id, problem)

@@ -227,6 +227,7 @@ async def fetch_fleet_async(
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
     verify_with_head: bool = False,
+    members: bool = False,
 ) -> pd.DataFrame:
     """Async form of :func:`fetch_fleet` (same arguments, same frame).
 
@@ -251,6 +252,7 @@ async def fetch_fleet_async(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     return await fleet_with_options(clouds, regions, options, ids=ids, errors=errors)
 
@@ -383,6 +385,7 @@ def fetch_fleet(
     checkpoint: str | os.PathLike[str] | None = None,
     include_deleted: bool = False,
     verify_with_head: bool = False,
+    members: bool = False,
 ) -> pd.DataFrame:
     """Fetch several clouds and regions at once into one frame with ``cloud`` and ``region``.
 
@@ -416,6 +419,7 @@ def fetch_fleet(
     ``df.attrs["imgframe"]`` is the run's provenance (:mod:`imgframe.provenance`): its
     ``asked["targets"]`` lists each target (cloud, region, endpoint, rows, complete,
     failed), and ``complete`` is False when a target failed.
+    ``members`` reads each target's image members (see :func:`imgframe.fetch_images`).
 
     Examples
     --------
@@ -439,6 +443,7 @@ def fetch_fleet(
         checkpoint=checkpoint,
         include_deleted=include_deleted,
         verify_with_head=verify_with_head,
+        members=members,
     )
     return run_sync(fleet_with_options(clouds, regions, options, ids=ids, errors=errors))
 

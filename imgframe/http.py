@@ -36,6 +36,7 @@ from imgframe.errors import AuthError, ConfigError, FetchError
 
 __all__ = [
     "Credentials",
+    "body_too_big",
     "failure",
     "get_page",
     "new_session",
@@ -392,16 +393,25 @@ async def get_page(
     log: logging.Logger,
     before_attempt: Callable[[], Awaitable[None]] | None = None,
     on_status: Callable[[int], None] | None = None,
+    request_timeout: aiohttp.ClientTimeout | None = None,
+    max_body: int | None = None,
+    what: str = "listing",
+    encoded: bool = False,
 ) -> tuple[bytes, bytes | None]:
     """GET one listing page: ``(body, X-Openstack-Request-Id or None)`` of its 200.
 
-    The one page loop of every listing (Glance, Nova, Cinder): retries of the statuses
-    and failures ``retry`` names with its backoff and ``Retry-After``, one token refresh
-    after a 401, failures worded as fetch rows are (:func:`failure`) in a
-    :class:`~imgframe.FetchError` (:class:`~imgframe.AuthError` for a rejected token).
-    ``before_attempt`` runs before each attempt (pacing); ``on_status`` sees each
-    answer's status that is not 200 first and may raise (the lister's switch to v2 at a
-    300). The URL is signed as yarl sends it (a server's next link may need quoting).
+    The one page loop of every listing (Glance, Nova, Cinder) and of the image members
+    calls: retries of the statuses and failures ``retry`` names with its backoff and
+    ``Retry-After``, one token refresh after a 401, failures worded as fetch rows are
+    (:func:`failure`) in a :class:`~imgframe.FetchError` (:class:`~imgframe.AuthError`
+    for a rejected token) whose ``sentence`` is that wording alone and whose message
+    starts with ``"{what} {url} failed: "``. ``before_attempt`` runs before each attempt
+    (pacing); ``on_status`` sees each answer's status that is not 200 first and may raise
+    (the lister's switch to v2 at a 300). ``request_timeout`` limits each attempt where
+    the session has no limit of its own (the fetcher's); ``max_body`` refuses a body of
+    more bytes (:func:`body_too_big`); ``encoded``: ``url`` is already percent-encoded
+    (sent as it is, not parsed again). The URL is signed as yarl sends it (a server's
+    next link may need quoting).
 
     Examples
     --------
@@ -409,9 +419,16 @@ async def get_page(
     >>> inspect.iscoroutinefunction(get_page)
     True
     """
-    wire = URL(url)
+    wire = URL(url, encoded=encoded)
     attempt = 0
     refreshed = False
+    options: dict[str, Any] = {} if request_timeout is None else {"timeout": request_timeout}
+
+    def failed(problem: str, status: int | None) -> FetchError:
+        return FetchError(
+            f"{what} {url} failed: {problem}", url=url, status=status, sentence=problem
+        )
+
     while True:
         attempt += 1
         if before_attempt is not None:
@@ -420,10 +437,14 @@ async def get_page(
         headers = credentials.headers("GET", str(wire))
         wait: str | None = None
         try:
-            async with session.get(wire, headers=headers, allow_redirects=False) as response:
+            async with session.get(
+                wire, headers=headers, allow_redirects=False, **options
+            ) as response:
                 status = response.status
                 if status == 200:
-                    body = await response.read()
+                    body = await _read_body(response, max_body)
+                    if body is None:
+                        raise failed(body_too_big(max_body or 0), 200)
                     request_id = None
                     for name, value in response.raw_headers:
                         if name.lower() == b"x-openstack-request-id":
@@ -433,14 +454,18 @@ async def get_page(
                 await response.read()  # keep the connection reusable
             problem = status_sentence(status)
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise FetchError(tls_refused(endpoint, exc), url=url) from None
+            raise FetchError(
+                tls_refused(endpoint, exc),
+                url=url,
+                sentence="connection failed: TLS handshake failed",
+            ) from None
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             status, problem = None, failure(exc, timeout)[0]
             log.debug("GET %s: %s (%s)", url, problem, describe(exc))
         except aiohttp.ClientError as exc:  # a malformed answer: retrying will not help
             problem = failure(exc, timeout)[0]
             log.debug("GET %s: %s (%s)", url, problem, describe(exc))
-            raise FetchError(f"listing {url} failed: {problem}", url=url) from None
+            raise failed(problem, None) from None
         if status is not None and on_status is not None:
             on_status(status)
         if status == 401:
@@ -448,13 +473,43 @@ async def get_page(
                 refreshed = True
                 if await credentials.refresh(token):
                     continue
-            raise AuthError(f"listing {url} failed: {credentials.rejected}", url=url, status=401)
-        if status is not None and status not in retry.statuses:
-            raise FetchError(f"listing {url} failed: {problem}", url=url, status=status)
-        if attempt >= retry.attempts:
-            raise FetchError(
-                f"listing {url} failed: {problem} (gave up after {attempt} attempts)",
+            raise AuthError(
+                f"{what} {url} failed: {credentials.rejected}",
                 url=url,
-                status=status,
+                status=401,
+                sentence=credentials.rejected,
             )
+        if status is not None and status not in retry.statuses:
+            raise failed(problem, status)
+        if attempt >= retry.attempts:
+            raise failed(f"{problem} (gave up after {attempt} attempts)", status)
         await asyncio.sleep(retry.delay(attempt, retry_after(wait)))
+
+
+def body_too_big(max_body: int) -> str:
+    """The ``error`` of a body over ``max_body`` bytes.
+
+    Examples
+    --------
+    >>> body_too_big(4 * 1024 * 1024)
+    'bad response: an answer over 4 MiB'
+    """
+    return f"bad response: an answer over {max_body / 1024**2:g} MiB"
+
+
+async def _read_body(response: aiohttp.ClientResponse, max_body: int | None) -> bytes | None:
+    """The whole body, or None once it is over ``max_body`` bytes (a hostile server must
+    not make the client hold a body of any size)."""
+    if max_body is None:
+        return await response.read()
+    length = response.content_length
+    if length is not None:  # aiohttp reads no more than Content-Length
+        return None if length > max_body else await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_body:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -31,6 +31,7 @@ __all__ = [
     "FLEET_FIELDS",
     "FLEET_INDEX",
     "HEADER_FIELDS",
+    "MEMBERS_HEADER",
     "OPTIONAL_COLUMNS",
     "PROPERTY_PREFIX",
     "SERVER_FIELDS",
@@ -53,6 +54,11 @@ PROPERTY_PREFIX = "x-image-meta-property-"
 #: answer is turned into v1-style header pairs (``imgframe.parse.v2_header_pairs``) so
 #: that both APIs go through the same parser. No real server sends these.
 V2_PREFIX = "x-imgframe-v2-"
+#: Lower-cased name of the pseudo-header that carries an image's members (the
+#: ``members`` column): the fetcher appends it to an answer's decoded header pairs after
+#: its members call (``imgframe.members``). A v1 server's ``X-Imgframe-*`` headers are
+#: dropped (``imgframe.glance``), so no server can set the column that way.
+MEMBERS_HEADER = "x-imgframe-members"
 
 
 class Kind(enum.Enum):
@@ -168,6 +174,17 @@ FIELDS: tuple[Field, ...] = (
     _v2only("os_hash_value", Kind.CATEGORY, "multihash hex digest of the data; NA from v1"),
     # category: a fleet has few distinct tag sets (1 byte/row where text costs 8+).
     _v2only("tags", Kind.CATEGORY, 'tags as a JSON array, e.g. `["gold"]`; NA from v1'),
+    # No v2 attribute: a v2 document's own "members" key stays a custom property.
+    # category, not string: NA wherever members were not asked or cannot exist, and a
+    # fleet shares images with a few projects, so lists repeat (benchmarks/bench_members.py).
+    Field(
+        "members",
+        MEMBERS_HEADER,
+        Kind.CATEGORY,
+        'members as a JSON array sorted by member_id, e.g. `[{"member_id":"p2",'
+        '"status":"accepted","can_share":null}]` (v1: can_share, v2: status); `[]` when '
+        "none; NA when not asked (members=True) or the image cannot have members",
+    ),
 )
 
 _BY_COLUMN = {f.column: f for f in FIELDS}
@@ -187,8 +204,8 @@ _RULE_COLUMNS = frozenset(
 # Columns added to the contract after tables were first written (and v2-only ones): a
 # table saved before they existed lacks them, and NA is what they would have held.
 _LATER_COLUMNS = frozenset(
-    ("virtual_size", "error", "request_id", *(f.column for f in FIELDS if f.header and
-                                              f.header.startswith(V2_PREFIX)))
+    ("virtual_size", "error", "request_id", "members",
+     *(f.column for f in FIELDS if f.header and f.header.startswith(V2_PREFIX)))
 )  # fmt: skip
 
 #: Contract columns a table may lack: :func:`with_optional_columns` adds them as NA.
@@ -263,7 +280,7 @@ def columns() -> list[str]:
 
     Examples
     --------
-    >>> columns()[-7:-4]
+    >>> columns()[-8:-5]
     ['http_status', 'error', 'request_id']
     """
     return [f.column for f in FIELDS if f.column != "id"]
@@ -333,6 +350,8 @@ def schema_markdown() -> str:
             header = "(fetcher)"
         elif f.header.startswith(V2_PREFIX):
             header = f"(v2 only: `{f.v2}`)"
+        elif f.header == MEMBERS_HEADER:
+            header = "(`GET .../images/{id}/members`)"
         else:
             header = f"`{_title(f.header)}`"
         dtype = "dict" if f.kind is Kind.PROPERTIES else str(f.dtype)

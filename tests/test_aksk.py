@@ -206,7 +206,12 @@ def test_a_key_acts_for_its_project_through_the_project_id_header(emu, fleet, ow
     key = imgframe.HuaweiAkSk(USER_AK, USER_SK, owner)
     assert key.sign("HEAD", f"{emu.url}/v1/images/x", {})["X-Project-Id"] == owner
     df = imgframe.fetch_images(ids_of(fleet), endpoint=emu.url, token=key, progress=False)
-    visible = {i.id for i in fleet.images if not i.deleted and (i.is_public or i.owner == owner)}
+    visible = {
+        i.id
+        for i in fleet.images
+        if not i.deleted
+        and (i.is_public or i.owner == owner or any(m.member_id == owner for m in i.members))
+    }  # a project sees the images shared with it too
     assert set(df.index[df["http_status"] == 200]) == visible
     assert set(df.index[df["http_status"] == 404]) == set(ids_of(fleet)) - visible
 

@@ -421,11 +421,15 @@ def test_listing_pages_cover_every_visible_id_exactly_once(
     project = fleet.projects[1]
     token = emulator.issue_token(project)
     listed = [image["id"] for image in list_all(emulator, token, limit)]
+    # v1 lists an image to its members too, whatever their status.
     visible = {
         i.id
         for i in fleet.images
-        if not i.deleted and i.status != "killed" and (i.is_public or i.owner == project)
+        if not i.deleted
+        and i.status != "killed"
+        and (i.is_public or i.owner == project or any(m.member_id == project for m in i.members))
     }
+    assert any(i.owner != project for i in fleet.images if i.id in visible and not i.is_public)
     assert len(listed) == len(set(listed))
     assert set(listed) == visible
 
@@ -474,7 +478,8 @@ def test_changes_since_shows_a_project_token_its_own_deleted_images(
     token = emulator.issue_token(project)
     since = {"changes-since": "1970-01-01T00:00:00"}
     listed = {image["id"] for image in list_all(emulator, token, 100, "/v1/images", since)}
-    assert listed == {i.id for i in fleet.images if i.is_public or i.owner == project}
+    shared = {i.id for i in fleet.images if any(m.member_id == project for m in i.members)}
+    assert listed == {i.id for i in fleet.images if i.is_public or i.owner == project} | shared
     assert any(i.deleted and i.owner == project for i in fleet.images if i.id in listed)
 
 

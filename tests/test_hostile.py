@@ -7,6 +7,7 @@ the run, and an ``error`` vocabulary small enough to group by.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -282,6 +283,28 @@ def test_a_v1_server_cannot_send_imgframes_own_pseudo_headers() -> None:
     assert pd.isna(df.loc["a", "visibility"])
     assert df.loc["a", "is_public"] == False  # noqa: E712 (a nullable boolean)
     assert df.loc["a", "properties"] == {"env": "dev"}
+
+
+def test_a_server_cannot_set_the_members_column_itself() -> None:
+    # The members column comes only from imgframe's own members call: a v1 header with
+    # its pseudo-header name is dropped, a v2 attribute "members" is a custom property.
+    v1 = {
+        "a": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Image-Meta-Id: a\r\n"
+        b'X-Imgframe-Members: [{"member_id":"evil"}]\r\n\r\n',
+    }
+    with serve_raw(v1) as url:
+        df = fetch_images(["a"], endpoint=url, token="t", retries=0, concurrency=1)
+    assert pd.isna(df.loc["a", "error"]) and pd.isna(df.loc["a", "members"])
+    body = b'{"id": "b", "visibility": "private", "members": [{"member_id": "evil"}]}'
+    v2 = {
+        "b": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body,
+    }
+    with serve_raw(v2) as url:
+        df = fetch_images(["b"], endpoint=url, token="t", api="v2", retries=0, members=True)
+    assert pd.isna(df.loc["b", "error"]) and pd.isna(df.loc["b", "members"])
+    assert json.loads(df.loc["b", "properties"]["members"]) == [{"member_id": "evil"}]
 
 
 def test_v2_documents_that_are_not_an_image_of_this_id_are_error_rows() -> None:

@@ -36,10 +36,17 @@ def live_ids(fleet: Fleet) -> set[str]:
 
 
 def visible_to(fleet: Fleet, project: str) -> set[str]:
+    # Shared images too, whatever the membership's status (v1 lists them all; imgframe's
+    # v2 listing asks member_status=all).
     return {
         image.id
         for image in fleet.images
-        if not image.deleted and (image.is_public or image.owner == project)
+        if not image.deleted
+        and (
+            image.is_public
+            or image.owner == project
+            or any(m.member_id == project for m in image.members)
+        )
     }
 
 
@@ -107,7 +114,8 @@ def test_include_deleted_shows_a_project_token_the_deleted_images_it_can_see(
     project = fleet.projects[1]
     token = emulator.issue_token(project)
     ids = list_image_ids(endpoint=emulator.url, token=token, page_size=300, include_deleted=True)
-    assert set(ids) == {i.id for i in fleet.images if i.is_public or i.owner == project}
+    shared = {i.id for i in fleet.images if any(m.member_id == project for m in i.members)}
+    assert set(ids) == {i.id for i in fleet.images if i.is_public or i.owner == project} | shared
     assert set(ids) > visible_to(fleet, project)
 
 

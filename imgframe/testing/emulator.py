@@ -62,10 +62,18 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from imgframe.testing.apisign import AccessKey, access_key_of, verify
-from imgframe.testing.fleet import STATUSES, Fleet, FleetImage, make_fleet
+from imgframe.testing.fleet import (
+    STATUSES,
+    Fleet,
+    FleetImage,
+    FleetMember,
+    make_fleet,
+    v2_visibility,
+)
 
 __all__ = [
     "ADMIN_TOKEN",
+    "MEMBER_LIES",
     "AccessKey",
     "Faults",
     "GlanceEmulator",
@@ -82,6 +90,7 @@ _HTML = "text/html; charset=UTF-8"
 _JSON = "application/json"
 _IMAGE_PREFIX = "/v1/images/"
 _V2_IMAGE_PREFIX = "/v2/images/"
+_MEMBERS_SUFFIX = "/members"
 # Tags a v2 image may carry (drawn per image from a hash of its id).
 _V2_TAGS = ("gold", "hardened", "cis-benchmarked", "legacy", "gpu")
 # Applied per id when Faults.malformed_rate picks it: values a lax parser would misread.
@@ -110,6 +119,25 @@ _CHANGED_AT = object()
 _TICK = timedelta(seconds=1)
 # Seconds a change waits for the serving loop to run it.
 _CHANGE_TIMEOUT = 30.0
+#: The ways :attr:`Faults` can make a 200 members answer hostile (one drawn per id):
+#: not JSON, not an object, no ``members`` key, ``members`` not a list, a member that is
+#: not an object, a ``member_id`` that is not a string, one member twice with different
+#: values, every member twice alike, ``can_share`` (v1) not a boolean, ``status`` (v2)
+#: not a Glance status, members of another image (v2's ``image_id``), over 4 MiB.
+MEMBER_LIES = (
+    "not-json",
+    "not-object",
+    "no-members",
+    "members-not-list",
+    "member-not-object",
+    "member-id-not-string",
+    "conflicting-duplicate",
+    "exact-duplicate",
+    "can-share-not-bool",
+    "unknown-status",
+    "other-image",
+    "huge",
+)
 # What a server that broke HTTP sends after the headers of a HEAD answer.
 _HEAD_BODY = b"<html><body><h1>Image metadata</h1></body></html>\r\n"
 
@@ -226,6 +254,12 @@ class Faults:
     ``ignore_sort`` plays a server that takes ``sort_key`` and ``sort_dir`` but lists
     newest first whatever they say.
 
+    Members calls (``GET /v1|v2/images/{id}/members``), drawn per id: ``members_fail_rate``
+    answers ``members_fail_status`` (500) to the first ``members_fail_attempts`` calls of
+    an id (None: every one), ``members_hang_rate`` sleeps ``hang_seconds`` instead, and
+    ``members_lie_rate`` sends a 200 spoiled in one of the ``members_lies`` ways
+    (:data:`MEMBER_LIES`, :meth:`member_lie`). ``latency`` applies to them too.
+
     Examples
     --------
     >>> faults = Faults(transient_rate=0.5, seed=1)
@@ -257,6 +291,12 @@ class Faults:
     list_fail_status: int = 500
     no_changes_since: bool = False
     ignore_sort: bool = False
+    members_fail_rate: float = 0.0
+    members_fail_status: int = 500
+    members_fail_attempts: int | None = None
+    members_hang_rate: float = 0.0
+    members_lie_rate: float = 0.0
+    members_lies: tuple[str, ...] = MEMBER_LIES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -268,6 +308,9 @@ class Faults:
             "duplicate_id_rate",
             "no_metadata_rate",
             "head_body_rate",
+            "members_fail_rate",
+            "members_hang_rate",
+            "members_lie_rate",
         ):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
@@ -288,6 +331,39 @@ class Faults:
             raise ValueError("extra_properties and huge_value must be >= 0")
         if isinstance(self.retry_after, tuple) and not self.retry_after:
             raise ValueError("retry_after must not be an empty tuple")
+        if not self.members_lies or set(self.members_lies) - set(MEMBER_LIES):
+            raise ValueError(f"members_lies must be a non-empty subset of {MEMBER_LIES}")
+        if self.members_fail_attempts is not None and self.members_fail_attempts < 0:
+            raise ValueError("members_fail_attempts must be >= 0 or None")
+
+    def members_failure(self, image_id: str) -> str | None:
+        """``"hang"`` or ``"fail"`` for an id whose members calls hang or fail, else None.
+
+        Examples
+        --------
+        >>> faults = Faults(members_fail_rate=0.5, seed=3)
+        >>> 60 < sum(faults.members_failure(f"i{n}") == "fail" for n in range(200)) < 140
+        True
+        """
+        if self._hit("members-hang", image_id, self.members_hang_rate):
+            return "hang"
+        if self._hit("members-fail", image_id, self.members_fail_rate):
+            return "fail"
+        return None
+
+    def member_lie(self, image_id: str) -> str | None:
+        """How the 200 members answers for this id are spoiled (one of
+        ``members_lies``), or None.
+
+        Examples
+        --------
+        >>> Faults(members_lie_rate=1.0, members_lies=("huge",)).member_lie("x")
+        'huge'
+        """
+        if not self._hit("members-lie", image_id, self.members_lie_rate):
+            return None
+        lies = self.members_lies
+        return lies[self._draw("members-lie-kind", image_id) % len(lies)]
 
     @property
     def has_image_faults(self) -> bool:
@@ -558,13 +634,10 @@ _V2_VISIBILITIES = ("community", "public", "private", "shared", "all")
 
 
 def _v2_visibility(image: FleetImage) -> str:
-    """Public images are "public"; the others mostly "private", some "shared" or
-    "community" (a label for who may see an image: the emulator's rules are v1's for
-    all; only the v2 listing's default hides other projects' community images)."""
-    if image.is_public:
-        return "public"
-    draw = _v2_draw(image) % 10
-    return "shared" if draw == 0 else "community" if draw == 1 else "private"
+    """The fleet's v2 visibility (:func:`imgframe.testing.fleet.v2_visibility`): a label
+    for who may see an image: the emulator's rules are v1's for all (members included);
+    only the v2 listing's default hides other projects' community images."""
+    return v2_visibility(image)
 
 
 def _v2_tags(image: FleetImage) -> list[str]:
@@ -727,6 +800,8 @@ class GlanceEmulator:
         self._list_requests = 0  # for Faults.list_fail_from
         self._log: list[tuple[float, str, str, str | None, int, str | None, str | None]] = []
         self._attempts: dict[str, int] = {}
+        self._member_attempts: dict[str, int] = {}  # for Faults.members_fail_attempts
+        self._members_json: dict[tuple[str, str, str | None], bytes] = {}
         # Rendered lazily: a million-image fleet starts instantly and pays per image once.
         self._rendered: dict[str, list[tuple[str, str]]] = {}
         self._listing: list[FleetImage] | None = None
@@ -931,6 +1006,7 @@ class GlanceEmulator:
             self._max_in_flight = self._in_flight
             if attempts:
                 self._attempts.clear()
+                self._member_attempts.clear()
 
     # -- changing the catalogue between snapshots --
     # Each change runs on the server's event loop (call_soon_threadsafe) while it serves:
@@ -1123,10 +1199,13 @@ class GlanceEmulator:
             self._positions = {image.id: n for n, image in enumerate(self.fleet.images)}
 
     def _forget(self, image_id: str) -> None:
-        """Drop what was rendered of this image (HEAD headers, listing JSON)."""
+        """Drop what was rendered of this image (HEAD headers, listing JSON, members)."""
         self._rendered.pop(image_id, None)
         for render in (_detail, _summary, _v2_image):
             self._listed_json.pop((render, image_id), None)
+        # Keyed by (api, image, viewer): an owner change changes who sees every member.
+        for key in [key for key in self._members_json if key[1] == image_id]:
+            del self._members_json[key]
         self._folded = None
 
     def _reorder(self, image_id: str) -> None:
@@ -1313,6 +1392,17 @@ class GlanceEmulator:
             status = 200 if path == "/versions" else 300
             body = _versions_document(_base(request), v1=not self.faults.no_v1)
             return _body(status, body, _JSON)
+        if (
+            path.endswith(_MEMBERS_SUFFIX)
+            and path.count("/") == 4
+            and path.startswith((_IMAGE_PREFIX, _V2_IMAGE_PREFIX))
+            and len(path) > len(_IMAGE_PREFIX) + len(_MEMBERS_SUFFIX)
+        ):
+            api = path[1:3]
+            if api == "v1" and self.faults.no_v1:
+                return _body(300, _versions_document(_base(request), v1=False), _JSON)
+            image_id = path[len(_IMAGE_PREFIX) : -len(_MEMBERS_SUFFIX)]
+            return await self._members(request, api, image_id, token)
         if path.startswith(_V2_IMAGE_PREFIX) and path.count("/") == 3 and path[11:]:
             return await self._image_v2(request, path[len(_V2_IMAGE_PREFIX) :], token)
         if path.rstrip("/") == "/v2/images":
@@ -1371,6 +1461,126 @@ class GlanceEmulator:
         if self.faults.wrong_id_rate and self.faults.lie(image_id) == "wrong-id":
             document["id"] = self.faults.other_id(image_id, self._id_list())
         return _body(200, json.dumps(document).encode(), _JSON)
+
+    async def _members(
+        self, request: web.BaseRequest, api: str, image_id: str, token: str | None
+    ) -> web.Response:
+        """``GET /v1|v2/images/{id}/members``, with Glance's semantics: 404 for an image
+        the token may not see (v1: also a deleted one; v2: any deleted one), v2's 403
+        for an image that is not "shared", and the members the token may know (an
+        admin and the owner every member, a member project only its own membership:
+        ``_image_member_find`` in glance/db/sqlalchemy/api.py)."""
+        is_head = request.method == "HEAD"
+        if request.method != "GET":
+            return web.Response(status=405, headers={"Allow": "GET"})
+        faults = self.faults
+        with self._lock:
+            attempt = self._member_attempts.get(image_id, 0) + 1
+            self._member_attempts[image_id] = attempt
+        if faults.latency:
+            await asyncio.sleep(faults.delay(image_id, attempt))
+        failing = faults.members_failure(image_id)
+        if failing is not None and (
+            faults.members_fail_attempts is None or attempt <= faults.members_fail_attempts
+        ):
+            if failing == "hang":
+                await asyncio.sleep(faults.hang_seconds)
+            else:
+                return _error(faults.members_fail_status, "Members failed.", is_head)
+        who = self._authenticate(token, request)
+        if who is None:
+            return _error(401, "This server could not verify that you are authorized.", is_head)
+        image = self._find(image_id)
+        gone = image is not None and (image.deleted if api == "v2" else image.status == "deleted")
+        if image is None or gone or not _visible(image, who):
+            return _error(404, f"Image with identifier {image_id} not found", is_head)
+        if api == "v2" and _v2_visibility(image) != "shared":
+            why = "Only shared images have members."
+            return _error(403, f"Not allowed to list members for image {image.id}: {why}", is_head)
+        whole = who.admin or image.owner == who.project_id
+        lie = faults.member_lie(image_id) if faults.members_lie_rate else None
+        key = (api, image.id, None if whole else who.project_id)
+        if lie is None:
+            # Encoded once per image and viewer, as HEAD headers are (_rendered): a
+            # benchmark then times the client, not the emulator's json.dumps.
+            cached = self._members_json.get(key)
+            if cached is not None:
+                return _body(200, cached, _JSON)
+        members = list(image.members)
+        if not whole:
+            members = [m for m in members if m.member_id == who.project_id]
+        # Not sorted the way imgframe sorts: the client must not depend on the order.
+        members.sort(key=lambda m: hashlib.blake2b(m.member_id.encode(), digest_size=4).digest())
+        if api == "v1":
+            listed: list[Any] = [
+                {"member_id": m.member_id, "can_share": m.can_share} for m in members
+            ]
+        else:
+            stamp = _v2_time(image.created_at)
+            listed = [
+                {
+                    "created_at": stamp,
+                    "image_id": image.id,
+                    "member_id": m.member_id,
+                    "schema": "/v2/schemas/member",
+                    "status": m.status,
+                    "updated_at": stamp,
+                }
+                for m in members
+            ]
+        if lie is None:
+            document: Any = {"members": listed}
+            if api == "v2":
+                document["schema"] = "/v2/schemas/members"
+            body = self._members_json[key] = json.dumps(document).encode()
+            return _body(200, body, _JSON)
+        return _body(200, self._member_lie(api, image, listed, lie), _JSON)
+
+    def _member_lie(
+        self, api: str, image: FleetImage, listed: list[dict[str, Any]], lie: str
+    ) -> bytes:
+        """The body of a members answer spoiled the way ``lie`` (:data:`MEMBER_LIES`) says."""
+        extra: dict[str, Any] = {
+            "member_id": "stranger",
+            "image_id": image.id,
+            "status": "accepted",
+            "can_share": False,
+        }
+        document: Any = {"members": listed}
+        if lie == "not-json":
+            return b'{"members": [{"member_id": '
+        if lie == "not-object":
+            document = listed
+        elif lie == "no-members":
+            document = {"schema": "/v2/schemas/members"}
+        elif lie == "members-not-list":
+            document = {"members": {"member_id": "stranger"}}
+        elif lie == "member-not-object":
+            document["members"] = [*listed, "stranger"]
+        elif lie == "member-id-not-string":
+            document["members"] = [*listed, {**extra, "member_id": 12345}]
+        elif lie == "conflicting-duplicate":
+            document["members"] = [
+                *listed,
+                extra,
+                {**extra, "status": "rejected", "can_share": True},
+            ]
+        elif lie == "exact-duplicate":
+            document["members"] = listed + listed
+        elif lie == "can-share-not-bool":
+            document["members"] = [{**m, "can_share": "maybe"} for m in listed]
+        elif lie == "unknown-status":
+            document["members"] = [{**m, "status": "approved"} for m in listed]
+        elif lie == "other-image":
+            other = self.faults.other_id(image.id, self._id_list())
+            document["members"] = [{**m, "image_id": other} for m in [*listed, extra]]
+        else:  # huge: a members list over 4 MiB
+            padding = "x" * 1000
+            document["members"] = [
+                {**extra, "member_id": f"m{number:05d}", "padding": padding}
+                for number in range(4400)
+            ]
+        return json.dumps(document).encode()
 
     def _page(
         self,
@@ -1451,8 +1661,8 @@ class GlanceEmulator:
         # Glance v2 (glance/api/v2/images.py index, glance/db/sqlalchemy/api.py
         # _image_get_all): os_hidden is always a filter, false unless "true" is asked;
         # without a visibility, community images are listed only to their owner (an
-        # admin too); "all" lists every visibility. member_status is validated only:
-        # the emulator keeps no share memberships.
+        # admin too); "all" lists every visibility. member_status (default accepted)
+        # keeps the images shared with the token's project in that membership status.
         is_head = request.method == "HEAD"
         hidden_text = request.query.get("os_hidden", "false").lower()
         if hidden_text not in ("true", "false"):
@@ -1468,6 +1678,10 @@ class GlanceEmulator:
         def keep(image: FleetImage) -> bool:
             if image.os_hidden != hidden:
                 return False
+            if not who.admin and not image.is_public and image.owner != who.project_id:
+                member = _member_of(image, who)
+                if member is not None and member_status not in ("all", member.status):
+                    return False
             label = _v2_visibility(image)
             if visibility is None:
                 return label != "community" or image.owner == who.project_id
@@ -1589,7 +1803,18 @@ def _base(request: web.BaseRequest) -> str:
 def _visible(image: FleetImage, who: Token) -> bool:
     if who.admin:
         return True
-    return not image.deleted and (image.is_public or image.owner == who.project_id)
+    # A member sees a shared image whatever its membership's status (Glance's
+    # is_image_visible, glance/db/utils.py: the status only filters listings).
+    return not image.deleted and (
+        image.is_public or image.owner == who.project_id or _member_of(image, who) is not None
+    )
+
+
+def _member_of(image: FleetImage, who: Token) -> FleetMember | None:
+    for member in image.members:
+        if member.member_id == who.project_id:
+            return member
+    return None
 
 
 # The sort keys the emulator takes (Glance takes more; imgframe asks only for these).
@@ -1599,7 +1824,14 @@ _SORT_KEYS = frozenset({"created_at", "id"})
 def _listable(image: FleetImage, who: Token, show_deleted: bool) -> bool:
     if image.deleted and not show_deleted:
         return False
-    return who.admin or image.is_public or image.owner == who.project_id
+    # v1 lists an image to its members whatever their status (member_status "all" in
+    # glance/registry/api/v1/images.py); v2's member_status filters further (_list_v2).
+    return (
+        who.admin
+        or image.is_public
+        or image.owner == who.project_id
+        or _member_of(image, who) is not None
+    )
 
 
 def _parse_changes_since(text: str) -> datetime | None:

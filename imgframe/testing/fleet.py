@@ -21,6 +21,8 @@ True
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import random
 import uuid
@@ -30,7 +32,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import accumulate
 
-__all__ = ["FLEET_NOW", "Fleet", "FleetImage", "PlantedAnswers", "make_fleet"]
+__all__ = [
+    "FLEET_NOW",
+    "MEMBER_STATUSES",
+    "Fleet",
+    "FleetImage",
+    "FleetMember",
+    "PlantedAnswers",
+    "make_fleet",
+    "v2_visibility",
+]
 
 STATUSES = (
     "queued",
@@ -57,6 +68,26 @@ DISK_FORMATS = (
     "zvhd",
     "zvhd2",
 )
+
+
+#: A Glance v2 member's statuses (v1 has none: its members are accepted by being listed).
+MEMBER_STATUSES = ("accepted", "pending", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetMember:
+    """One project an image is shared with: Glance keeps a status (v2 shows it) and
+    ``can_share`` (v1 shows it: the member may share the image on).
+
+    Examples
+    --------
+    >>> FleetMember("p2", "pending", False)
+    FleetMember(member_id='p2', status='pending', can_share=False)
+    """
+
+    member_id: str
+    status: str = "accepted"
+    can_share: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +120,34 @@ class FleetImage:
     deleted_at: datetime | None
     properties: dict[str, str]
     os_hidden: bool = False  # v2 only: Glance's default v2 listing leaves it out
+    #: The projects it is shared with, sorted by member_id (never on public, community
+    #: or deleted images); v2 shows an image with members as "shared".
+    members: tuple[FleetMember, ...] = ()
+
+
+def _v2_draw(image: FleetImage) -> int:
+    return int.from_bytes(hashlib.sha256(f"v2:{image.id}".encode()).digest()[:8], "big")
+
+
+def v2_visibility(image: FleetImage) -> str:
+    """The image's Glance v2 ``visibility``: public images are "public", images with
+    members "shared"; the others mostly "private", some "shared" (no member yet) or
+    "community" (drawn from a hash of the id).
+
+    Examples
+    --------
+    >>> fleet = make_fleet(300, seed=4)
+    >>> all(v2_visibility(i) == "shared" for i in fleet.images if i.members)
+    True
+    >>> sorted({v2_visibility(i) for i in fleet.images})
+    ['community', 'private', 'public', 'shared']
+    """
+    if image.is_public:
+        return "public"
+    if image.members:
+        return "shared"
+    draw = _v2_draw(image) % 10
+    return "shared" if draw == 0 else "community" if draw == 1 else "private"
 
 
 @dataclass(frozen=True)
@@ -114,6 +173,10 @@ class PlantedAnswers:
       images without all four ``img_signature*`` properties / without
       ``os_secure_boot=required`` / without a true ``hw_mem_encryption``;
       ``security_properties`` is their union.
+    * ``shared_outside``: images with a member (any status) that is not one of the
+      fleet's ``projects`` (``shared_outside(df, trusted=fleet.projects)``); live images.
+    * ``member_can_share``: images with a member whose ``can_share`` is true (v1 frames).
+    * ``community_visible``: active images whose v2 visibility is "community" (v2 frames).
 
     Examples
     --------
@@ -131,6 +194,9 @@ class PlantedAnswers:
     missing_signature: frozenset[str] = frozenset()
     missing_secure_boot: frozenset[str] = frozenset()
     missing_mem_encryption: frozenset[str] = frozenset()
+    shared_outside: frozenset[str] = frozenset()
+    member_can_share: frozenset[str] = frozenset()
+    community_visible: frozenset[str] = frozenset()
 
     @property
     def security_properties(self) -> frozenset[str]:
@@ -425,6 +491,7 @@ def make_fleet(
     duplicate_groups: int | None = None,
     projects: int | None = None,
     hidden: int = 0,
+    shared: float = 0.1,
 ) -> Fleet:
     """Build ``n`` realistic images deterministically from ``seed``.
 
@@ -435,6 +502,9 @@ def make_fleet(
     drawn per image and may overlap each other and those two, as in a real catalogue.
     Time-based answers hold at :data:`FLEET_NOW`. ``hidden`` images that are not deleted
     get ``os_hidden`` (v2), drawn apart so that the rest of the fleet stays the same.
+    A ``shared`` fraction of the live non-public images that v2 would not call
+    "community" get 1-5 members (drawn apart too): other projects of the fleet and
+    projects outside it, every status, some with ``can_share``.
 
     Examples
     --------
@@ -445,13 +515,15 @@ def make_fleet(
     False
     >>> sum(image.os_hidden for image in make_fleet(100, seed=1, hidden=4).images)
     4
+    >>> len(make_fleet(1000, seed=0).planted.shared_outside) > 0
+    True
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     n_public = round(0.02 * n) if public_unprotected is None else public_unprotected
     n_groups = round(0.01 * n / 3) if duplicate_groups is None else duplicate_groups
     n_projects = _default_projects(n) if projects is None else projects
-    if n_public < 0 or n_groups < 0 or n_projects < 1 or hidden < 0:
+    if n_public < 0 or n_groups < 0 or n_projects < 1 or hidden < 0 or not 0 <= shared <= 1:
         raise ValueError("planted counts must be >= 0 and projects >= 1")
     if n_public + 2 * n_groups > n:
         raise ValueError(
@@ -658,4 +730,53 @@ def make_fleet(
     live = [image for image in images if not image.deleted]
     for image in random.Random(f"hidden:{seed}").sample(live, min(hidden, len(live))):
         image.os_hidden = True
+    planted = _share(images, project_ids, shared, random.Random(f"members:{seed}"), planted)
     return Fleet(images=images, seed=seed, projects=project_ids, planted=planted)
+
+
+def _share(
+    images: list[FleetImage],
+    projects: tuple[str, ...],
+    rate: float,
+    rng: random.Random,
+    planted: PlantedAnswers,
+) -> PlantedAnswers:
+    """Give members to a ``rate`` of the images that may have them; the planted
+    sharing answers (with the community ones, which depend on who has members)."""
+    trusted = set(projects)
+    outside: list[str] = []
+    for _ in range(max(2, len(projects) // 2)):
+        project = f"{rng.getrandbits(128):032x}"
+        while project in trusted:  # astronomically rare
+            project = f"{rng.getrandbits(128):032x}"
+        outside.append(project)
+    shared_outside: list[str] = []
+    can_share: list[str] = []
+    for image in images:
+        if image.is_public or image.deleted or v2_visibility(image) == "community":
+            continue
+        if rng.random() >= rate:
+            continue
+        own = [p for p in projects if p != image.owner]
+        chosen: dict[str, FleetMember] = {}
+        for _ in range(rng.randint(1, 5)):
+            pool = own if own and rng.random() < 0.6 else outside
+            member_id = pool[rng.randrange(len(pool))]
+            status = MEMBER_STATUSES[rng.randrange(3)]
+            chosen[member_id] = FleetMember(member_id, status, rng.random() < 0.15)
+        image.members = tuple(chosen[key] for key in sorted(chosen))
+        if any(m.member_id not in trusted for m in image.members):
+            shared_outside.append(image.id)
+        if any(m.can_share for m in image.members):
+            can_share.append(image.id)
+    community = [
+        image.id
+        for image in images
+        if image.status == "active" and not image.deleted and v2_visibility(image) == "community"
+    ]
+    return dataclasses.replace(
+        planted,
+        shared_outside=frozenset(shared_outside),
+        member_can_share=frozenset(can_share),
+        community_visible=frozenset(community),
+    )

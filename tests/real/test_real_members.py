@@ -9,10 +9,12 @@ image's v2 document as the member sees it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 from realcheck import assert_row_is_document, document, keystone_token, v2_listing
@@ -128,3 +130,49 @@ def test_member_fetch_by_id_reads_every_share(
     for image in member.shares.values():
         assert_row_is_document(df.loc[image], document(glance.url, member.token, image))
     assert df.loc[private, "http_status"] == 404 and df.loc[missing, "http_status"] == 404
+
+
+def _glance_members(glance_url: str, token: str, image_id: str) -> list[dict[str, Any]]:
+    """Glance's own ``GET /v2/images/{id}/members``, as the members column writes it."""
+    answer = requests.get(
+        f"{glance_url}/v2/images/{image_id}/members", headers={"X-Auth-Token": token}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    listed = answer.json()["members"]
+    return sorted(
+        ({"member_id": m["member_id"], "status": m["status"], "can_share": None} for m in listed),
+        key=lambda m: m["member_id"],
+    )
+
+
+def test_members_as_the_owner_equal_glances_own_members_list(
+    glance: Any, member: Member, seeded: Any
+) -> None:
+    """fetch_images(api="v2", members=True) by the sharing (admin) project: each shared
+    image's members column is Glance's own members list; a private image gets none."""
+    private = seeded.ids["private"]
+    ids = [*member.shares.values(), private]
+    df = imgframe.fetch_images(
+        ids, endpoint=glance.url, token=glance.token, api="v2", members=True, progress=False
+    )
+    assert df["error"].isna().all(), df["error"].tolist()
+    for status, image in member.shares.items():
+        members = json.loads(df.loc[image, "members"])
+        assert members == _glance_members(glance.url, glance.token, image)
+        assert members == [{"member_id": member.project, "status": status, "can_share": None}]
+    assert pd.isna(df.loc[private, "members"])  # not shared: not asked (Glance: 403)
+    found = imgframe.shared_outside(df, trusted=[])
+    assert set(found.index) == set(member.shares.values())
+
+
+def test_a_member_sees_only_its_own_membership(glance: Any, member: Member) -> None:
+    df = imgframe.fetch_images(
+        list(member.shares.values()), endpoint=glance.url, token=member.token, api="v2",
+        members=True, progress=False,
+    )  # fmt: skip
+    for status, image in member.shares.items():
+        assert (
+            json.loads(df.loc[image, "members"])
+            == _glance_members(glance.url, member.token, image)
+            == [{"member_id": member.project, "status": status, "can_share": None}]
+        )
