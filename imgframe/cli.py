@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -1156,6 +1157,9 @@ def _demo(args: argparse.Namespace) -> int:
         "0.2% answers that lie (another image's id, no metadata)"
     )
     now = pd.Timestamp(FLEET_NOW, tz="UTC")
+    # A fresh history each run: the demo's two snapshots are stamped on the fleet's
+    # clock, so a second run's would collide with the first's.
+    shutil.rmtree(out / "history", ignore_errors=True)
     history = History(out / "history")
     with GlanceEmulator(fleet, faults=faults) as emulator:
 

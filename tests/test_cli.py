@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import imgframe
+import imgframe.changes
 from imgframe.cli import main
 from imgframe.testing import ADMIN_TOKEN, Faults, GlanceEmulator, make_fleet
 
@@ -214,10 +216,33 @@ def test_demo_fetches_the_fleet_and_writes_the_csv(tmp_path, cli) -> None:
     ran = cli("demo", "--images", "400", "--output-dir", str(tmp_path / "out"))
     assert ran.status == 0, ran.err
     df = pd.read_csv(tmp_path / "out" / "images.csv")
-    assert len(df) == 408  # 400 images + 2% unknown ids
-    assert (df["http_status"] == 200).sum() == 400
+    assert len(df) == 410  # 400 images + 2% unknown ids + 2 uploaded during the week
+    assert (df["http_status"] == 200).sum() == 402  # deleted ones too: the admin sees them
     assert (df["http_status"] == 404).sum() == 8
     assert "images/s" in ran.out and "by status:" in ran.out
+
+
+def test_demo_keeps_a_week_in_a_history_and_writes_what_changed(tmp_path, cli) -> None:
+    out = tmp_path / "out"
+    for _ in range(2):  # a second run starts a fresh history instead of colliding
+        ran = cli("demo", "--images", "400", "--output-dir", str(out))
+        assert ran.status == 0, ran.err
+    history = imgframe.History(out / "history")
+    assert len(history.snapshots()) == 2
+    changes = imgframe.read_csv(out / "changes.csv")
+    pairs = set(zip(changes["image_id"], changes["change"].astype(str), strict=True))
+    again = history.diff()
+    assert pairs == set(zip(again["image_id"], again["change"].astype(str), strict=True))
+    kinds = set(changes["change"].astype(str))
+    assert {"became_public", "owner_changed", "signature_removed", "disappeared"} <= kinds
+    assert f"what changed: {imgframe.changes.summary(changes)}" in ran.out
+    # the saved table audited later gives the demo's findings: its fetch time is in it
+    findings = imgframe.read_csv(out / "findings.csv")
+    audited = cli("audit", str(out / "images.csv"), "--servers", str(out / "servers.csv"),
+                  "--volumes", str(out / "volumes.csv"), "--trusted",
+                  f"@{out / 'trusted.txt'}", "-o", str(out / "again.csv"))  # fmt: skip
+    assert audited.status == 0, audited.err
+    assert len(imgframe.read_csv(out / "again.csv")) == len(findings)
 
 
 def test_demo_finds_the_planted_usage_and_writes_servers_and_volumes(tmp_path, cli) -> None:
@@ -231,12 +256,17 @@ def test_demo_finds_the_planted_usage_and_writes_servers_and_volumes(tmp_path, c
     assert planted.unused and planted.only_stopped_servers
     images = pd.read_csv(out / "images.csv", dtype={"id": str}).set_index("id")
     read = set(images.index[(images["http_status"] == 200) & images["error"].isna()])
+    # still active after the week's changes (some were deleted); two were uploaded
+    read &= set(images.index[images["status"] == "active"])
+    uploaded = set(images.index[images["name"].str.startswith("uploaded this week", na=False)])
+    assert len(uploaded) == 2
     findings = pd.read_csv(out / "findings.csv", dtype={"image_id": str})
     for rule, answer in (("unused", planted.unused),
                          ("only_stopped_servers", planted.only_stopped_servers)):  # fmt: skip
         found = set(findings.loc[findings["rule"] == rule, "image_id"])
-        # exactly the planted images whose rows the demo's faults left readable
-        assert found == answer & read, rule
+        # exactly the planted images whose rows the demo's faults left readable (and
+        # the week's uploads, which nothing uses yet)
+        assert found - uploaded == answer & read, rule
         assert f"{len(found):,} (planted {len(answer):,}, {len(answer - found):,} not read" in (
             ran.out
         )
