@@ -1408,10 +1408,15 @@ def _places(frame: pd.DataFrame) -> pd.Series:
 
 
 def _baseline_findings(
-    baseline: pd.DataFrame, fleet: bool, rules: list[str], now: Timeish, usage: Any
+    baseline: pd.DataFrame,
+    fleet: bool,
+    rules: list[str],
+    now: Timeish,
+    usage: Any,
+    trusted: Iterable[str] | str | None,
 ) -> pd.DataFrame:
     """``baseline`` as findings: a findings frame as it is, an images table audited with
-    the same rules and usage on its own clock."""
+    the same rules, usage and trusted projects on its own clock."""
     if not isinstance(baseline, pd.DataFrame):
         raise ConfigError("baseline= takes a findings frame or an images table")
     columns = set(baseline.columns)
@@ -1419,7 +1424,9 @@ def _baseline_findings(
         base_fleet = _is_fleet(baseline)
         token = _QUIET.set(True)  # its notes are not this audit's: not logged
         try:
-            found = audit(baseline, rules=rules, now=_clock_of(baseline, now), usage=usage)
+            found = audit(
+                baseline, rules=rules, now=_clock_of(baseline, now), usage=usage, trusted=trusted
+            )
         finally:
             _QUIET.reset(token)
     elif {"rule", "image_id"} <= columns:
@@ -1617,7 +1624,7 @@ def audit(
         )
     if baseline is not None:
         names = [rule.name for rule in selected] or ["fetch_failed"]
-        old = _baseline_findings(baseline, _is_fleet(df), names, now, usage_given)
+        old = _baseline_findings(baseline, _is_fleet(df), names, now, usage_given, trusted)
         new, resolved, unchanged = _against_baseline(every, findings, old, df, ran)
         findings = findings[new].reset_index(drop=True)
         counts |= {"new": int(new.sum()), "unchanged": unchanged, "resolved": len(resolved)}

@@ -345,3 +345,21 @@ def test_the_baseline_audit_logs_nothing_of_its_own(caplog) -> None:
     skipped = [r for r in caplog.records if "skipped unused" in r.getMessage()]
     assert len(skipped) == 1 and skipped[0].levelname == "WARNING"
     assert found.empty and found.attrs["counts"]["unchanged"] == 1
+
+
+def test_an_images_baseline_is_audited_with_the_same_trusted_projects(servers) -> None:
+    emulator = servers.glance(300, seed=12)
+    fleet = emulator.fleet
+    assert fleet.planted.shared_outside  # the rule has findings to compare
+    ids = [image.id for image in fleet.images]
+    df = imgframe.fetch_images(ids, endpoint=emulator.url, token=ADMIN_TOKEN, members=True)
+    on_fleet_clock(df)
+    trusted = list(fleet.projects)
+    alone = imgframe.audit(df, trusted=trusted, now=FLEET_NOW)
+    assert set(alone.loc[alone["rule"] == "shared_outside", "image_id"]) == (
+        fleet.planted.shared_outside
+    )
+    # Audited without the trusted projects, the same table would report every member:
+    # findings the newer audit does not have, wrongly "resolved".
+    found = imgframe.audit(df, trusted=trusted, baseline=df, now=FLEET_NOW)
+    assert found.empty and imgframe.resolved_findings(found).empty
