@@ -46,6 +46,7 @@ from imgframe.auth import (
 from imgframe.changes import CHANGES, diff
 from imgframe.config import FetchOptions, RetryPolicy, Timeout
 from imgframe.errors import (
+    AllowListWarning,
     AuthError,
     CheckpointError,
     CheckpointWarning,
@@ -79,6 +80,7 @@ __all__ = [
     "FINDING_COLUMNS",
     "SEVERITIES",
     "AllowList",
+    "AllowListWarning",
     "AuthError",
     "CallableToken",
     "CheckpointError",

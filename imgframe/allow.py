@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from imgframe.errors import ConfigError, ImgframeWarning
+from imgframe.errors import AllowListWarning, ConfigError
 
 __all__ = [
     "ALLOWED_COLUMNS",
@@ -87,7 +87,6 @@ __all__ = [
     "CODE_REASON",
     "AllowEntry",
     "AllowList",
-    "AllowListWarning",
     "Split",
     "allowed_table",
 ]
@@ -109,10 +108,6 @@ _RULE_NAME = re.compile(r"[^\s#\x00-\x1f\x7f-\x9f]+")
 _DELIMITERS = (",", ";", "\t")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _STRING = pd.StringDtype("pyarrow")
-
-
-class AllowListWarning(ImgframeWarning):
-    """An allow-list entry expired, or covered no finding: it can go from the list."""
 
 
 @dataclass(frozen=True)

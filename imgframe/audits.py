@@ -1502,7 +1502,7 @@ def audit(
 
     ``allow``: accepted risks to leave out — an :class:`imgframe.AllowList` (entries
     scoped to a rule and an image or owner, with a reason and an expiry; expired entries
-    and entries that cover nothing are warned about, :class:`imgframe.allow.AllowListWarning`),
+    and entries that cover nothing are warned about, :class:`imgframe.AllowListWarning`),
     a ``pathlib.Path`` of an allow-list file, image and/or owner ids (each for every rule,
     reason "given in code"), or a callable ``allow(findings) -> boolean mask`` of the
     findings to drop. The covered findings are :func:`allowed_findings`

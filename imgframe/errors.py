@@ -15,7 +15,8 @@ One root, a few precise children; each carries what a user needs to act on it
     ├── ImgframeParseWarning           header values that could not be parsed became NA
     ├── IncompleteListingWarning       a listing may miss images (killed ones)
     ├── CheckpointWarning              a checkpoint part could not be read; its ids are asked again
-    └── FleetWarning                   some targets of fetch_fleet failed; the others were returned
+    ├── FleetWarning                   some targets of fetch_fleet failed; the others were returned
+    └── AllowListWarning               an allow-list entry expired, or covered no finding
 
 ``warnings.simplefilter("error", imgframe.ImgframeWarning)`` turns every one of them into
 an exception (a CI job that must not lose a value silently); ``"ignore"`` silences them.
@@ -28,6 +29,7 @@ what stops the whole run.
 from __future__ import annotations
 
 __all__ = [
+    "AllowListWarning",
     "AuthError",
     "CheckpointError",
     "CheckpointWarning",
@@ -113,3 +115,7 @@ class IncompleteListingWarning(ImgframeWarning):
 class FleetWarning(ImgframeWarning):
     """Some targets of :func:`imgframe.fetch_fleet` failed; the others were returned
     (their labels and errors are in the frame's ``attrs["failed_targets"]``)."""
+
+
+class AllowListWarning(ImgframeWarning):
+    """An allow-list entry expired, or covered no finding: it can go from the list."""

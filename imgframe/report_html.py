@@ -44,6 +44,24 @@ SEVERITIES = ("high", "medium", "low", "info")
 #: Per built-in rule: what a finding means, and what to do about it. A rule not named
 #: here (one added with ``register_rule``) gets :data:`_GENERIC_RULE_TEXT`.
 RULE_TEXT: dict[str, tuple[str, str]] = {
+    "shared_outside": (
+        "Images shared with projects outside the trusted ones. A member can boot the image "
+        "whatever its member status: pending and rejected only hide it from the member's "
+        "listing.",
+        "Remove the members that should not have it (glance member-delete); add the "
+        "projects that should to the trusted list (--trusted).",
+    ),
+    "member_can_share": (
+        "Images whose member may share them further (v1 can_share): the owner no longer "
+        "decides who can boot them.",
+        "Re-add the member without can_share, or remove it.",
+    ),
+    "community_visible": (
+        "Active community images (v2): any project can boot them by id and list them "
+        "with --visibility community, and no member list limits who.",
+        "Make each one private or shared with named projects, unless it is meant for "
+        "everyone; then protect it as a public image.",
+    ),
     "public_unprotected": (
         "Active images every project can see and boot, and that are not protected: "
         "their owner (or a script of theirs) can delete them under everyone who uses them.",

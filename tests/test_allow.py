@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import imgframe
-from imgframe.allow import ALLOWED_COLUMNS, AllowEntry, AllowList, AllowListWarning
-from imgframe.errors import ConfigError
+from imgframe.allow import ALLOWED_COLUMNS, AllowEntry, AllowList
+from imgframe.errors import AllowListWarning, ConfigError
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, Fleet, GlanceEmulator
 
 FLEET = {"n": 600, "seed": 5}  # the module's `fleet` (tests/conftest.py)

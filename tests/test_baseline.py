@@ -174,7 +174,7 @@ def test_an_allowed_finding_is_neither_new_nor_resolved(snapshots, week) -> None
         [{"rule": "public_unprotected", "image_id": week.published, "reason": "CHG-3"},
          {"rule": "*", "image_id": week.fixed, "reason": "was accepted"}]
     )  # fmt: skip
-    with pytest.warns(imgframe.allow.AllowListWarning, match="record 2 .* matched no finding"):
+    with pytest.warns(imgframe.AllowListWarning, match="record 2 .* matched no finding"):
         found = imgframe.audit(new, rules=TWO_RULES, baseline=old, allow=allow, now=FLEET_NOW)
     assert ("public_unprotected", week.published) not in pairs(found)
     assert ("public_unprotected", week.published) in pairs(imgframe.allowed_findings(found))
