@@ -56,6 +56,7 @@ __all__ = [
     "fleet_targets",
     "labelled",
     "relabel",
+    "warn_failed_targets",
 ]
 
 
@@ -358,14 +359,30 @@ async def fleet_with_options(
         frame,
         provenance.build(frame, fetched_at=started, asked=asked_fleet, complete=complete, **more),
     )
+    warn_failed_targets(frame, failures, len(outcomes), stacklevel=2)
+    return frame
+
+
+def warn_failed_targets(
+    frame: pd.DataFrame, failures: list[str], targets: int, *, stacklevel: int
+) -> None:
+    """Under ``errors="warn"``: the targets that failed, in ``frame.attrs["failed_targets"]``
+    and one :class:`~imgframe.FleetWarning` (nothing when none failed).
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame()
+    >>> warn_failed_targets(frame, [], 2, stacklevel=2)
+    >>> "failed_targets" in frame.attrs
+    False
+    """
     if failures:
         frame.attrs["failed_targets"] = failures
         warnings.warn(
-            f"{len(failures)} of {len(outcomes)} targets failed: " + "; ".join(failures),
+            f"{len(failures)} of {targets} targets failed: " + "; ".join(failures),
             FleetWarning,
-            stacklevel=2,
+            stacklevel=stacklevel + 1,
         )
-    return frame
 
 
 def fetch_fleet(

@@ -42,11 +42,17 @@ from imgframe.config import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, FetchOptions, 
 from imgframe.errors import (
     ConfigError,
     FetchError,
-    FleetWarning,
     ImgframeError,
     IncompleteListingWarning,
 )
-from imgframe.fleet import Target, expand_targets, fleet_targets, labelled, relabel
+from imgframe.fleet import (
+    Target,
+    expand_targets,
+    fleet_targets,
+    labelled,
+    relabel,
+    warn_failed_targets,
+)
 from imgframe.glance import loads
 from imgframe.http import (
     Credentials,
@@ -366,13 +372,7 @@ async def _fleet_listing(
     frame.attrs[COMPLETE_ATTR] = not reasons
     frame.attrs[INCOMPLETE_ATTR] = "; ".join(reasons) or None
     frame.attrs[TARGETS_ATTR] = listed
-    if failures:
-        frame.attrs["failed_targets"] = failures
-        warnings.warn(
-            f"{len(failures)} of {len(outcomes)} targets failed: " + "; ".join(failures),
-            FleetWarning,
-            stacklevel=3,
-        )
+    warn_failed_targets(frame, failures, len(outcomes), stacklevel=3)
     return frame
 
 
