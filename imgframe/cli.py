@@ -1175,7 +1175,10 @@ def _demo(args: argparse.Namespace) -> int:
             )
             seconds = time.perf_counter() - started
             # Stamped on the fleet's clock (see the module docstring).
-            df.attrs[ATTR]["fetched_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamped = df.attrs[ATTR]
+            stamped["fetched_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            done = when + pd.Timedelta(seconds=round(seconds))
+            stamped["finished_at"] = done.strftime("%Y-%m-%dT%H:%M:%SZ")
             history.add(df)
             print(f"{label}: {summarize(df, seconds)}")
             return df
