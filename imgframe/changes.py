@@ -62,7 +62,6 @@ __all__ = ["CHANGES", "CHANGE_COLUMNS", "CHANGE_DTYPE", "change_columns", "diff"
 CHANGES: tuple[str, ...] = (
     "appeared",
     "disappeared",
-    "unknown",
     "became_public",
     "became_private",
     "protection_removed",
@@ -72,6 +71,8 @@ CHANGES: tuple[str, ...] = (
     "checksum_changed",
     "signature_removed",
     "properties_changed",
+    # Last: not a change but a row that could not be compared; listed after what to act on.
+    "unknown",
 )
 #: The ``change`` column's dtype: a category over :data:`CHANGES`, ordered so.
 CHANGE_DTYPE = pd.CategoricalDtype(list(CHANGES), ordered=True)
