@@ -144,6 +144,7 @@ __all__ = [
     "register_rule",
     "requirements_missing",
     "resolved_findings",
+    "rule_guidance",
     "rule_names",
     "security_properties",
     "shared_outside",
@@ -1041,12 +1042,111 @@ def _builtin(
     return register
 
 
+# Per rule: what a finding means and what to do about it (the report's text for each
+# rule's section); register_rule adds a user rule's own, or the generic text.
+_GUIDANCE: dict[str, tuple[str, str]] = {
+    "shared_outside": (
+        "Images shared with projects outside the trusted ones. A member can boot the image "
+        "whatever its member status: pending and rejected only hide it from the member's "
+        "listing.",
+        "Remove the members that should not have it (glance member-delete); add the "
+        "projects that should to the trusted list (--trusted).",
+    ),
+    "member_can_share": (
+        "Images whose member may share them further (v1 can_share): the owner no longer "
+        "decides who can boot them.",
+        "Re-add the member without can_share, or remove it.",
+    ),
+    "community_visible": (
+        "Active community images (v2): any project can boot them by id and list them "
+        "with --visibility community, and no member list limits who.",
+        "Make each one private or shared with named projects, unless it is meant for "
+        "everyone; then protect it as a public image.",
+    ),
+    "public_unprotected": (
+        "Active images every project can see and boot, and that are not protected: "
+        "their owner (or a script of theirs) can delete them under everyone who uses them.",
+        "Make each one private or share it with named projects; if it is meant to be "
+        "public, set protected=True.",
+    ),
+    "broken": (
+        "Images that cannot be used: killed uploads, uploads stuck in queued or saving, "
+        "active images without checksum or size, deleted images still listed.",
+        "Delete killed and stuck images once the owner agrees; re-upload active images "
+        "without a checksum, whose data cannot be verified.",
+    ),
+    "format_mismatch": (
+        "Formats that cannot boot together (an ami, aki or ari container or disk whose "
+        "partner differs, Glance's own rule) or a virtual size smaller than the data.",
+        "Correct the formats (glance image-update) or upload the image again with the right ones.",
+    ),
+    "security_properties": (
+        "Active images without an image signature (img_signature*), without "
+        "os_secure_boot=required or without hw_mem_encryption.",
+        "Sign the images your clouds verify at boot and set the properties your policy "
+        "requires; where the policy does not ask for them, leave this rule to the "
+        "hardening profile.",
+    ),
+    "fetch_failed": (
+        "Rows that could not be read: ids the cloud does not know (404), timeouts, server "
+        "errors, 403, answers that lied. Their metadata is unknown and no other rule "
+        "judged them.",
+        "Drop the ids that answer 404 from your list (no such image); fetch the others "
+        "again (the same command resumes and asks only those); a lasting 403 means the "
+        "token cannot see the image.",
+    ),
+    "checksum_duplicates": (
+        "Live images holding the same data (same hash and size): every copy but one "
+        "takes storage for nothing.",
+        "Keep one image per duplicate group (the detail names the group) and retire the "
+        "others once nothing uses them.",
+    ),
+    "stale": (
+        "Active images not updated for more than a year: old base images miss years of "
+        "security updates.",
+        "Ask the owners whether they are still needed; rebuild or retire them.",
+    ),
+    "requirements_missing": (
+        "Bootable images with min_ram or min_disk 0: Nova boots them on flavors too "
+        "small for them, and the servers fail at boot.",
+        "Set min_ram and min_disk to what the image needs.",
+    ),
+    "unused": (
+        "Active images that no server in any state and no volume uses.",
+        "Confirm with the owner, then delete them: the detail gives the bytes that frees.",
+    ),
+    "only_stopped_servers": (
+        "Images used only by stopped servers (shut off, suspended, shelved, paused).",
+        "Retire them together with those servers; do not delete them while the servers "
+        "exist, as a stopped server can start again.",
+    ),
+}
+_GENERIC_GUIDANCE = (
+    "A rule added with imgframe.register_rule; its detail column says what it found.",
+    "See the rule's own documentation.",
+)
+
+
+def rule_guidance(name: str) -> tuple[str, str]:
+    """``(what a finding of the rule means, what to do about it)``: the built-in rules'
+    own text, a registered rule's ``meaning``/``action``, else a generic pair.
+
+    Examples
+    --------
+    >>> rule_guidance("public_unprotected")[1].startswith("Make each one private")
+    True
+    """
+    return _GUIDANCE.get(name, _GENERIC_GUIDANCE)
+
+
 def register_rule(
     name: str,
     severity: str,
     describe: Callable[[pd.Series], str],
     *,
     profiles: Collection[str] | str = (DEFAULT_PROFILE,),
+    meaning: str | None = None,
+    action: str | None = None,
 ) -> Callable[[Callable[[pd.DataFrame], pd.DataFrame]], Callable[[pd.DataFrame], pd.DataFrame]]:
     """Decorator: make ``f(df) -> DataFrame`` (offending rows) part of :func:`audit`.
 
@@ -1054,8 +1154,10 @@ def register_rule(
     that were read (failed rows are ``fetch_failed`` findings already). ``profiles``: the
     profiles it runs in (default: ``default``, so a plain ``audit(df)`` runs it; a new
     name makes a new profile; ``()`` runs it only by name or with ``profile="all"``).
-    Registering a name again replaces your earlier rule (re-running a notebook cell
-    works); built-in names are refused. The function is returned unchanged.
+    ``meaning`` and ``action`` (what a finding means, what to do) head the rule's section
+    of the HTML report (:func:`rule_guidance`). Registering a name again replaces your
+    earlier rule (re-running a notebook cell works); built-in names are refused. The
+    function is returned unchanged.
 
     Examples
     --------
@@ -1083,6 +1185,10 @@ def register_rule(
         function: Callable[[pd.DataFrame], pd.DataFrame],
     ) -> Callable[[pd.DataFrame], pd.DataFrame]:
         _RULES[name] = _Rule(name, function, severity, details, builtin=False, profiles=in_profiles)
+        if meaning is None and action is None:
+            _GUIDANCE.pop(name, None)  # an earlier registration's text is not this one's
+        else:
+            _GUIDANCE[name] = (meaning or _GENERIC_GUIDANCE[0], action or _GENERIC_GUIDANCE[1])
         return function
 
     return register
@@ -1104,6 +1210,7 @@ def unregister_rule(name: str) -> None:
     if rule.builtin:
         raise ConfigError(f"{name!r} is a built-in rule and cannot be removed")
     del _RULES[name]
+    _GUIDANCE.pop(name, None)
 
 
 def rule_names(profile: str | None = None) -> list[str]:

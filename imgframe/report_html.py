@@ -33,97 +33,15 @@ import numpy as np
 import pandas as pd
 
 from imgframe.atomic import atomic_path
+from imgframe.audits import rule_guidance
 from imgframe.errors import InvalidInputError
 from imgframe.schema import FLEET_INDEX
 
-__all__ = ["CHANGE_TEXT", "RULE_TEXT", "SEVERITIES", "human_bytes", "render_report", "report"]
+__all__ = ["CHANGE_TEXT", "SEVERITIES", "human_bytes", "render_report", "report"]
 
 #: Severities in the order the report lists them (most urgent first).
 SEVERITIES = ("high", "medium", "low", "info")
 
-#: Per built-in rule: what a finding means, and what to do about it. A rule not named
-#: here (one added with ``register_rule``) gets :data:`_GENERIC_RULE_TEXT`.
-RULE_TEXT: dict[str, tuple[str, str]] = {
-    "shared_outside": (
-        "Images shared with projects outside the trusted ones. A member can boot the image "
-        "whatever its member status: pending and rejected only hide it from the member's "
-        "listing.",
-        "Remove the members that should not have it (glance member-delete); add the "
-        "projects that should to the trusted list (--trusted).",
-    ),
-    "member_can_share": (
-        "Images whose member may share them further (v1 can_share): the owner no longer "
-        "decides who can boot them.",
-        "Re-add the member without can_share, or remove it.",
-    ),
-    "community_visible": (
-        "Active community images (v2): any project can boot them by id and list them "
-        "with --visibility community, and no member list limits who.",
-        "Make each one private or shared with named projects, unless it is meant for "
-        "everyone; then protect it as a public image.",
-    ),
-    "public_unprotected": (
-        "Active images every project can see and boot, and that are not protected: "
-        "their owner (or a script of theirs) can delete them under everyone who uses them.",
-        "Make each one private or share it with named projects; if it is meant to be "
-        "public, set protected=True.",
-    ),
-    "broken": (
-        "Images that cannot be used: killed uploads, uploads stuck in queued or saving, "
-        "active images without checksum or size, deleted images still listed.",
-        "Delete killed and stuck images once the owner agrees; re-upload active images "
-        "without a checksum, whose data cannot be verified.",
-    ),
-    "format_mismatch": (
-        "Formats that cannot boot together (an ami, aki or ari container or disk whose "
-        "partner differs, Glance's own rule) or a virtual size smaller than the data.",
-        "Correct the formats (glance image-update) or upload the image again with the right ones.",
-    ),
-    "security_properties": (
-        "Active images without an image signature (img_signature*), without "
-        "os_secure_boot=required or without hw_mem_encryption.",
-        "Sign the images your clouds verify at boot and set the properties your policy "
-        "requires; where the policy does not ask for them, leave this rule to the "
-        "hardening profile.",
-    ),
-    "fetch_failed": (
-        "Rows that could not be read: ids the cloud does not know (404), timeouts, server "
-        "errors, 403, answers that lied. Their metadata is unknown and no other rule "
-        "judged them.",
-        "Drop the ids that answer 404 from your list (no such image); fetch the others "
-        "again (the same command resumes and asks only those); a lasting 403 means the "
-        "token cannot see the image.",
-    ),
-    "checksum_duplicates": (
-        "Live images holding the same data (same hash and size): every copy but one "
-        "takes storage for nothing.",
-        "Keep one image per duplicate group (the detail names the group) and retire the "
-        "others once nothing uses them.",
-    ),
-    "stale": (
-        "Active images not updated for more than a year: old base images miss years of "
-        "security updates.",
-        "Ask the owners whether they are still needed; rebuild or retire them.",
-    ),
-    "requirements_missing": (
-        "Bootable images with min_ram or min_disk 0: Nova boots them on flavors too "
-        "small for them, and the servers fail at boot.",
-        "Set min_ram and min_disk to what the image needs.",
-    ),
-    "unused": (
-        "Active images that no server in any state and no volume uses.",
-        "Confirm with the owner, then delete them: the detail gives the bytes that frees.",
-    ),
-    "only_stopped_servers": (
-        "Images used only by stopped servers (shut off, suspended, shelved, paused).",
-        "Retire them together with those servers; do not delete them while the servers "
-        "exist, as a stopped server can start again.",
-    ),
-}
-_GENERIC_RULE_TEXT = (
-    "A rule added with imgframe.register_rule; its detail column says what it found.",
-    "See the rule's own documentation.",
-)
 
 #: Per ``imgframe.diff`` change, what it means; the report lists changes in this order
 #: (the ones an auditor acts on first), then any other change in order of appearance.
@@ -881,7 +799,7 @@ def _rule_section(
     findings_file: str,
     fleet: bool,
 ) -> str:
-    meaning, todo = RULE_TEXT.get(rule, _GENERIC_RULE_TEXT)
+    meaning, todo = rule_guidance(rule)
     shown = rows.head(max_rows)
     mixed = rows["severity"].astype("string").nunique() > 1
     body = (

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import imgframe
 from imgframe import ImgframeParseWarning, Target
-from imgframe.audits import audit, checksum_duplicates, owner_summary
-from imgframe.report_html import RULE_TEXT, human_bytes, render_report, report
+from imgframe.audits import audit, checksum_duplicates, owner_summary, rule_guidance
+from imgframe.report_html import human_bytes, render_report, report
 from imgframe.testing import ADMIN_TOKEN, FLEET_NOW, make_fleet
 
 FLEET = {"n": 800, "seed": 4}
@@ -293,7 +293,7 @@ def test_a_rule_with_few_distinct_details_gets_a_breakdown(findings, written) ->
 def test_each_builtin_rule_says_what_it_means_and_what_to_do(written) -> None:
     _, page = written
     for rule, section in rule_sections(page).items():
-        meaning, todo = RULE_TEXT[rule]
+        meaning, todo = rule_guidance(rule)
         assert meaning in section.find("p", "meaning").text()
         assert todo in section.find("p", "todo").text()
 
@@ -753,3 +753,24 @@ def test_the_accessor_and_the_io_module_write_the_same_report(df, findings, writ
     a = df.img.report(tmp_path / "a.html", findings=findings, now=NOW)
     b = io_report(df, tmp_path / "b.html", findings=findings, now=NOW)
     assert a.read_bytes() == b.read_bytes() == written[0].read_bytes()
+
+
+def test_a_registered_rule_brings_its_own_meaning_and_action(df) -> None:
+    @imgframe.register_rule(
+        "no_name_here",
+        "info",
+        describe=lambda row: "no name",
+        meaning="Images nobody named <b>.",
+        action="Name them.",
+    )
+    def no_name_here(frame):
+        return frame[frame["name"].isna()]
+
+    try:
+        findings = imgframe.audit(df, rules=["no_name_here"], now=NOW)
+        assert len(findings)
+        page = render_report(df, findings=findings, now=NOW)
+        assert "Images nobody named &lt;b&gt;." in page and "Name them." in page
+    finally:
+        imgframe.unregister_rule("no_name_here")
+    assert imgframe.audits.rule_guidance("no_name_here") == imgframe.audits.rule_guidance("?")
