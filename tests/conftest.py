@@ -378,3 +378,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 unmarked.append(f"{item.nodeid} (uses {'/'.join(packages)}: mark it {marker!r})")
     if unmarked:
         raise pytest.UsageError("tests without their tier marker:\n  " + "\n  ".join(unmarked))
+
+
+# --------------------------------------------------------------------------- browser
+#: Debian's chromium package (.ci/run installs it); Playwright cannot download browsers here.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's Chromium (``CHROMIUM``) through Playwright, for modules marked ``browser``."""
+    from playwright.sync_api import sync_playwright
+
+    # Chromium keeps crash-report settings and dconf data under the home folder: not ours.
+    home = tmp_path_factory.mktemp("browser-home")
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env, timeout=30_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -31,21 +31,13 @@ from urllib.parse import urlsplit
 import pandas as pd
 import psutil  # a dependency of ipykernel
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 from playwright.sync_api import Error as PlaywrightError
 
 import imgframe
 from imgframe.testing import ADMIN_TOKEN, GlanceEmulator, make_fleet
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 NOTEBOOK = Path(__file__).parent / "notebooks" / "picker_app.ipynb"
 FLEET_SIZE, FLEET_SEED = 300, 11  # must match the notebook (checked below)
 PAGE_SIZE = 50  # the picker's default page size
@@ -235,26 +227,6 @@ def voila(
 
 
 # -- the browser --
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    # Chromium keeps crash-report settings and dconf data under the home folder: not ours.
-    home = tmp_path_factory.mktemp("browser-home")
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-    }
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env, timeout=30_000
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class _Outside:

@@ -11,7 +11,6 @@ that is not for the file itself: the page must need nothing else.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
 import imgframe
 from imgframe import ImgframeParseWarning, Target
@@ -32,14 +31,6 @@ from imgframe.usage import fetch_servers, fetch_volumes
 from imgframe.usage_frame import image_usage
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 DEMO_IMAGES, DEMO_SEED = 10_000, 2026  # imgframe demo's fleet
 NOW = pd.Timestamp(FLEET_NOW, tz="UTC")
 WIDTH, HEIGHT = 1400, 900
@@ -142,26 +133,6 @@ def fleet_report(module_servers, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fleet") / "fleet.html"
     report(df, path, findings=findings.iloc[30:].reset_index(drop=True), now=NOW)
     return path
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    # Chromium keeps crash-report settings and dconf data under the home folder: not ours.
-    home = tmp_path_factory.mktemp("browser-home")
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-    }
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env, timeout=30_000
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class _OnlyTheFile:
