@@ -22,7 +22,7 @@ import copy
 import dataclasses
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +56,7 @@ __all__ = [
     "fleet_targets",
     "labelled",
     "relabel",
+    "run_targets",
     "warn_failed_targets",
 ]
 
@@ -301,18 +302,7 @@ async def fleet_with_options(
             raise relabel(exc, target) from None
 
     expanded, refused = await expand_targets(targets, errors=errors)
-    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = list(refused)
-    if errors == "raise":
-        # A TaskGroup: the first target that fails cancels the others at once.
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(target)) for target in expanded]
-        except* Exception as failed:  # one error, not a group: the first target's
-            raise failed.exceptions[0] from None
-        outcomes += [(t, task.result()) for t, task in zip(expanded, tasks, strict=True)]
-    else:
-        results = await asyncio.gather(*(one(t) for t in expanded), return_exceptions=True)
-        outcomes += list(zip(expanded, results, strict=True))
+    outcomes = await run_targets(expanded, refused, one, errors)
 
     frames: list[pd.DataFrame] = []
     failures: list[str] = []
@@ -361,6 +351,38 @@ async def fleet_with_options(
     )
     warn_failed_targets(frame, failures, len(outcomes), stacklevel=2)
     return frame
+
+
+async def run_targets(
+    targets: list[Target],
+    refused: Iterable[tuple[Target, BaseException]],
+    one: Callable[[Target], Coroutine[Any, Any, pd.DataFrame]],
+    errors: str,
+) -> list[tuple[Target, pd.DataFrame | BaseException]]:
+    """Run ``one(target)`` for every target at once: ``(target, frame or exception)``
+    each, the ``refused`` ones (targets that could not even be resolved) first. With
+    ``errors="raise"`` the first target that fails cancels the others and its exception
+    is raised (one error, not a group); otherwise each failure is its target's outcome.
+
+    Examples
+    --------
+    >>> async def one(target):
+    ...     return pd.DataFrame({"n": [1]})
+    >>> [t.cloud for t, _ in asyncio.run(run_targets([Target("a")], [], one, "warn"))]
+    ['a']
+    """
+    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = list(refused)
+    if errors == "raise":
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(target)) for target in targets]
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
+        outcomes += [(t, task.result()) for t, task in zip(targets, tasks, strict=True)]
+    else:
+        results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        outcomes += list(zip(targets, results, strict=True))
+    return outcomes
 
 
 def warn_failed_targets(

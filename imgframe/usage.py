@@ -51,6 +51,7 @@ from imgframe.fleet import (
     fleet_targets,
     labelled,
     relabel,
+    run_targets,
     warn_failed_targets,
 )
 from imgframe.glance import loads
@@ -339,17 +340,7 @@ async def _fleet_listing(
         except ImgframeError as exc:
             raise relabel(exc, target) from None
 
-    outcomes: list[tuple[Target, pd.DataFrame | BaseException]] = list(refused)
-    if errors == "raise":
-        try:  # the first target that fails cancels the others, as in fetch_fleet
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(target)) for target in expanded]
-        except* Exception as failed:
-            raise failed.exceptions[0] from None
-        outcomes += [(t, task.result()) for t, task in zip(expanded, tasks, strict=True)]
-    else:
-        results = await asyncio.gather(*(one(t) for t in expanded), return_exceptions=True)
-        outcomes += list(zip(expanded, results, strict=True))
+    outcomes = await run_targets(expanded, refused, one, errors)
     frames: list[pd.DataFrame] = []
     listed: list[str] = []
     reasons: list[str] = []
