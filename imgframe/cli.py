@@ -1611,17 +1611,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the usage rules unused and only_stopped_servers (skipped without it)",
     )
     audit.add_argument(
+        "--volumes",
+        metavar="FILE",
+        help="volumes table ('imgframe volumes -o FILE'); without it unused flags nothing "
+        "(an image may be used only through a volume)",
+    )
+    audit.add_argument(
         "--trusted",
         metavar="IDS",
         help="project ids shared_outside accepts as members: a comma-separated list, or "
         "@FILE for a file of them (one per line, # comments); without it every member of "
         "an image is reported (the table needs 'imgframe fetch --members')",
-    )
-    audit.add_argument(
-        "--volumes",
-        metavar="FILE",
-        help="volumes table ('imgframe volumes -o FILE'); without it unused flags nothing "
-        "(an image may be used only through a volume)",
     )
     audit.set_defaults(run=_audit)
 
