@@ -679,18 +679,7 @@ def v2_packed(image: Mapping[str, Any]) -> bytes:
         if value is None:
             continue
         append(header)
-        cls = value.__class__
-        if cls is str:
-            try:
-                append(value.encode())
-            except UnicodeEncodeError:
-                append(_utf8(value))
-        elif cls is bool:
-            append(b"True" if value else b"False")
-        elif cls is int and -_BIG_INT < value < _BIG_INT:
-            append(b"%d" % value)
-        else:
-            append(_v2_wire(value))
+        append(_fast_wire(value))
     append(b"x-image-meta-is_public")
     append(b"True" if get("visibility") == "public" else b"False")
     append(b"x-image-meta-deleted")
@@ -880,18 +869,7 @@ def v1_detail_packed(image: Mapping[str, Any]) -> bytes:
         if name is None:
             name = names[key] = _V1_META_PREFIX + _v2_wire(key)
         append(name)
-        cls = value.__class__
-        if cls is str:
-            try:
-                append(value.encode())
-            except UnicodeEncodeError:
-                append(_utf8(value))
-        elif cls is bool:
-            append(b"True" if value else b"False")
-        elif cls is int and -_BIG_INT < value < _BIG_INT:
-            append(b"%d" % value)
-        else:
-            append(_v2_wire(value))
+        append(_fast_wire(value))
     if properties is not None:
         if not isinstance(properties, Mapping):
             return pack_headers(v1_detail_header_pairs(image))
@@ -988,6 +966,8 @@ def _fast_wire(value: Any) -> bytes:
         return _utf8(value)
     if cls is bool:
         return b"True" if value else b"False"
+    if cls is int and -_BIG_INT < value < _BIG_INT:
+        return b"%d" % value
     return _v2_wire(value)
 
 
