@@ -334,10 +334,12 @@ class _Interrupts:
         return EXIT_SIGTERM if self.signal == signal.SIGTERM else EXIT_SIGINT
 
 
-def _fetch(args: argparse.Namespace) -> int:
+def _check_where(args: argparse.Namespace) -> None:
+    """The one-line errors of a command's --endpoint/--token/--cloud/--region choice
+    (fetch, servers, volumes)."""
     if args.cloud and args.endpoint:
         raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
-    if args.aksk and (args.token or args.cloud):
+    if getattr(args, "aksk", False) and (args.token or args.cloud):
         raise ImgframeError("--aksk signs requests to --endpoint instead of a token or --cloud")
     if args.token and args.cloud:
         raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
@@ -345,6 +347,10 @@ def _fetch(args: argparse.Namespace) -> int:
         raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
     if not args.cloud and not args.endpoint:
         raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    _check_where(args)
     if args.endpoint:
         _check_endpoint(args.endpoint)
     if args.output:
@@ -997,16 +1003,9 @@ def _usage_listing(args: argparse.Namespace) -> int:
     from imgframe.usage_frame import is_complete
 
     kind = args.kind
-    if args.cloud and args.endpoint:
-        raise ImgframeError("give --endpoint (with a token) or --cloud (clouds.yaml), not both")
-    if args.token and args.cloud:
-        raise ImgframeError("--token goes with --endpoint; --cloud logs in with clouds.yaml")
-    if args.region and not args.cloud:
-        raise ImgframeError("--region chooses regions of --cloud clouds; add --cloud NAME")
+    _check_where(args)
     if args.keep_going and not args.cloud:
         raise ImgframeError("--keep-going is for several clouds/regions (--cloud)")
-    if not args.cloud and not args.endpoint:
-        raise ImgframeError("say where: --endpoint URL (token: $OS_AUTH_TOKEN) or --cloud NAME")
     if args.output:
         _check_output(args.output)
     if args.token:
