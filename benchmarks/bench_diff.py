@@ -33,6 +33,10 @@ import imgframe
 from imgframe.schema import dtypes
 from imgframe.testing import Fleet, make_fleet
 
+sys.path.insert(0, str(Path(__file__).parent))
+# The memory probes of a sibling script, found through the line above.
+from bench_million import high_water_mark, reset_high_water_mark
+
 MiB = 1024**2
 KINDS = (
     "became_public",
@@ -69,22 +73,6 @@ def rss() -> int:
         if match:
             return int(match.group(1)) * 1024
     return 0
-
-
-def peak() -> int | None:
-    with contextlib.suppress(OSError):
-        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-        if match:
-            return int(match.group(1)) * 1024
-    return None
-
-
-def reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def changed_copy(before: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, dict]:
@@ -158,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built in {time.perf_counter() - start:.1f} s; the two frames {frames / MiB:,.0f} MiB")
 
     base = rss()
-    peak_known = reset_peak()
+    peak_known = reset_high_water_mark()
     changes = imgframe.diff(before, after)
-    growth = (peak() or 0) - base if peak_known else None
+    growth = (high_water_mark() or 0) - base if peak_known else None
     best = float("inf")
     for _ in range(args.repeat):
         gc.collect()
